@@ -1,0 +1,2 @@
+//! Runtime benchmarks.
+fn main() {}

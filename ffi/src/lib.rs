@@ -1,0 +1,1 @@
+//! socflow C ABI (issue 5).

@@ -1,0 +1,1 @@
+//! OT-Flow potential (in progress).

@@ -1,0 +1,2 @@
+//! socflow command-line tool.
+fn main() {}

@@ -1,0 +1,1 @@
+//! socflow trainer (issue 3).
