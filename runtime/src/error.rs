@@ -15,8 +15,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A model file is malformed: bad safetensors framing, bad metadata, wrong tensors.
-    #[error("malformed model file: {0}")]
+    /// A file is malformed: bad safetensors or .npy framing, bad metadata, wrong tensors.
+    #[error("malformed file: {0}")]
     Format(String),
     /// A model file uses a format version newer than this runtime understands.
     #[error("model format version {found} is newer than the newest this runtime reads ({supported}); upgrade socflow")]
