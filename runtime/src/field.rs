@@ -26,6 +26,13 @@ pub trait Field<T: Real>: Send + Sync {
     /// Writes f(t, x) into `v` and returns its divergence tr(∂f/∂x), computed exactly.
     fn eval_div(&self, t: T, x: &[T], v: &mut [T], scratch: &mut [T]) -> Result<T>;
 
+    /// The block size (rows) at which [`eval_block`](Field::eval_block) runs best:
+    /// samplers split batches into blocks of this many rows. Large enough to amortize
+    /// matrix-matrix products, small enough to keep a block's work in cache.
+    fn preferred_block_rows(&self) -> usize {
+        64
+    }
+
     /// Number of scratch elements [`eval_block`](Field::eval_block) needs for `rows` rows.
     fn block_scratch_len(&self, rows: usize) -> usize {
         let _ = rows;
@@ -90,6 +97,7 @@ macro_rules! forward_field {
             fn eval_div(&self, t: T, x: &[T], v: &mut [T], s: &mut [T]) -> Result<T> {
                 (**self).eval_div(t, x, v, s)
             }
+            fn preferred_block_rows(&self) -> usize { (**self).preferred_block_rows() }
             fn block_scratch_len(&self, rows: usize) -> usize { (**self).block_scratch_len(rows) }
             fn eval_block(&self, t: &[T], x: &[T], v: &mut [T], s: &mut [T]) -> Result<()> {
                 (**self).eval_block(t, x, v, s)
