@@ -134,7 +134,9 @@ impl<T: Real> Sampler<T> {
             Method::Ode(o) => o.validate()?,
             Method::Sde { options, diffusion } => {
                 if options.steps == 0 {
-                    return Err(Error::InvalidArgument("SDE sampling needs steps >= 1".into()));
+                    return Err(Error::InvalidArgument(
+                        "SDE sampling needs steps >= 1".into(),
+                    ));
                 }
                 if diffusion.dim() != field.dim() {
                     return Err(Error::InvalidArgument(format!(
@@ -199,8 +201,7 @@ impl<T: Real> Sampler<T> {
         } else {
             None
         };
-        let (stats, traj) =
-            self.run(first_sample, &mut x, logp.as_deref_mut(), true, progress)?;
+        let (stats, traj) = self.run(first_sample, &mut x, logp.as_deref_mut(), true, progress)?;
         Ok(Samples {
             dim: d,
             n,
@@ -232,8 +233,7 @@ impl<T: Real> Sampler<T> {
             check_len("log-density buffer", l.len(), x.len() / d)?;
             if !self.opts.log_density {
                 return Err(Error::InvalidArgument(
-                    "log-density buffer given but the sampler was built without log_density"
-                        .into(),
+                    "log-density buffer given but the sampler was built without log_density".into(),
                 ));
             }
         }

@@ -1,0 +1,71 @@
+//! Helpers shared by the runtime's integration tests.
+#![allow(dead_code)]
+
+use socflow_runtime::nn::OtFlowParams;
+
+/// A small deterministic generator (splitmix64) for test parameters.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    pub fn sym(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+    }
+    pub fn vec(&mut self, n: usize, scale: f64) -> Vec<f64> {
+        (0..n).map(|_| scale * self.sym()).collect()
+    }
+}
+
+/// Random OT-Flow parameters of the given sizes.
+pub fn random_otflow(d: usize, m: usize, n_th: usize, seed: u64) -> OtFlowParams {
+    let mut rng = Rng(seed);
+    let r = (d + 1).min(10);
+    let mut k = vec![rng.vec(m * (d + 1), 1.0 / ((d + 1) as f64).sqrt())];
+    let mut b = vec![rng.vec(m, 0.5)];
+    for _ in 1..n_th {
+        k.push(rng.vec(m * m, 1.0 / (m as f64).sqrt()));
+        b.push(rng.vec(m, 0.5));
+    }
+    OtFlowParams {
+        d,
+        m,
+        n_th,
+        r,
+        k,
+        b,
+        w: rng.vec(m, 1.0),
+        a: rng.vec(r * (d + 1), 0.5),
+        c_weight: rng.vec(d + 1, 0.5),
+        c_bias: rng.sym(),
+    }
+}
+
+/// An OT-Flow potential with w = 0: Φ(s) = ½ sᵀ(AᵀA)s + cᵀs + c₀, s = (x, t), so
+/// ∇ₓΦ = [(AᵀA)s]_{0..d} + c_{0..d} in closed form.
+pub fn quadratic_otflow(d: usize, a: Vec<f64>, r: usize, c: Vec<f64>) -> OtFlowParams {
+    let mut p = random_otflow(d, 4, 2, 7);
+    p.r = r;
+    p.a = a;
+    p.w = vec![0.0; p.m];
+    p.c_weight = c;
+    p.c_bias = 0.25;
+    p
+}
+
+/// (AᵀA) for A of shape r × n (row-major), as an n × n row-major matrix.
+pub fn ata(a: &[f64], r: usize, n: usize) -> Vec<f64> {
+    let mut g = vec![0.0; n * n];
+    for i in 0..n {
+        for j in 0..n {
+            g[i * n + j] = (0..r).map(|k| a[k * n + i] * a[k * n + j]).sum();
+        }
+    }
+    g
+}
