@@ -1,2 +1,370 @@
-//! socflow command-line tool.
-fn main() {}
+//! socflow: train and deploy continuous-time neural models from the command line.
+
+mod bench;
+mod demo;
+mod progress;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use socflow_runtime::artifact::{Artifact, ModelKind};
+use socflow_runtime::controller::{Integrator, SimulateOptions};
+use socflow_runtime::model::Model;
+use socflow_runtime::npy::write_npy;
+use socflow_runtime::ode::{AdaptiveOptions, OdeOptions, OdeSolver, SaveAt, StepSize};
+use socflow_runtime::sampler::{Sampler, SamplerOptions};
+use socflow_runtime::Real;
+
+/// socflow: continuous-time neural models for stochastic optimal control and
+/// generative modelling.
+#[derive(Parser, Debug)]
+#[command(name = "socflow", version, about, long_about = None)]
+struct Cli {
+    /// Worker threads for batch work (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Runs the built-in demonstration on default settings.
+    Demo(demo::DemoArgs),
+    /// Prints a model file's card: kind, architecture, sizes, provenance.
+    Inspect {
+        /// The model file (.safetensors).
+        model: PathBuf,
+    },
+    /// Draws samples from a velocity or potential model and writes them as .npy.
+    Sample(SampleArgs),
+    /// Evaluates the feedback control u = −M∇ₓΦ(t, x) of a potential model.
+    Control(ControlArgs),
+    /// Rolls the closed loop dz = u dt + σ dW forward and reports its cost.
+    Simulate(SimulateArgs),
+    /// Measures the headline performance figures (ratios against baselines run in the
+    /// same process).
+    Bench(bench::BenchArgs),
+}
+
+/// Floating-point precision of evaluation.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Precision {
+    /// Single precision (fastest).
+    F32,
+    /// Double precision.
+    F64,
+}
+
+/// Integrators the sample command offers.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum SolverArg {
+    /// Explicit Euler (fixed steps).
+    Euler,
+    /// Heun, order 2 (fixed steps).
+    Heun,
+    /// Classic Runge–Kutta, order 4 (fixed steps).
+    Rk4,
+    /// Dormand–Prince 5(4), adaptive steps (--rtol, --atol).
+    Dopri5,
+}
+
+#[derive(clap::Args, Debug)]
+struct SampleArgs {
+    /// The model file.
+    model: PathBuf,
+    /// Number of samples.
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    n: usize,
+    /// Integrator.
+    #[arg(long, value_enum, default_value_t = SolverArg::Rk4)]
+    solver: SolverArg,
+    /// Steps of a fixed-step integrator.
+    #[arg(long, default_value_t = 32)]
+    steps: usize,
+    /// Relative tolerance (dopri5).
+    #[arg(long, default_value_t = 1e-5)]
+    rtol: f64,
+    /// Absolute tolerance (dopri5).
+    #[arg(long, default_value_t = 1e-5)]
+    atol: f64,
+    /// Seed of the prior draws.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Index of the first sample (draw a large set in pieces that match one run).
+    #[arg(long, default_value_t = 0)]
+    first_sample: u64,
+    /// Output file for the samples (n × d, .npy).
+    #[arg(short = 'o', long, default_value = "samples.npy")]
+    output: PathBuf,
+    /// Also write each sample's log-density (exact trace) to this .npy file.
+    #[arg(long)]
+    log_density: Option<PathBuf>,
+    /// Also write the trajectories (points × n × d, .npy) to this file (fixed-step solvers).
+    #[arg(long)]
+    trajectory: Option<PathBuf>,
+    /// Precision of evaluation (and of the written arrays).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
+}
+
+#[derive(clap::Args, Debug)]
+struct ControlArgs {
+    /// The model file (a potential).
+    model: PathBuf,
+    /// Time t.
+    #[arg(long, default_value_t = 0.0)]
+    t: f64,
+    /// State x, comma-separated (d values).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        allow_negative_numbers = true,
+        required = true
+    )]
+    x: Vec<f64>,
+    /// Precision of evaluation.
+    #[arg(long, value_enum, default_value_t = Precision::F64)]
+    precision: Precision,
+}
+
+#[derive(clap::Args, Debug)]
+struct SimulateArgs {
+    /// The model file (a potential).
+    model: PathBuf,
+    /// Initial state, comma-separated (default: the origin).
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    x0: Vec<f64>,
+    /// Noise level σ.
+    #[arg(long, default_value_t = 0.0)]
+    sigma: f64,
+    /// Euler–Maruyama steps.
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    /// Number of paths.
+    #[arg(long, default_value_t = 1000)]
+    paths: usize,
+    /// Seed of the Brownian increments.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write the final states (paths × d, .npy) here.
+    #[arg(short = 'o', long)]
+    output: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            eprintln!("error: --threads must be at least 1");
+            return ExitCode::from(2);
+        }
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+        {
+            eprintln!("error: cannot start {n} worker threads: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let result = match cli.command {
+        Command::Demo(args) => demo::run(&args),
+        Command::Inspect { model } => inspect(&model),
+        Command::Sample(args) => match args.precision {
+            Precision::F32 => sample::<f32>(&args),
+            Precision::F64 => sample::<f64>(&args),
+        },
+        Command::Control(args) => match args.precision {
+            Precision::F32 => control::<f32>(&args),
+            Precision::F64 => control::<f64>(&args),
+        },
+        Command::Simulate(args) => simulate(&args),
+        Command::Bench(args) => bench::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_model<T: Real>(path: &Path) -> Result<Model<T>> {
+    Model::load(path).with_context(|| format!("cannot load model {}", path.display()))
+}
+
+fn inspect(path: &Path) -> Result<()> {
+    let artifact =
+        Artifact::load(path).with_context(|| format!("cannot load model {}", path.display()))?;
+    println!("{}", path.display());
+    print!("{}", artifact.describe());
+    Ok(())
+}
+
+/// ODE options from the sample command's arguments.
+fn ode_options<T: Real>(args: &SampleArgs) -> Result<OdeOptions<T>> {
+    let solver = match args.solver {
+        SolverArg::Euler => OdeSolver::Euler,
+        SolverArg::Heun => OdeSolver::Heun,
+        SolverArg::Rk4 => OdeSolver::Rk4,
+        SolverArg::Dopri5 => OdeSolver::Dopri5,
+    };
+    let opts = if solver == OdeSolver::Dopri5 {
+        OdeOptions {
+            solver,
+            step_size: StepSize::Adaptive(AdaptiveOptions::new(T::of(args.rtol), T::of(args.atol))),
+        }
+    } else {
+        if args.steps == 0 {
+            bail!("--steps must be at least 1");
+        }
+        OdeOptions::fixed(solver, args.steps)
+    };
+    opts.validate()?;
+    Ok(opts)
+}
+
+fn sample<T: Real>(args: &SampleArgs) -> Result<()> {
+    if args.n == 0 {
+        bail!("-n must be at least 1");
+    }
+    let model = load_model::<T>(&args.model)?;
+    if model.kind() == ModelKind::Score {
+        bail!(
+            "{} is a score model: it is sampled through the VP-SDE (reverse SDE or \
+             probability-flow ODE), which this build's sample command does not offer yet",
+            args.model.display()
+        );
+    }
+    let field = model.field()?;
+    let opts = ode_options::<T>(args)?;
+    let d = model.dim();
+    let mut so = SamplerOptions::ode(opts, args.seed);
+    so.log_density = args.log_density.is_some();
+    so.normalization = model.artifact().card.normalization.clone();
+    if args.trajectory.is_some() {
+        if args.solver == SolverArg::Dopri5 {
+            bail!("--trajectory needs a fixed-step solver (euler, heun, rk4)");
+        }
+        so.trajectory = Some(SaveAt::Steps);
+    }
+    let (t0, t1) = model.time_interval();
+    // Samples start from the prior at t1 and are integrated to the data end t0.
+    let sampler = Sampler::new(field, t1, t0, so)?;
+    let bar = progress::Progress::new("sampling", args.n as u64);
+    let start = std::time::Instant::now();
+    let samples =
+        sampler.sample_with_progress(args.n, args.first_sample, &|done| bar.set(done as u64))?;
+    bar.finish();
+    let secs = start.elapsed().as_secs_f64();
+    write_npy(&args.output, &[args.n, d], &samples.x)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    if let (Some(path), Some(l)) = (&args.log_density, &samples.log_density) {
+        write_npy(path, &[args.n], l)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let (Some(path), Some(tr)) = (&args.trajectory, &samples.trajectory) {
+        write_npy(path, &[tr.times.len(), args.n, d], &tr.states)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let per_row = samples.stats.nfe as f64 / args.n as f64;
+    eprintln!(
+        "{} samples (d = {d}, {}) in {:.3} s: {:.0} samples/s, {:.1} field evaluations per sample{}",
+        args.n,
+        T::NAME,
+        secs,
+        args.n as f64 / secs,
+        per_row,
+        if samples.stats.rejected > 0 {
+            format!(", {} rejected steps", samples.stats.rejected)
+        } else {
+            String::new()
+        }
+    );
+    println!("{}", args.output.display());
+    Ok(())
+}
+
+fn control<T: Real>(args: &ControlArgs) -> Result<()> {
+    let model = load_model::<T>(&args.model)?;
+    let mut ctl = model.controller()?;
+    let d = ctl.state_dim();
+    if args.x.len() != d {
+        bail!(
+            "--x has {} values, the model's state dimension is {d}",
+            args.x.len()
+        );
+    }
+    let x: Vec<T> = args.x.iter().map(|v| T::of(*v)).collect();
+    let t = T::of(args.t);
+    let mut u = vec![T::zero(); ctl.control_dim()];
+    ctl.control(t, &x, &mut u)?;
+    let phi = ctl.value(t, &x)?;
+    let fmt = |v: &[T]| {
+        v.iter()
+            .map(|x| format!("{:.9e}", x.f64()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!("phi {:.12e}", phi.f64());
+    println!("u {}", fmt(&u));
+    Ok(())
+}
+
+fn simulate(args: &SimulateArgs) -> Result<()> {
+    let model = load_model::<f64>(&args.model)?;
+    let ctl = model.controller()?;
+    let d = ctl.state_dim();
+    if ctl.control_dim() != d {
+        bail!(
+            "this model's control map gives {} controls for a {d}-dimensional state; \
+             simulate rolls out dz = u dt + σ dW, which needs one control per state",
+            ctl.control_dim()
+        );
+    }
+    let x0 = if args.x0.is_empty() {
+        vec![0.0; d]
+    } else {
+        args.x0.clone()
+    };
+    if x0.len() != d {
+        bail!(
+            "--x0 has {} values, the model's state dimension is {d}",
+            x0.len()
+        );
+    }
+    let (t0, t1) = model.time_interval();
+    let opts = SimulateOptions {
+        x0,
+        t0,
+        t1,
+        steps: args.steps,
+        sigma: args.sigma,
+        paths: args.paths,
+        seed: args.seed,
+        keep_trajectories: false,
+    };
+    let dynamics = Integrator {
+        dim: d,
+        gain: 1.0,
+        control_weight: 1.0,
+    };
+    let out = ctl.simulate(&dynamics, &opts)?;
+    let (mean, se) = out.cost();
+    println!(
+        "control cost ∫½‖u‖²ds over {} paths, {} steps, σ = {}: {mean:.6} ± {se:.6} (standard error)",
+        args.paths, args.steps, args.sigma
+    );
+    if let Some(path) = &args.output {
+        write_npy(path, &[args.paths, d], &out.finals)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("{}", path.display());
+    }
+    if !mean.is_finite() {
+        return Err(anyhow!("the closed loop produced a non-finite cost"));
+    }
+    Ok(())
+}
