@@ -185,7 +185,7 @@ fn arenstorf() -> Problem {
             v[3] = y[1] - 2.0 * y[2] - mu1 * y[1] / d1 - MU * y[1] / d2;
         })),
         t0: 0.0,
-        t1: 17.065_216_560_157_962,
+        t1: 17.065_216_560_157_96,
         x0: vec![0.994, 0.0, 0.0, -2.001_585_106_379_082_5],
         exact: |_t0, _t, x| x.to_vec(),
     }
@@ -415,19 +415,21 @@ fn expm3(a: [[f64; 3]; 3], t: f64) -> [[f64; 3]; 3] {
 
 const A: [[f64; 3]; 3] = [[-0.5, 1.0, 0.2], [-1.0, 0.3, 0.0], [0.4, -0.2, -0.6]];
 
-fn linear_field() -> FnField<
-    impl Fn(f64, &[f64], &mut [f64]) + Send + Sync,
-    impl Fn(f64, &[f64]) -> f64 + Send + Sync,
-> {
-    FnField::with_div(
-        3,
-        |_t: f64, x: &[f64], v: &mut [f64]| {
-            for i in 0..3 {
-                v[i] = (0..3).map(|j| A[i][j] * x[j]).sum();
-            }
-        },
-        |_t: f64, _x: &[f64]| A[0][0] + A[1][1] + A[2][2],
-    )
+type Rhs = fn(f64, &[f64], &mut [f64]);
+type Div = fn(f64, &[f64]) -> f64;
+
+fn linear_rhs(_t: f64, x: &[f64], v: &mut [f64]) {
+    for (vi, row) in v.iter_mut().zip(A) {
+        *vi = row.iter().zip(x).map(|(a, b)| a * b).sum();
+    }
+}
+
+fn linear_div(_t: f64, _x: &[f64]) -> f64 {
+    A[0][0] + A[1][1] + A[2][2]
+}
+
+fn linear_field() -> FnField<Rhs, Div> {
+    FnField::with_div(3, linear_rhs as Rhs, linear_div as Div)
 }
 
 /// x' = A x: the log-determinant is tr(A)·(t1 − t0) (Jacobi's formula, up to

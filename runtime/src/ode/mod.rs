@@ -194,7 +194,7 @@ impl<T: Real> AdaptiveOptions<T> {
             return bad("h_min (must be finite and >= 0)", self.h_min);
         }
         if let Some(h) = self.h_max {
-            if !(h > T::zero()) || h.is_nan() {
+            if h.is_nan() || h <= T::zero() {
                 return bad("h_max (must be > 0)", h);
             }
         }
@@ -711,7 +711,7 @@ pub fn solve_block<T: Real, F: Field<T> + ?Sized>(
     t1: T,
     x: &mut [T],
     mut logdet: Option<&mut [T]>,
-    mut traj: Option<&mut Trajectory<T>>,
+    traj: Option<&mut Trajectory<T>>,
     ws: &mut OdeWorkspace<T>,
 ) -> Result<SolveStats> {
     opts.validate()?;
@@ -770,30 +770,11 @@ pub fn solve_block<T: Real, F: Field<T> + ?Sized>(
     };
     let result = match opts.step_size {
         StepSize::Fixed(steps) => solve_fixed(
-            field,
-            tab,
-            steps,
-            t0,
-            t1,
-            rows,
-            d,
-            div,
-            traj.as_deref_mut(),
-            ws,
-            &mut stats,
+            field, tab, steps, t0, t1, rows, d, div, traj, ws, &mut stats,
         ),
-        StepSize::Adaptive(a) => solve_adaptive(
-            field,
-            &a,
-            t0,
-            t1,
-            rows,
-            d,
-            div,
-            traj.as_deref_mut(),
-            ws,
-            &mut stats,
-        ),
+        StepSize::Adaptive(a) => {
+            solve_adaptive(field, &a, t0, t1, rows, d, div, traj, ws, &mut stats)
+        }
     };
     result?;
     for s in 0..rows {
