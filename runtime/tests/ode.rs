@@ -10,6 +10,50 @@ use socflow_runtime::ode::{
 };
 use socflow_runtime::{Error, Field};
 
+/// Counts the allocations the current thread makes while counting is on (tests run
+/// on several threads; only the measuring thread counts).
+struct CountingAlloc;
+
+thread_local! {
+    static COUNTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static ALLOCS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn note_alloc() {
+    if COUNTING.with(|c| c.get()) {
+        ALLOCS.with(|a| a.set(a.get() + 1));
+    }
+}
+
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        note_alloc();
+        // SAFETY: forwards the caller's layout unchanged to the system allocator.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: ptr was allocated by System with this layout.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
+        note_alloc();
+        // SAFETY: ptr was allocated by System with `layout`; forwarded unchanged.
+        unsafe { std::alloc::System.realloc(ptr, layout, size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+/// Runs `f` and returns its result with the number of allocations it made.
+fn count_allocs<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    ALLOCS.with(|a| a.set(0));
+    COUNTING.with(|c| c.set(true));
+    let r = f();
+    COUNTING.with(|c| c.set(false));
+    (r, ALLOCS.with(|a| a.get()))
+}
+
 /// Least-squares slope of ln(err) against ln(steps): minus the observed order.
 fn observed_order(steps: &[usize], errs: &[f64]) -> f64 {
     let xs: Vec<f64> = steps.iter().map(|n| (*n as f64).ln()).collect();
@@ -936,4 +980,41 @@ fn workspace_reuse_and_empty_interval() {
     .unwrap();
     assert_eq!(x, p.x0);
     assert_eq!(st.nfe, 0);
+}
+
+/// Once the workspace and trajectory have grown, solves do not allocate.
+#[test]
+fn repeated_solves_do_not_allocate() {
+    let f = linear_field();
+    let mut ws = OdeWorkspace::for_field(&f, 2);
+    let x0 = [1.0, -0.5, 2.0, 0.3, 0.3, -1.0];
+    let mut steps = Trajectory::every_step();
+    let mut dense = Trajectory::at_times(vec![0.0, 0.5, 1.0, 2.0]);
+    let fixed = OdeOptions::fixed(OdeSolver::Rk4, 30);
+    let adaptive = OdeOptions::adaptive(1e-8, 1e-8);
+    let run =
+        |ws: &mut OdeWorkspace<f64>, steps: &mut Trajectory<f64>, dense: &mut Trajectory<f64>| {
+            let mut x = x0.to_vec();
+            let mut ld = [0.0; 2];
+            let mut y = x0.to_vec();
+            let (r, n) = count_allocs(|| {
+                solve_block(&f, &fixed, 0.0, 2.0, &mut x, Some(&mut ld), Some(steps), ws)?;
+                solve_block(
+                    &f,
+                    &adaptive,
+                    0.0,
+                    2.0,
+                    &mut y,
+                    Some(&mut ld),
+                    Some(dense),
+                    ws,
+                )
+            });
+            r.unwrap();
+            n
+        };
+    // The first solves size the trajectories (and prove the counter counts).
+    assert!(run(&mut ws, &mut steps, &mut dense) > 0);
+    let n = run(&mut ws, &mut steps, &mut dense);
+    assert_eq!(n, 0, "{n} allocations in repeated solves");
 }

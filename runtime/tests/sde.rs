@@ -15,6 +15,50 @@ use socflow_runtime::sde::{
 };
 use socflow_runtime::Error;
 
+/// Counts the allocations the current thread makes while counting is on (tests run
+/// on several threads; only the measuring thread counts).
+struct CountingAlloc;
+
+thread_local! {
+    static COUNTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static ALLOCS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn note_alloc() {
+    if COUNTING.with(|c| c.get()) {
+        ALLOCS.with(|a| a.set(a.get() + 1));
+    }
+}
+
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        note_alloc();
+        // SAFETY: forwards the caller's layout unchanged to the system allocator.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: ptr was allocated by System with this layout.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
+        note_alloc();
+        // SAFETY: ptr was allocated by System with `layout`; forwarded unchanged.
+        unsafe { std::alloc::System.realloc(ptr, layout, size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+/// Runs `f` and returns its result with the number of allocations it made.
+fn count_allocs<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    ALLOCS.with(|a| a.set(0));
+    COUNTING.with(|c| c.set(true));
+    let r = f();
+    COUNTING.with(|c| c.set(false));
+    (r, ALLOCS.with(|a| a.get()))
+}
+
 /// Least-squares slope of ln(err) against ln(steps): minus the observed order.
 fn observed_order(steps: &[usize], errs: &[f64]) -> f64 {
     let xs: Vec<f64> = steps.iter().map(|n| (*n as f64).ln()).collect();
@@ -536,4 +580,41 @@ fn invalid_arguments_are_refused() {
         matches!(err, Error::Integration(_)) && err.to_string().contains("row 1"),
         "{err}"
     );
+}
+
+/// Once the workspace and trajectory have grown, SDE solves do not allocate.
+#[test]
+fn repeated_solves_do_not_allocate() {
+    let (drift, diffusion) = nonlinear_problem();
+    let b = Brownian::new(8);
+    let mut ws = SdeWorkspace::for_field(&drift, 3);
+    let mut traj = Trajectory::every_step();
+    let x0 = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6];
+    for round in 0..2 {
+        let mut x = x0.to_vec();
+        let (r, n) = count_allocs(|| {
+            for scheme in [SdeScheme::EulerMaruyama, SdeScheme::StochasticHeun] {
+                let opts = SdeOptions::new(scheme, 25);
+                solve_sde_block(
+                    &drift,
+                    &diffusion,
+                    &opts,
+                    0.0,
+                    1.0,
+                    &mut x,
+                    &b,
+                    9,
+                    Some(&mut traj),
+                    &mut ws,
+                )?;
+            }
+            Ok::<(), Error>(())
+        });
+        r.unwrap();
+        if round == 0 {
+            assert!(n > 0, "the first solve sizes the trajectory");
+        } else {
+            assert_eq!(n, 0, "{n} allocations in repeated SDE solves");
+        }
+    }
 }
