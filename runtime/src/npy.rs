@@ -17,12 +17,16 @@ const MAGIC: &[u8; 6] = b"\x93NUMPY";
 /// numpy pads the header so that the data starts at a multiple of 64 bytes.
 const ALIGN: usize = 64;
 
-/// Encodes a 1-D or 2-D array (row-major `data` of length Π shape) as `.npy` bytes,
-/// `<f4` for f32 data and `<f8` for f64 data.
+/// Largest number of dimensions [`to_npy_bytes`] writes (trajectories are 3-D).
+pub const MAX_WRITE_DIMS: usize = 8;
+
+/// Encodes an array of 1 to [`MAX_WRITE_DIMS`] dimensions (row-major `data` of length
+/// Π shape) as `.npy` bytes, `<f4` for f32 data and `<f8` for f64 data.
 pub fn to_npy_bytes<T: Real>(shape: &[usize], data: &[T]) -> Result<Vec<u8>> {
-    if shape.is_empty() || shape.len() > 2 {
+    if shape.is_empty() || shape.len() > MAX_WRITE_DIMS {
         return Err(Error::InvalidArgument(format!(
-            "npy: shape {shape:?} is not 1-D or 2-D"
+            "npy: shape {shape:?} has {} dimensions (1 to {MAX_WRITE_DIMS} can be written)",
+            shape.len()
         )));
     }
     let n = shape
@@ -69,7 +73,7 @@ pub fn to_npy_bytes<T: Real>(shape: &[usize], data: &[T]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Writes a 1-D or 2-D array to `path` atomically (temporary file, fsync, rename).
+/// Writes an array (see [`to_npy_bytes`]) to `path` atomically (temporary file, fsync, rename).
 pub fn write_npy<T: Real>(path: impl AsRef<Path>, shape: &[usize], data: &[T]) -> Result<()> {
     let bytes = to_npy_bytes(shape, data)?;
     crate::artifact::write_atomically(path.as_ref(), &bytes)
