@@ -416,6 +416,13 @@ where
     );
     for k in 0..steps {
         let (tk, tk1) = (time(k), time(k + 1));
+        if rows == 0 {
+            // An empty block evaluates nothing (fields need not accept 0 rows).
+            if let Some(tr) = traj.as_deref_mut() {
+                tr.put_block(k + 1, tk1, x);
+            }
+            continue;
+        }
         t.fill(tk);
         drift.eval_block(t, x, f, scratch)?;
         diffusion.eval_block(t, x, g)?;

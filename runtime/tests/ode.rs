@@ -980,6 +980,37 @@ fn workspace_reuse_and_empty_interval() {
     .unwrap();
     assert_eq!(x, p.x0);
     assert_eq!(st.nfe, 0);
+
+    // An empty block: nothing evaluated, the trajectory still has its times.
+    let mut traj = Trajectory::every_step();
+    let mut empty: Vec<f64> = Vec::new();
+    let opts = OdeOptions::fixed(OdeSolver::Rk4, 4);
+    let st = solve_block(
+        f,
+        &opts,
+        0.0,
+        1.0,
+        &mut empty,
+        None,
+        Some(&mut traj),
+        &mut shared,
+    )
+    .unwrap();
+    assert_eq!((st.rows, st.nfe, st.block_evals), (0, 0, 0));
+    assert_eq!(traj.times(), &[0.0, 0.25, 0.5, 0.75, 1.0]);
+    assert!(traj.states().is_empty());
+    let st = solve_block(
+        f,
+        &OdeOptions::adaptive(1e-6, 1e-6),
+        0.0,
+        1.0,
+        &mut empty,
+        None,
+        None,
+        &mut shared,
+    )
+    .unwrap();
+    assert_eq!(st.nfe, 0);
 }
 
 /// Once the workspace and trajectory have grown, solves do not allocate.

@@ -496,6 +496,25 @@ fn trajectory_and_increment_source() {
     b.increments(43, 3, 0.05, &mut w).unwrap();
     assert_eq!(&dw[2..], &w[..]);
 
+    // An empty block evaluates nothing and still records the step times.
+    let mut empty: Vec<f64> = Vec::new();
+    let st = solve_sde_block(
+        &drift,
+        &diffusion,
+        &opts,
+        0.0,
+        1.0,
+        &mut empty,
+        &b,
+        0,
+        Some(&mut traj),
+        &mut ws,
+    )
+    .unwrap();
+    assert_eq!((st.nfe, st.block_evals), (0, 0));
+    assert_eq!(traj.len(), 21);
+    assert!(traj.states().is_empty());
+
     let mut bad = Trajectory::at_times(vec![0.5]);
     assert!(matches!(
         solve_sde_block(
