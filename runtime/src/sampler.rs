@@ -258,14 +258,9 @@ impl<T: Real> Sampler<T> {
             None
         };
         let nblocks = n.div_ceil(rows);
-        let mut ld_store;
-        let ld_chunks: Vec<Option<&mut [T]>> = match logp.as_deref_mut() {
+        let ld_chunks: Vec<Option<&mut [T]>> = match logp.take() {
             Some(l) => l.chunks_mut(rows).map(Some).collect(),
-            None => {
-                ld_store = Vec::new();
-                ld_store.resize_with(nblocks, || None);
-                ld_store
-            }
+            None => (0..nblocks).map(|_| None).collect(),
         };
         let done = AtomicUsize::new(0);
         let results: Vec<Result<(SolveStats, Option<Trajectory<T>>)>> = x
