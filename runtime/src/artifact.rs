@@ -1262,8 +1262,9 @@ fn decode_values(bytes: &[u8], dtype: StorageDtype) -> Vec<f64> {
 
 /// Writes `bytes` to `path` atomically: a new temporary file in the same directory,
 /// fsync, rename over `path`, then fsync of the directory (where the platform allows).
-/// Readers see the old file or the new one, never a partial one.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Readers see the old file or the new one, never a partial one. Used for model files,
+/// `.npy` outputs and the trainer's checkpoints.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
 
