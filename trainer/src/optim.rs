@@ -340,7 +340,8 @@ impl Scheduler {
                 min_lr,
                 ..
             } => {
-                if !(factor > 0.0 && factor < 1.0) || !(threshold >= 0.0) || !(min_lr >= 0.0) {
+                let valid = factor > 0.0 && factor < 1.0 && threshold >= 0.0 && min_lr >= 0.0;
+                if !valid {
                     return bad("plateau needs 0 < factor < 1, threshold ≥ 0, min_lr ≥ 0");
                 }
             }
@@ -420,7 +421,7 @@ impl Scheduler {
 /// Scales the gradients so that their global Euclidean norm is at most `max_norm`;
 /// returns the norm before clipping. Non-finite gradients are an error.
 pub fn clip_grad_norm(grads: &mut [Vec<f64>], max_norm: f64) -> Result<f64> {
-    if !(max_norm > 0.0) {
+    if max_norm.is_nan() || max_norm <= 0.0 {
         return Err(Error::InvalidArgument(format!(
             "clip norm {max_norm} must be positive"
         )));
@@ -451,7 +452,7 @@ pub struct Clamp {
 /// Clamps the named parameters into their bounds.
 pub fn clamp(params: &mut ParamSet, clamps: &[Clamp]) -> Result<()> {
     for c in clamps {
-        if !(c.min <= c.max) {
+        if c.min.is_nan() || c.max.is_nan() || c.min > c.max {
             return Err(Error::InvalidArgument(format!(
                 "clamp of `{}`: min {} > max {}",
                 c.param, c.min, c.max
