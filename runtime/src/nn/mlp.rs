@@ -6,7 +6,7 @@
 //! one GEMM over a chunk of rows (the throughput path of batch sampling).
 //!
 //! Block results are independent of the other rows of a block, bitwise: blocks are cut
-//! into chunks of a fixed number of rows ([`Mlp::preferred_block_rows`]; the last one
+//! into chunks of a fixed number of rows ([`Field::preferred_block_rows`]; the last one
 //! padded), so every GEMM call has the same shape whatever the caller's block.
 
 use crate::error::{check_len, Error, Result};
@@ -202,15 +202,8 @@ impl<T: Real> Mlp<T> {
         self.activation
     }
 
-    /// Rows per GEMM chunk of [`Field::eval_block`] ([`BLOCK_ROWS`]): a block of any size
-    /// is evaluated in chunks of this many rows, the last one padded, so blocks of a
-    /// multiple of it waste nothing. Samplers should hand out blocks of this size.
-    pub fn preferred_block_rows(&self) -> usize {
-        BLOCK_ROWS
-    }
-
     /// Rows per chunk of [`Field::eval_block_div`] (smaller than
-    /// [`preferred_block_rows`](Self::preferred_block_rows) when the d tangent rows per
+    /// [`Field::preferred_block_rows`] when the d tangent rows per
     /// state would not fit the buffer budget).
     pub fn div_block_rows(&self) -> usize {
         (DIV_BLOCK_BUDGET / (self.d * self.max_pad)).clamp(1, BLOCK_ROWS)
@@ -583,6 +576,14 @@ impl<T: Real> Field<T> for Mlp<T> {
         let need = Field::scratch_len(self);
         check_len("scratch", scratch.len().min(need), need)?;
         Ok(single(self, t, x, v, &mut scratch[..need], true))
+    }
+
+    /// Rows per GEMM chunk of the block paths: a block of any size is evaluated in
+    /// chunks of this many rows (the last one padded, so that every GEMM has the same
+    /// shape and rows do not depend on each other), so blocks of a multiple of it waste
+    /// nothing.
+    fn preferred_block_rows(&self) -> usize {
+        BLOCK_ROWS
     }
 
     fn block_scratch_len(&self, rows: usize) -> usize {

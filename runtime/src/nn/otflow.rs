@@ -19,7 +19,7 @@
 //! machine this was measured on.)
 //!
 //! Block results are independent of the other rows of a block, bitwise: blocks are cut
-//! into chunks of a fixed number of rows ([`OtFlow::preferred_block_rows`]; the last
+//! into chunks of a fixed number of rows ([`Field::preferred_block_rows`]; the last
 //! chunk padded), so every GEMM call has the same shape whatever the caller's block.
 
 use crate::error::{check_len, Error, Result};
@@ -342,13 +342,6 @@ impl<T: Real> OtFlow<T> {
 
     fn lap_scratch_len(&self) -> usize {
         self.grad_scratch_len() + 2 * self.m_pad * self.d_pad
-    }
-
-    /// Rows per GEMM chunk of the block paths (a block of any size is evaluated in
-    /// chunks of this many rows, the last one padded): blocks of a multiple of it waste
-    /// nothing.
-    pub fn preferred_block_rows(&self) -> usize {
-        BLOCK_ROWS
     }
 
     fn lap_block_rows(&self) -> usize {
@@ -923,6 +916,14 @@ impl<T: Real> Field<T> for OtFlow<T> {
             *vi = -*vi;
         }
         Ok(-lap)
+    }
+
+    /// Rows per GEMM chunk of the block paths: a block of any size is evaluated in
+    /// chunks of this many rows (the last one padded, so that every GEMM has the same
+    /// shape and rows do not depend on each other), so blocks of a multiple of it waste
+    /// nothing.
+    fn preferred_block_rows(&self) -> usize {
+        BLOCK_ROWS
     }
 
     fn block_scratch_len(&self, rows: usize) -> usize {
