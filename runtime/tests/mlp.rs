@@ -10,6 +10,37 @@ use socflow_runtime::nn::mlp::Mlp;
 use socflow_runtime::nn::{Activation, MlpParams};
 use socflow_runtime::{Error, Real};
 
+/// Counts this thread's heap allocations (tests run in parallel threads).
+struct CountingAlloc;
+
+thread_local! {
+    static ALLOCS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; the counter is a const-initialized
+// thread-local Cell, which does not allocate.
+#[allow(unsafe_code)]
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+fn allocations<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    let before = ALLOCS.with(|c| c.get());
+    let r = f();
+    (r, ALLOCS.with(|c| c.get()) - before)
+}
+
 /// Deterministic normal-ish numbers (splitmix64 + Box–Muller), no dependencies.
 struct Rng(u64);
 
@@ -310,6 +341,31 @@ fn large_preactivations_stay_finite() {
                     assert!((v[k] - want[k]).abs() <= 1e-12 * scale, "{act:?} v[{k}]");
                 }
             }
+        }
+    }
+}
+
+#[test]
+fn single_state_paths_do_not_allocate() {
+    for act in ACTS {
+        for &(d, hidden) in &SHAPES[..6] {
+            let p = random_params(d, hidden, act, 3);
+            let n64 = Mlp::<f64>::new(&p).unwrap();
+            let n32 = Mlp::<f32>::new(&p).unwrap();
+            let x = vec![0.3; d];
+            let x32 = vec![0.3f32; d];
+            let (mut v, mut v32) = (vec![0.0; d], vec![0.0f32; d]);
+            let mut sc = vec![0.0; n64.scratch_len()];
+            let mut sc32 = vec![0.0f32; n32.scratch_len()];
+            n64.eval_div(0.1, &x, &mut v, &mut sc).unwrap();
+            n32.eval_div(0.1, &x32, &mut v32, &mut sc32).unwrap();
+            let (_, count) = allocations(|| {
+                n64.eval(0.2, &x, &mut v, &mut sc).unwrap();
+                n64.eval_div(0.2, &x, &mut v, &mut sc).unwrap();
+                n32.eval(0.2, &x32, &mut v32, &mut sc32).unwrap();
+                n32.eval_div(0.2, &x32, &mut v32, &mut sc32).unwrap();
+            });
+            assert_eq!(count, 0, "{act:?} d={d}: single-state calls allocated");
         }
     }
 }

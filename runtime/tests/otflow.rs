@@ -10,6 +10,37 @@ use socflow_runtime::nn::otflow::OtFlow;
 use socflow_runtime::nn::OtFlowParams;
 use socflow_runtime::{Error, Real};
 
+/// Counts this thread's heap allocations (tests run in parallel threads).
+struct CountingAlloc;
+
+thread_local! {
+    static ALLOCS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; the counter is a const-initialized
+// thread-local Cell, which does not allocate.
+#[allow(unsafe_code)]
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+fn allocations<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    let before = ALLOCS.with(|c| c.get());
+    let r = f();
+    (r, ALLOCS.with(|c| c.get()) - before)
+}
+
 const GOLDEN: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../shared/reference/otflow_phi_golden.json"
@@ -649,6 +680,36 @@ fn block_equals_single_state_f64() {
 fn block_equals_single_state_f32() {
     for (case, &(d, m, n_th)) in SHAPES.iter().enumerate() {
         block_case::<f32>(d, m, n_th, 700 + case as u64, 45, 2e-5 * (m as f64).sqrt());
+    }
+}
+
+#[test]
+fn single_state_paths_do_not_allocate() {
+    for (d, m, n_th) in [(2usize, 8usize, 2usize), (12, 64, 2), (100, 256, 3)] {
+        let p = random_params(d, m, n_th, 21);
+        let n32 = OtFlow::<f32>::new(&p).unwrap();
+        let n64 = OtFlow::<f64>::new(&p).unwrap();
+        let x: Vec<f64> = Rng(4).vec(d, 1.0);
+        let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+        let (mut g, mut g32) = (vec![0.0; d], vec![0.0f32; d]);
+        let mut sc = vec![0.0; Potential::scratch_len(&n64)];
+        let mut sc32 = vec![0.0f32; Potential::scratch_len(&n32)];
+        // Warm up (run-time dispatch resolves on the first call).
+        n64.grad_lap(0.1, &x, &mut g, &mut sc).unwrap();
+        n32.grad_lap(0.1, &x32, &mut g32, &mut sc32).unwrap();
+        let (_, count) = allocations(|| {
+            n64.value(0.2, &x, &mut sc).unwrap();
+            n64.grad(0.2, &x, &mut g, &mut sc).unwrap();
+            n64.grad_lap(0.2, &x, &mut g, &mut sc).unwrap();
+            n64.eval(0.2, &x, &mut g, &mut sc).unwrap();
+            n64.eval_div(0.2, &x, &mut g, &mut sc).unwrap();
+            n32.grad(0.2, &x32, &mut g32, &mut sc32).unwrap();
+            n32.grad_lap(0.2, &x32, &mut g32, &mut sc32).unwrap();
+        });
+        assert_eq!(
+            count, 0,
+            "(d,m,nTh)=({d},{m},{n_th}): single-state calls allocated"
+        );
     }
 }
 
