@@ -1,0 +1,1163 @@
+//! The CPU backend: host vectors, `gemm` for products, rayon for large elementwise
+//! kernels.
+//!
+//! Half precisions are stored as [`half::f16`] / [`half::bf16`]; every kernel widens its
+//! (exact) half inputs to f32, computes in f32 and rounds its output once, which is what
+//! the GPU does natively (cuBLAS `gemm_ex` with 16-bit inputs and f32 compute;
+//! elementwise kernels that load halves and compute in f32). The 16-bit GEMM therefore
+//! widens both operands to f32 and calls the f32 GEMM, rather than `gemm`'s own f16
+//! path, which stores partial sums in f16 between its blocks of the inner dimension.
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
+
+use super::backend::{Backend, BinaryOp, Broadcast, Reduction, Storage, UnaryOp};
+use super::error::{Error, Result};
+use super::tensor::{DType, Shape};
+
+/// Element count from which elementwise kernels split their work over rayon threads.
+const PAR_ELEMS: usize = 1 << 15;
+/// Multiply–add count from which a GEMM runs on rayon threads.
+const PAR_GEMM: usize = 1 << 18;
+
+/// The CPU backend. `Cpu::default()` uses rayon for large kernels; results do not
+/// depend on the thread count except, in the last bits, those of large GEMMs (which
+/// may split their inner loops differently).
+#[derive(Clone, Copy, Debug)]
+pub struct Cpu {
+    parallel: bool,
+}
+
+impl Default for Cpu {
+    fn default() -> Self {
+        Cpu { parallel: true }
+    }
+}
+
+impl Cpu {
+    /// A backend that uses rayon's current thread pool for large kernels.
+    pub fn new() -> Self {
+        Cpu::default()
+    }
+
+    /// A backend that runs every kernel on the calling thread (for callers that
+    /// parallelize over independent graphs themselves).
+    pub fn serial() -> Self {
+        Cpu { parallel: false }
+    }
+
+    /// Whether large kernels use rayon.
+    pub fn is_parallel(&self) -> bool {
+        self.parallel
+    }
+}
+
+/// A CPU buffer: a host vector of one precision.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CpuBuffer {
+    /// f64 elements.
+    F64(Vec<f64>),
+    /// f32 elements.
+    F32(Vec<f32>),
+    /// bfloat16 elements.
+    Bf16(Vec<bf16>),
+    /// binary16 elements.
+    F16(Vec<f16>),
+}
+
+impl Storage for CpuBuffer {
+    fn dtype(&self) -> DType {
+        match self {
+            CpuBuffer::F64(_) => DType::F64,
+            CpuBuffer::F32(_) => DType::F32,
+            CpuBuffer::Bf16(_) => DType::Bf16,
+            CpuBuffer::F16(_) => DType::F16,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            CpuBuffer::F64(v) => v.len(),
+            CpuBuffer::F32(v) => v.len(),
+            CpuBuffer::Bf16(v) => v.len(),
+            CpuBuffer::F16(v) => v.len(),
+        }
+    }
+}
+
+impl CpuBuffer {
+    /// The elements, if f64.
+    pub fn as_f64(&self) -> Option<&[f64]> {
+        match self {
+            CpuBuffer::F64(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The elements, if f32.
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match self {
+            CpuBuffer::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The elements, if bf16.
+    pub fn as_bf16(&self) -> Option<&[bf16]> {
+        match self {
+            CpuBuffer::Bf16(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The elements, if f16.
+    pub fn as_f16(&self) -> Option<&[f16]> {
+        match self {
+            CpuBuffer::F16(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// Rounds f64 to the nearest f32, breaking a tie to the one with an odd last bit
+/// ("round to odd"): rounding that result once more to a type at least two bits
+/// narrower (f16, bf16) gives the correctly rounded narrow value, where plain
+/// f64 → f32 → f16 can round twice the wrong way.
+fn f64_to_f32_odd(x: f64) -> f32 {
+    let f = x as f32;
+    if !x.is_finite() || f64::from(f) == x {
+        return f;
+    }
+    // `f` is the nearest f32; step one toward zero if it lies beyond `x` (truncation),
+    // then mark the result inexact with its last bit. Same-sign f32 bit patterns are
+    // ordered by magnitude, so ±1 on the bits moves by one ulp.
+    let truncated = if f64::from(f).abs() > x.abs() {
+        f32::from_bits(f.to_bits() - 1)
+    } else {
+        f
+    };
+    f32::from_bits(truncated.to_bits() | 1)
+}
+
+/// A compute type (f32 or f64) and the few functions the kernels need.
+trait Acc:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + AddAssign
+    + 'static
+{
+    /// Rounds from f64.
+    fn of(x: f64) -> Self;
+    fn abs(self) -> Self;
+    fn recip(self) -> Self;
+    fn exp(self) -> Self;
+    fn ln(self) -> Self;
+    fn ln_1p(self) -> Self;
+    fn sqrt(self) -> Self;
+    fn tanh(self) -> Self;
+    fn max(self, other: Self) -> Self;
+}
+
+macro_rules! impl_acc {
+    ($t:ty) => {
+        impl Acc for $t {
+            #[inline(always)]
+            fn of(x: f64) -> Self {
+                x as $t
+            }
+            #[inline(always)]
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+            #[inline(always)]
+            fn recip(self) -> Self {
+                <$t>::recip(self)
+            }
+            #[inline(always)]
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            #[inline(always)]
+            fn ln(self) -> Self {
+                <$t>::ln(self)
+            }
+            #[inline(always)]
+            fn ln_1p(self) -> Self {
+                <$t>::ln_1p(self)
+            }
+            #[inline(always)]
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            #[inline(always)]
+            fn tanh(self) -> Self {
+                <$t>::tanh(self)
+            }
+            #[inline(always)]
+            fn max(self, other: Self) -> Self {
+                <$t>::max(self, other)
+            }
+        }
+    };
+}
+
+impl_acc!(f32);
+impl_acc!(f64);
+
+/// A storage element: how it widens to and rounds from its compute type.
+trait Elem: Copy + Send + Sync + 'static {
+    /// The compute (and accumulation) type.
+    type Acc: Acc;
+    fn to_acc(self) -> Self::Acc;
+    fn from_acc(a: Self::Acc) -> Self;
+    fn from_f64(x: f64) -> Self;
+    fn to_f64(self) -> f64;
+}
+
+impl Elem for f64 {
+    type Acc = f64;
+    #[inline(always)]
+    fn to_acc(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn from_acc(a: f64) -> Self {
+        a
+    }
+    #[inline(always)]
+    fn from_f64(x: f64) -> Self {
+        x
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
+
+impl Elem for f32 {
+    type Acc = f32;
+    #[inline(always)]
+    fn to_acc(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn from_acc(a: f32) -> Self {
+        a
+    }
+    #[inline(always)]
+    fn from_f64(x: f64) -> Self {
+        x as f32
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+}
+
+impl Elem for f16 {
+    type Acc = f32;
+    #[inline(always)]
+    fn to_acc(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn from_acc(a: f32) -> Self {
+        f16::from_f32(a)
+    }
+    #[inline(always)]
+    fn from_f64(x: f64) -> Self {
+        f16::from_f32(f64_to_f32_odd(x))
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self.to_f64()
+    }
+}
+
+impl Elem for bf16 {
+    type Acc = f32;
+    #[inline(always)]
+    fn to_acc(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn from_acc(a: f32) -> Self {
+        bf16::from_f32(a)
+    }
+    #[inline(always)]
+    fn from_f64(x: f64) -> Self {
+        bf16::from_f32(f64_to_f32_odd(x))
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self.to_f64()
+    }
+}
+
+/// Applies a generic kernel to a buffer, keeping its precision.
+macro_rules! dispatch1 {
+    ($x:expr, |$v:ident| $body:expr) => {
+        match $x {
+            CpuBuffer::F64($v) => CpuBuffer::F64($body),
+            CpuBuffer::F32($v) => CpuBuffer::F32($body),
+            CpuBuffer::Bf16($v) => CpuBuffer::Bf16($body),
+            CpuBuffer::F16($v) => CpuBuffer::F16($body),
+        }
+    };
+}
+
+/// Applies a generic kernel to two buffers of the same precision.
+macro_rules! dispatch2 {
+    ($op:expr, $a:expr, $b:expr, |$x:ident, $y:ident| $body:expr) => {
+        match ($a, $b) {
+            (CpuBuffer::F64($x), CpuBuffer::F64($y)) => CpuBuffer::F64($body),
+            (CpuBuffer::F32($x), CpuBuffer::F32($y)) => CpuBuffer::F32($body),
+            (CpuBuffer::Bf16($x), CpuBuffer::Bf16($y)) => CpuBuffer::Bf16($body),
+            (CpuBuffer::F16($x), CpuBuffer::F16($y)) => CpuBuffer::F16($body),
+            (a, b) => {
+                return Err(Error::DType {
+                    op: $op,
+                    lhs: a.dtype(),
+                    rhs: b.dtype(),
+                })
+            }
+        }
+    };
+}
+
+fn check_len(what: &'static str, found: usize, expected: usize) -> Result<()> {
+    if found == expected {
+        Ok(())
+    } else {
+        Err(Error::Length {
+            what,
+            found,
+            expected,
+        })
+    }
+}
+
+fn checked_len(op: &'static str, shape: Shape) -> Result<usize> {
+    shape.checked_len().ok_or_else(|| Error::InvalidShape {
+        op,
+        shape,
+        message: "element count overflows".into(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Scalar maps, generic over the compute type
+// ---------------------------------------------------------------------------------------
+
+#[inline(always)]
+fn sigmoid<R: Acc>(x: R) -> R {
+    if x >= R::of(0.0) {
+        R::of(1.0) / (R::of(1.0) + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (R::of(1.0) + e)
+    }
+}
+
+#[inline(always)]
+fn sign<R: Acc>(x: R) -> R {
+    if x > R::of(0.0) {
+        R::of(1.0)
+    } else if x < R::of(0.0) {
+        -R::of(1.0)
+    } else {
+        // ±0 stays 0, NaN stays NaN.
+        x * R::of(0.0)
+    }
+}
+
+#[inline(always)]
+fn sech2<R: Acc>(x: R) -> R {
+    let e = (-(x.abs() + x.abs())).exp();
+    let d = R::of(1.0) + e;
+    R::of(4.0) * e / (d * d)
+}
+
+#[inline(always)]
+fn silu_prime<R: Acc>(x: R) -> R {
+    let (s, sm) = (sigmoid(x), sigmoid(-x));
+    s * (R::of(1.0) + x * sm)
+}
+
+#[inline(always)]
+fn silu_second<R: Acc>(x: R) -> R {
+    let (s, sm) = (sigmoid(x), sigmoid(-x));
+    s * sm * (R::of(2.0) + x * (sm - s))
+}
+
+#[inline(always)]
+fn softplus<R: Acc>(x: R) -> R {
+    // `max` ignores a NaN argument; the second term carries it.
+    x.max(R::of(0.0)) + (-x.abs()).exp().ln_1p()
+}
+
+#[inline(always)]
+fn logcosh<R: Acc>(x: R) -> R {
+    let a = x.abs();
+    a + (-(a + a)).exp().ln_1p()
+}
+
+// ---------------------------------------------------------------------------------------
+// Generic kernels
+// ---------------------------------------------------------------------------------------
+
+fn map_k<E: Elem, F>(par: bool, x: &[E], f: F) -> Vec<E>
+where
+    F: Fn(E::Acc) -> E::Acc + Sync + Send,
+{
+    if par && x.len() >= PAR_ELEMS {
+        x.par_iter().map(|&v| E::from_acc(f(v.to_acc()))).collect()
+    } else {
+        x.iter().map(|&v| E::from_acc(f(v.to_acc()))).collect()
+    }
+}
+
+fn unary_k<E: Elem>(par: bool, op: UnaryOp, x: &[E]) -> Vec<E> {
+    match op {
+        UnaryOp::Neg => map_k(par, x, |v| -v),
+        UnaryOp::Square => map_k(par, x, |v| v * v),
+        UnaryOp::Abs => map_k(par, x, |v| v.abs()),
+        UnaryOp::Sign => map_k(par, x, sign),
+        UnaryOp::Recip => map_k(par, x, |v| v.recip()),
+        UnaryOp::Exp => map_k(par, x, |v| v.exp()),
+        UnaryOp::Log => map_k(par, x, |v| v.ln()),
+        UnaryOp::Sqrt => map_k(par, x, |v| v.sqrt()),
+        UnaryOp::Tanh => map_k(par, x, |v| v.tanh()),
+        UnaryOp::Sech2 => map_k(par, x, sech2),
+        UnaryOp::Sigmoid => map_k(par, x, sigmoid),
+        UnaryOp::Silu => map_k(par, x, |v| v * sigmoid(v)),
+        UnaryOp::SiluPrime => map_k(par, x, silu_prime),
+        UnaryOp::SiluSecond => map_k(par, x, silu_second),
+        UnaryOp::Softplus => map_k(par, x, softplus),
+        UnaryOp::LogCosh => map_k(par, x, logcosh),
+    }
+}
+
+fn affine_k<E: Elem>(par: bool, x: &[E], alpha: f64, beta: f64) -> Vec<E> {
+    let (a, b) = (E::Acc::of(alpha), E::Acc::of(beta));
+    map_k(par, x, move |u| a * u + b)
+}
+
+fn zip_k<E: Elem, F>(par: bool, a: &[E], shape: Shape, b: &[E], bc: Broadcast, f: F) -> Vec<E>
+where
+    F: Fn(E::Acc, E::Acc) -> E::Acc + Sync + Send,
+{
+    let n = shape.cols.max(1);
+    let row = |(r, (out, ar)): (usize, (&mut [E], &[E]))| {
+        for (c, (o, &av)) in out.iter_mut().zip(ar).enumerate() {
+            let bv = match bc {
+                Broadcast::None => b[r * n + c],
+                Broadcast::Row => b[c],
+                Broadcast::Col => b[r],
+                Broadcast::Scalar => b[0],
+            };
+            *o = E::from_acc(f(av.to_acc(), bv.to_acc()));
+        }
+    };
+    let mut out = vec![E::from_acc(E::Acc::of(0.0)); a.len()];
+    if par && a.len() >= PAR_ELEMS {
+        out.par_chunks_mut(n)
+            .zip(a.par_chunks(n))
+            .enumerate()
+            .for_each(row);
+    } else {
+        out.chunks_mut(n).zip(a.chunks(n)).enumerate().for_each(row);
+    }
+    out
+}
+
+fn binary_k<E: Elem>(
+    par: bool,
+    op: BinaryOp,
+    a: &[E],
+    shape: Shape,
+    b: &[E],
+    bc: Broadcast,
+) -> Vec<E> {
+    match op {
+        BinaryOp::Add => zip_k(par, a, shape, b, bc, |x, y| x + y),
+        BinaryOp::Sub => zip_k(par, a, shape, b, bc, |x, y| x - y),
+        BinaryOp::Mul => zip_k(par, a, shape, b, bc, |x, y| x * y),
+        BinaryOp::Div => zip_k(par, a, shape, b, bc, |x, y| x / y),
+    }
+}
+
+fn add_assign_k<E: Elem>(dst: &mut [E], src: &[E]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = E::from_acc(d.to_acc() + s.to_acc());
+    }
+}
+
+fn reduce_k<E: Elem>(x: &[E], shape: Shape, axis: Reduction, alpha: f64) -> Vec<E> {
+    let alpha = E::Acc::of(alpha);
+    let zero = E::Acc::of(0.0);
+    let n = shape.cols;
+    match axis {
+        Reduction::Cols => {
+            if n == 0 {
+                return vec![E::from_acc(zero); shape.rows];
+            }
+            x.chunks(n)
+                .map(|row| E::from_acc(alpha * row.iter().fold(zero, |s, &v| s + v.to_acc())))
+                .collect()
+        }
+        Reduction::Rows => {
+            let mut acc = vec![zero; n];
+            if n > 0 {
+                for row in x.chunks(n) {
+                    for (a, &v) in acc.iter_mut().zip(row) {
+                        *a += v.to_acc();
+                    }
+                }
+            }
+            acc.into_iter().map(|s| E::from_acc(alpha * s)).collect()
+        }
+        Reduction::All => {
+            vec![E::from_acc(
+                alpha * x.iter().fold(zero, |s, &v| s + v.to_acc()),
+            )]
+        }
+    }
+}
+
+fn broadcast_k<E: Elem>(x: &[E], from: Shape, to: Shape, alpha: f64) -> Vec<E> {
+    let alpha = E::Acc::of(alpha);
+    let mut out = Vec::with_capacity(to.len());
+    for r in 0..to.rows {
+        for c in 0..to.cols {
+            let v = match (from.rows == 1, from.cols == 1) {
+                (true, true) => x[0],
+                (true, false) => x[c],
+                (false, true) => x[r],
+                (false, false) => x[r * to.cols + c],
+            };
+            out.push(E::from_acc(alpha * v.to_acc()));
+        }
+    }
+    out
+}
+
+fn slice_cols_k<E: Elem>(x: &[E], shape: Shape, c0: usize, c1: usize) -> Vec<E> {
+    let mut out = Vec::with_capacity(shape.rows * (c1 - c0));
+    if shape.cols > 0 {
+        for row in x.chunks(shape.cols) {
+            out.extend_from_slice(&row[c0..c1]);
+        }
+    }
+    out
+}
+
+fn embed_cols_k<E: Elem>(x: &[E], shape: Shape, c0: usize, total: usize) -> Vec<E> {
+    let zero = E::from_acc(E::Acc::of(0.0));
+    let mut out = vec![zero; shape.rows * total];
+    if shape.cols > 0 {
+        for (dst, src) in out.chunks_mut(total).zip(x.chunks(shape.cols)) {
+            dst[c0..c0 + shape.cols].copy_from_slice(src);
+        }
+    }
+    out
+}
+
+fn repeat_rows_k<E: Elem>(x: &[E], shape: Shape, k: usize) -> Vec<E> {
+    let mut out = Vec::with_capacity(x.len() * k);
+    if shape.cols > 0 {
+        for row in x.chunks(shape.cols) {
+            for _ in 0..k {
+                out.extend_from_slice(row);
+            }
+        }
+    }
+    out
+}
+
+fn sum_row_groups_k<E: Elem>(x: &[E], shape: Shape, k: usize) -> Vec<E> {
+    let n = shape.cols;
+    let groups = shape.rows / k;
+    let zero = E::Acc::of(0.0);
+    let mut out = Vec::with_capacity(groups * n);
+    let mut acc = vec![zero; n];
+    for g in 0..groups {
+        acc.fill(zero);
+        for j in 0..k {
+            let row = &x[(g * k + j) * n..(g * k + j + 1) * n];
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += v.to_acc();
+            }
+        }
+        out.extend(acc.iter().map(|&a| E::from_acc(a)));
+    }
+    out
+}
+
+fn tile_rows_k<E: Elem>(x: &[E], times: usize) -> Vec<E> {
+    let mut out = Vec::with_capacity(x.len() * times);
+    for _ in 0..times {
+        out.extend_from_slice(x);
+    }
+    out
+}
+
+fn sum_tiles_k<E: Elem>(x: &[E], times: usize) -> Vec<E> {
+    let tile = x.len() / times;
+    let zero = E::Acc::of(0.0);
+    let mut acc = vec![zero; tile];
+    for t in 0..times {
+        for (a, &v) in acc.iter_mut().zip(&x[t * tile..(t + 1) * tile]) {
+            *a += v.to_acc();
+        }
+    }
+    acc.into_iter().map(E::from_acc).collect()
+}
+
+fn convert_k<S: Elem, D: Elem>(x: &[S]) -> Vec<D> {
+    x.iter().map(|&v| D::from_f64(v.to_f64())).collect()
+}
+
+fn cast_to<E: Elem>(x: &CpuBuffer) -> Vec<E> {
+    match x {
+        CpuBuffer::F64(v) => convert_k(v),
+        CpuBuffer::F32(v) => convert_k(v),
+        CpuBuffer::Bf16(v) => convert_k(v),
+        CpuBuffer::F16(v) => convert_k(v),
+    }
+}
+
+fn widen<E: Elem<Acc = f32>>(x: &[E]) -> Vec<f32> {
+    x.iter().map(|&v| v.to_acc()).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// GEMM
+// ---------------------------------------------------------------------------------------
+
+/// The two types `gemm::gemm` is called with here.
+trait GemmFloat: Copy + Send + Sync + 'static {
+    const ZERO: Self;
+    const ONE: Self;
+}
+
+impl GemmFloat for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+impl GemmFloat for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+/// A strided operand of a product: element (i, p) lives at `i·rs + p·cs`.
+#[derive(Clone, Copy)]
+struct Operand<'a, T> {
+    data: &'a [T],
+    rs: usize,
+    cs: usize,
+}
+
+/// The operand op(X) for X stored `shape` (row-major), transposed if `t`: its
+/// (rows, cols) after the transpose and its strides.
+fn operand<T>(data: &[T], shape: Shape, t: bool) -> (usize, usize, Operand<'_, T>) {
+    if t {
+        (
+            shape.cols,
+            shape.rows,
+            Operand {
+                data,
+                rs: 1,
+                cs: shape.cols,
+            },
+        )
+    } else {
+        (
+            shape.rows,
+            shape.cols,
+            Operand {
+                data,
+                rs: shape.cols,
+                cs: 1,
+            },
+        )
+    }
+}
+
+/// The last index an `rows × cols` strided operand touches must lie inside it.
+fn check_extent<T>(
+    what: &'static str,
+    op: &Operand<'_, T>,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    let last = (rows - 1)
+        .checked_mul(op.rs)
+        .and_then(|a| (cols - 1).checked_mul(op.cs).and_then(|b| a.checked_add(b)))
+        .ok_or_else(|| Error::InvalidArgument(format!("{what}: extent overflows")))?;
+    if last >= op.data.len() {
+        return Err(Error::Length {
+            what,
+            found: op.data.len(),
+            expected: last + 1,
+        });
+    }
+    Ok(())
+}
+
+/// `dst = lhs · rhs` (`m × k` times `k × n`, `dst` row-major `m × n`), through the
+/// `gemm` crate, whose entry point is an `unsafe fn` on raw pointers and strides; every
+/// extent is checked against its slice first.
+#[allow(unsafe_code)]
+fn gemm_into<T: GemmFloat>(
+    par: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    lhs: Operand<'_, T>,
+    rhs: Operand<'_, T>,
+) -> Result<()> {
+    check_len("matmul output", dst.len(), m * n)?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        dst.fill(T::ZERO);
+        return Ok(());
+    }
+    check_extent("matmul lhs", &lhs, m, k)?;
+    check_extent("matmul rhs", &rhs, k, n)?;
+    let to_isize = |v: usize| {
+        isize::try_from(v).map_err(|_| Error::InvalidArgument("matmul stride exceeds isize".into()))
+    };
+    let (dst_rs, lhs_rs, lhs_cs, rhs_rs, rhs_cs) = (
+        to_isize(n)?,
+        to_isize(lhs.rs)?,
+        to_isize(lhs.cs)?,
+        to_isize(rhs.rs)?,
+        to_isize(rhs.cs)?,
+    );
+    let parallelism = if par && m.saturating_mul(n).saturating_mul(k) >= PAR_GEMM {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: `dst` is an exclusive borrow of exactly m·n elements, addressed at
+    // i·n + j (i < m, j < n); `lhs` and `rhs` are shared borrows whose largest addressed
+    // index, (rows−1)·rs + (cols−1)·cs with non-negative strides, was checked to lie
+    // inside them; a mutable and a shared borrow cannot alias. `T` is f32 or f64, both
+    // supported by `gemm`; `read_dst = false`, so `dst`'s prior contents are not read.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs,
+            false,
+            lhs.data.as_ptr(),
+            lhs_cs,
+            lhs_rs,
+            rhs.data.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            T::ZERO,
+            T::ONE,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    Ok(())
+}
+
+fn matmul_k<T: GemmFloat>(
+    par: bool,
+    a: &[T],
+    a_shape: Shape,
+    ta: bool,
+    b: &[T],
+    b_shape: Shape,
+    tb: bool,
+) -> Result<Vec<T>> {
+    let (m, k, lhs) = operand(a, a_shape, ta);
+    let (k2, n, rhs) = operand(b, b_shape, tb);
+    if k != k2 {
+        return Err(Error::Shape {
+            op: "matmul",
+            lhs: a_shape,
+            rhs: b_shape,
+        });
+    }
+    let len = m.checked_mul(n).ok_or_else(|| Error::InvalidShape {
+        op: "matmul",
+        shape: Shape::new(m, n),
+        message: "element count overflows".into(),
+    })?;
+    let mut out = vec![T::ZERO; len];
+    gemm_into(par, m, n, k, &mut out, lhs, rhs)?;
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// The backend
+// ---------------------------------------------------------------------------------------
+
+impl Backend for Cpu {
+    type Buffer = CpuBuffer;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn upload(&self, data: &[f64], dtype: DType) -> Result<CpuBuffer> {
+        Ok(match dtype {
+            DType::F64 => CpuBuffer::F64(data.to_vec()),
+            DType::F32 => CpuBuffer::F32(convert_k(data)),
+            DType::Bf16 => CpuBuffer::Bf16(convert_k(data)),
+            DType::F16 => CpuBuffer::F16(convert_k(data)),
+        })
+    }
+
+    fn download(&self, x: &CpuBuffer) -> Result<Vec<f64>> {
+        Ok(match x {
+            CpuBuffer::F64(v) => v.clone(),
+            CpuBuffer::F32(v) => convert_k(v),
+            CpuBuffer::Bf16(v) => convert_k(v),
+            CpuBuffer::F16(v) => convert_k(v),
+        })
+    }
+
+    fn full(&self, len: usize, value: f64, dtype: DType) -> Result<CpuBuffer> {
+        Ok(match dtype {
+            DType::F64 => CpuBuffer::F64(vec![value; len]),
+            DType::F32 => CpuBuffer::F32(vec![Elem::from_f64(value); len]),
+            DType::Bf16 => CpuBuffer::Bf16(vec![Elem::from_f64(value); len]),
+            DType::F16 => CpuBuffer::F16(vec![Elem::from_f64(value); len]),
+        })
+    }
+
+    fn copy(&self, x: &CpuBuffer) -> Result<CpuBuffer> {
+        Ok(x.clone())
+    }
+
+    fn cast(&self, x: &CpuBuffer, dtype: DType) -> Result<CpuBuffer> {
+        if x.dtype() == dtype {
+            return Ok(x.clone());
+        }
+        Ok(match dtype {
+            DType::F64 => CpuBuffer::F64(cast_to(x)),
+            DType::F32 => CpuBuffer::F32(cast_to(x)),
+            DType::Bf16 => CpuBuffer::Bf16(cast_to(x)),
+            DType::F16 => CpuBuffer::F16(cast_to(x)),
+        })
+    }
+
+    fn matmul(
+        &self,
+        a: &CpuBuffer,
+        a_shape: Shape,
+        ta: bool,
+        b: &CpuBuffer,
+        b_shape: Shape,
+        tb: bool,
+    ) -> Result<CpuBuffer> {
+        check_len("matmul lhs", a.len(), checked_len("matmul", a_shape)?)?;
+        check_len("matmul rhs", b.len(), checked_len("matmul", b_shape)?)?;
+        let par = self.parallel;
+        Ok(match (a, b) {
+            (CpuBuffer::F64(x), CpuBuffer::F64(y)) => {
+                CpuBuffer::F64(matmul_k(par, x, a_shape, ta, y, b_shape, tb)?)
+            }
+            (CpuBuffer::F32(x), CpuBuffer::F32(y)) => {
+                CpuBuffer::F32(matmul_k(par, x, a_shape, ta, y, b_shape, tb)?)
+            }
+            (CpuBuffer::F16(x), CpuBuffer::F16(y)) => {
+                let c = matmul_k(par, &widen(x), a_shape, ta, &widen(y), b_shape, tb)?;
+                CpuBuffer::F16(c.into_iter().map(f16::from_f32).collect())
+            }
+            (CpuBuffer::Bf16(x), CpuBuffer::Bf16(y)) => {
+                let c = matmul_k(par, &widen(x), a_shape, ta, &widen(y), b_shape, tb)?;
+                CpuBuffer::Bf16(c.into_iter().map(bf16::from_f32).collect())
+            }
+            (x, y) => {
+                return Err(Error::DType {
+                    op: "matmul",
+                    lhs: x.dtype(),
+                    rhs: y.dtype(),
+                })
+            }
+        })
+    }
+
+    fn unary(&self, op: UnaryOp, x: &CpuBuffer) -> Result<CpuBuffer> {
+        let par = self.parallel;
+        Ok(dispatch1!(x, |v| unary_k(par, op, v)))
+    }
+
+    fn affine(&self, x: &CpuBuffer, alpha: f64, beta: f64) -> Result<CpuBuffer> {
+        let par = self.parallel;
+        Ok(dispatch1!(x, |v| affine_k(par, v, alpha, beta)))
+    }
+
+    fn binary(
+        &self,
+        op: BinaryOp,
+        a: &CpuBuffer,
+        a_shape: Shape,
+        b: &CpuBuffer,
+        broadcast: Broadcast,
+    ) -> Result<CpuBuffer> {
+        let len = checked_len(op.name(), a_shape)?;
+        check_len("binary lhs", a.len(), len)?;
+        let b_len = match broadcast {
+            Broadcast::None => len,
+            Broadcast::Row => a_shape.cols,
+            Broadcast::Col => a_shape.rows,
+            Broadcast::Scalar => 1,
+        };
+        check_len("binary rhs", b.len(), b_len)?;
+        let par = self.parallel;
+        Ok(dispatch2!(op.name(), a, b, |x, y| binary_k(
+            par, op, x, a_shape, y, broadcast
+        )))
+    }
+
+    fn add_assign(&self, dst: &mut CpuBuffer, src: &CpuBuffer) -> Result<()> {
+        check_len("add_assign source", src.len(), dst.len())?;
+        match (dst, src) {
+            (CpuBuffer::F64(d), CpuBuffer::F64(s)) => add_assign_k(d, s),
+            (CpuBuffer::F32(d), CpuBuffer::F32(s)) => add_assign_k(d, s),
+            (CpuBuffer::Bf16(d), CpuBuffer::Bf16(s)) => add_assign_k(d, s),
+            (CpuBuffer::F16(d), CpuBuffer::F16(s)) => add_assign_k(d, s),
+            (d, s) => {
+                return Err(Error::DType {
+                    op: "add_assign",
+                    lhs: d.dtype(),
+                    rhs: s.dtype(),
+                })
+            }
+        }
+        Ok(())
+    }
+
+    fn reduce(
+        &self,
+        x: &CpuBuffer,
+        shape: Shape,
+        axis: Reduction,
+        alpha: f64,
+    ) -> Result<CpuBuffer> {
+        check_len("reduce input", x.len(), checked_len("reduce", shape)?)?;
+        Ok(dispatch1!(x, |v| reduce_k(v, shape, axis, alpha)))
+    }
+
+    fn broadcast(&self, x: &CpuBuffer, from: Shape, to: Shape, alpha: f64) -> Result<CpuBuffer> {
+        let fits =
+            (from.rows == 1 || from.rows == to.rows) && (from.cols == 1 || from.cols == to.cols);
+        if !fits {
+            return Err(Error::Shape {
+                op: "broadcast",
+                lhs: from,
+                rhs: to,
+            });
+        }
+        check_len("broadcast input", x.len(), checked_len("broadcast", from)?)?;
+        checked_len("broadcast", to)?;
+        Ok(dispatch1!(x, |v| broadcast_k(v, from, to, alpha)))
+    }
+
+    fn slice_cols(&self, x: &CpuBuffer, shape: Shape, c0: usize, c1: usize) -> Result<CpuBuffer> {
+        check_len(
+            "slice_cols input",
+            x.len(),
+            checked_len("slice_cols", shape)?,
+        )?;
+        if c0 > c1 || c1 > shape.cols {
+            return Err(Error::InvalidShape {
+                op: "slice_cols",
+                shape,
+                message: format!("column range {c0}..{c1}"),
+            });
+        }
+        Ok(dispatch1!(x, |v| slice_cols_k(v, shape, c0, c1)))
+    }
+
+    fn embed_cols(
+        &self,
+        x: &CpuBuffer,
+        shape: Shape,
+        c0: usize,
+        total: usize,
+    ) -> Result<CpuBuffer> {
+        check_len(
+            "embed_cols input",
+            x.len(),
+            checked_len("embed_cols", shape)?,
+        )?;
+        if c0.checked_add(shape.cols).is_none_or(|end| end > total) {
+            return Err(Error::InvalidShape {
+                op: "embed_cols",
+                shape,
+                message: format!("columns from {c0} exceed {total}"),
+            });
+        }
+        checked_len("embed_cols", Shape::new(shape.rows, total))?;
+        Ok(dispatch1!(x, |v| embed_cols_k(v, shape, c0, total)))
+    }
+
+    fn concat_cols(&self, parts: &[(&CpuBuffer, Shape)]) -> Result<CpuBuffer> {
+        let Some(&(first, s0)) = parts.first() else {
+            return Err(Error::InvalidArgument("concat_cols of no parts".into()));
+        };
+        let mut total = 0usize;
+        for &(buf, s) in parts {
+            check_len(
+                "concat_cols part",
+                buf.len(),
+                checked_len("concat_cols", s)?,
+            )?;
+            if s.rows != s0.rows {
+                return Err(Error::Shape {
+                    op: "concat_cols",
+                    lhs: s0,
+                    rhs: s,
+                });
+            }
+            if buf.dtype() != first.dtype() {
+                return Err(Error::DType {
+                    op: "concat_cols",
+                    lhs: first.dtype(),
+                    rhs: buf.dtype(),
+                });
+            }
+            total = total.checked_add(s.cols).ok_or_else(|| {
+                Error::InvalidArgument("concat_cols: column count overflows".into())
+            })?;
+        }
+        let out_shape = Shape::new(s0.rows, total);
+        checked_len("concat_cols", out_shape)?;
+        let mut out = self.full(out_shape.len(), 0.0, first.dtype())?;
+        let mut c0 = 0;
+        for &(buf, s) in parts {
+            match (&mut out, buf) {
+                (CpuBuffer::F64(o), CpuBuffer::F64(p)) => place(o, p, s, c0, total),
+                (CpuBuffer::F32(o), CpuBuffer::F32(p)) => place(o, p, s, c0, total),
+                (CpuBuffer::Bf16(o), CpuBuffer::Bf16(p)) => place(o, p, s, c0, total),
+                (CpuBuffer::F16(o), CpuBuffer::F16(p)) => place(o, p, s, c0, total),
+                _ => unreachable!("dtypes checked above"),
+            }
+            c0 += s.cols;
+        }
+        Ok(out)
+    }
+
+    fn repeat_rows(&self, x: &CpuBuffer, shape: Shape, k: usize) -> Result<CpuBuffer> {
+        check_len(
+            "repeat_rows input",
+            x.len(),
+            checked_len("repeat_rows", shape)?,
+        )?;
+        grown("repeat_rows", shape, k)?;
+        Ok(dispatch1!(x, |v| repeat_rows_k(v, shape, k)))
+    }
+
+    fn sum_row_groups(&self, x: &CpuBuffer, shape: Shape, k: usize) -> Result<CpuBuffer> {
+        check_len(
+            "sum_row_groups input",
+            x.len(),
+            checked_len("sum_row_groups", shape)?,
+        )?;
+        if k == 0 || shape.rows % k != 0 {
+            return Err(Error::InvalidShape {
+                op: "sum_row_groups",
+                shape,
+                message: format!("row count is not a multiple of the group size {k}"),
+            });
+        }
+        Ok(dispatch1!(x, |v| sum_row_groups_k(v, shape, k)))
+    }
+
+    fn tile_rows(&self, x: &CpuBuffer, shape: Shape, times: usize) -> Result<CpuBuffer> {
+        check_len("tile_rows input", x.len(), checked_len("tile_rows", shape)?)?;
+        grown("tile_rows", shape, times)?;
+        Ok(dispatch1!(x, |v| tile_rows_k(v, times)))
+    }
+
+    fn sum_tiles(&self, x: &CpuBuffer, shape: Shape, times: usize) -> Result<CpuBuffer> {
+        check_len("sum_tiles input", x.len(), checked_len("sum_tiles", shape)?)?;
+        if times == 0 || shape.rows % times != 0 {
+            return Err(Error::InvalidShape {
+                op: "sum_tiles",
+                shape,
+                message: format!("row count is not a multiple of the tile count {times}"),
+            });
+        }
+        Ok(dispatch1!(x, |v| sum_tiles_k(v, times)))
+    }
+
+    fn max_abs(&self, x: &CpuBuffer) -> Result<f64> {
+        fn k<E: Elem>(v: &[E]) -> f64 {
+            let mut m = 0.0f64;
+            for &e in v {
+                let a = e.to_f64().abs();
+                if a.is_nan() {
+                    return f64::NAN;
+                }
+                m = m.max(a);
+            }
+            m
+        }
+        Ok(match x {
+            CpuBuffer::F64(v) => k(v),
+            CpuBuffer::F32(v) => k(v),
+            CpuBuffer::Bf16(v) => k(v),
+            CpuBuffer::F16(v) => k(v),
+        })
+    }
+
+    fn all_finite(&self, x: &CpuBuffer) -> Result<bool> {
+        Ok(match x {
+            CpuBuffer::F64(v) => v.iter().all(|e| e.is_finite()),
+            CpuBuffer::F32(v) => v.iter().all(|e| e.is_finite()),
+            CpuBuffer::Bf16(v) => v.iter().all(|e| e.is_finite()),
+            CpuBuffer::F16(v) => v.iter().all(|e| e.is_finite()),
+        })
+    }
+}
+
+/// The shape of `times` copies of `shape` stacked by rows, if its size fits.
+fn grown(op: &'static str, shape: Shape, times: usize) -> Result<Shape> {
+    shape
+        .rows
+        .checked_mul(times)
+        .map(|rows| Shape::new(rows, shape.cols))
+        .filter(|s| s.checked_len().is_some())
+        .ok_or_else(|| Error::InvalidShape {
+            op,
+            shape,
+            message: format!("{times} copies overflow"),
+        })
+}
+
+/// Copies part `p` (shape `s`) into columns `[c0, c0 + s.cols)` of `o` (`total` wide).
+fn place<E: Copy>(o: &mut [E], p: &[E], s: Shape, c0: usize, total: usize) {
+    if s.cols == 0 {
+        return;
+    }
+    for (dst, src) in o.chunks_mut(total).zip(p.chunks(s.cols)) {
+        dst[c0..c0 + s.cols].copy_from_slice(src);
+    }
+}

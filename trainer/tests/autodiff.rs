@@ -1,0 +1,1350 @@
+//! The autodiff: every op's forward value against an independent formula and its VJP
+//! against finite differences (the one gradient checker, in f64); shape and precision
+//! errors; exact emulation of half-precision kernels; bytes accounting; the tape's
+//! reuse, seeds and accumulation precision.
+
+use half::{bf16, f16};
+use socflow_trainer::autodiff::{
+    check_gradients, Backend, BinaryOp, Broadcast, CheckOptions, CheckReport, Cpu, CpuBuffer,
+    DType, Error, Graph, Reduction, Shape, Storage, Tensor, UnaryOp, Var,
+};
+
+type R<T> = socflow_trainer::autodiff::Result<T>;
+
+/// Largest relative error the checker may report for an f64 function.
+const TOL: f64 = 1e-7;
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+/// Deterministic numbers (splitmix64 + Box–Muller), no dependencies.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    fn normal(&mut self) -> f64 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+    fn normals(&mut self, n: usize, scale: f64) -> Vec<f64> {
+        (0..n).map(|_| scale * self.normal()).collect()
+    }
+    fn range(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f64> {
+        (0..n).map(|_| lo + (hi - lo) * self.uniform()).collect()
+    }
+    fn int(&mut self, n: usize, hi: u64) -> Vec<f64> {
+        (0..n)
+            .map(|_| (self.next_u64() % (hi + 1)) as f64)
+            .collect()
+    }
+}
+
+fn t64(rows: usize, cols: usize, data: &[f64]) -> Tensor<Cpu> {
+    Tensor::from_f64(&Cpu::new(), rows, cols, data, DType::F64).unwrap()
+}
+
+/// Σ (y ⊙ P) for a fixed pseudo-random P of y's shape: a scalar that depends on every
+/// element of y with distinct weights.
+fn probe(g: &mut Graph<Cpu>, y: Var) -> R<Var> {
+    let s = g.shape(y)?;
+    let dtype = g.dtype(y)?;
+    let mut rng = Rng(0xABCD ^ (s.rows as u64) << 20 ^ s.cols as u64);
+    let p = rng.range(s.len(), 0.5, 1.5);
+    let p = g.leaf_f64(s.rows, s.cols, &p, dtype, false)?;
+    let yp = g.mul(y, p)?;
+    g.sum(yp)
+}
+
+fn check<F>(what: &str, leaves: &[Tensor<Cpu>], f: F) -> CheckReport
+where
+    F: FnMut(&mut Graph<Cpu>, &[Var]) -> R<Var>,
+{
+    let mut g = Graph::new(Cpu::new());
+    let rep = check_gradients(&mut g, leaves, f, &CheckOptions::default())
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(rep.checked > 0, "{what}: nothing checked");
+    eprintln!(
+        "{what}: {} entries, max rel err {:.2e}",
+        rep.checked, rep.max_rel_err
+    );
+    assert!(
+        rep.max_rel_err <= TOL,
+        "{what}: gradient check failed: {rep}"
+    );
+    rep
+}
+
+fn close(a: f64, b: f64, rel: f64) -> bool {
+    (a - b).abs() <= rel * a.abs().max(b.abs()).max(1e-300)
+}
+
+fn assert_all_close(what: &str, got: &[f64], want: &[f64], rel: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+        assert!(close(a, b, rel), "{what}[{i}]: {a} vs {b}");
+    }
+}
+
+fn naive_matmul(a: &[f64], sa: Shape, ta: bool, b: &[f64], sb: Shape, tb: bool) -> Vec<f64> {
+    let at = |i: usize, p: usize| {
+        if ta {
+            a[p * sa.cols + i]
+        } else {
+            a[i * sa.cols + p]
+        }
+    };
+    let bt = |p: usize, j: usize| {
+        if tb {
+            b[j * sb.cols + p]
+        } else {
+            b[p * sb.cols + j]
+        }
+    };
+    let (m, k) = if ta {
+        (sa.cols, sa.rows)
+    } else {
+        (sa.rows, sa.cols)
+    };
+    let n = if tb { sb.rows } else { sb.cols };
+    let mut c = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            c[i * n + j] = (0..k).map(|p| at(i, p) * bt(p, j)).sum();
+        }
+    }
+    c
+}
+
+// Independent f64 formulas of the maps (written differently from the kernels).
+fn sig(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn reference(op: UnaryOp, x: f64) -> f64 {
+    match op {
+        UnaryOp::Neg => -x,
+        UnaryOp::Square => x * x,
+        UnaryOp::Abs => x.abs(),
+        UnaryOp::Sign => x.signum(),
+        UnaryOp::Recip => 1.0 / x,
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Log => x.ln(),
+        UnaryOp::Sqrt => x.sqrt(),
+        UnaryOp::Tanh => x.tanh(),
+        UnaryOp::Sech2 => 1.0 / x.cosh().powi(2),
+        UnaryOp::Sigmoid => sig(x),
+        UnaryOp::Silu => x * sig(x),
+        // d/dx [x σ(x)] = σ + x σ'.
+        UnaryOp::SiluPrime => sig(x) + x * sig(x) * (1.0 - sig(x)),
+        // 2σ' + x σ'', σ' = σ(1−σ), σ'' = σ'(1−2σ).
+        UnaryOp::SiluSecond => {
+            let d1 = sig(x) * (1.0 - sig(x));
+            2.0 * d1 + x * d1 * (1.0 - 2.0 * sig(x))
+        }
+        UnaryOp::Softplus => (1.0 + x.exp()).ln(),
+        UnaryOp::LogCosh => (x.exp() + (-x).exp()).ln(),
+    }
+}
+
+/// Inputs inside each map's domain (and away from kinks).
+fn domain(op: UnaryOp, rng: &mut Rng, n: usize) -> Vec<f64> {
+    match op {
+        UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Recip => rng.range(n, 0.5, 2.5),
+        UnaryOp::Abs | UnaryOp::Sign => rng
+            .range(n, 0.2, 2.0)
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| if i % 2 == 0 { v } else { -v })
+            .collect(),
+        _ => rng.range(n, -3.0, 3.0),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Every op: forward values and the gradient checker
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn unary_maps_forward_values() {
+    let be = Cpu::new();
+    let mut rng = Rng(1);
+    for op in UnaryOp::ALL {
+        let x = domain(op, &mut rng, 40);
+        let y = be.unary(op, &be.upload(&x, DType::F64).unwrap()).unwrap();
+        let y = be.download(&y).unwrap();
+        // Relative to max(1, |value|): silu'' and silu' cross zero inside the range.
+        for (i, &v) in x.iter().enumerate() {
+            let want = reference(op, v);
+            assert!(
+                (y[i] - want).abs() <= 1e-13 * want.abs().max(1.0),
+                "{}({v}) = {} vs {want}",
+                op.name(),
+                y[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn unary_maps_are_stable_far_out() {
+    let be = Cpu::new();
+    let x = [-1000.0, -40.0, 40.0, 1000.0];
+    let get = |op| {
+        be.download(&be.unary(op, &be.upload(&x, DType::F64).unwrap()).unwrap())
+            .unwrap()
+    };
+    // log(2 cosh u) = |u| + log(1 + e^{-2|u|}).
+    assert_eq!(get(UnaryOp::LogCosh), vec![1000.0, 40.0, 40.0, 1000.0]);
+    let sp = get(UnaryOp::Softplus);
+    assert_eq!(sp[3], 1000.0);
+    assert_eq!(sp[2], 40.0 + (-40f64).exp().ln_1p());
+    assert!(close(sp[1], (-40f64).exp(), 1e-15) && sp[0] >= 0.0 && sp[0] < 1e-300);
+    let s = get(UnaryOp::Sigmoid);
+    assert!(s[0] >= 0.0 && s[0] < 1e-300 && s[3] == 1.0);
+    let h = get(UnaryOp::Sech2);
+    assert!(close(h[1], 4.0 * (-80f64).exp(), 1e-12) && h[0] >= 0.0 && h[0] < 1e-300);
+    for op in UnaryOp::ALL {
+        if matches!(op, UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Exp) {
+            continue;
+        }
+        assert!(
+            get(op).iter().all(|v| !v.is_nan()),
+            "{} NaN far out",
+            op.name()
+        );
+    }
+}
+
+#[test]
+fn unary_maps_gradients() {
+    let mut rng = Rng(2);
+    for op in UnaryOp::ALL {
+        let x = domain(op, &mut rng, 12);
+        check(op.name(), &[t64(3, 4, &x)], |g, v| {
+            let y = g.unary(op, v[0])?;
+            probe(g, y)
+        });
+    }
+}
+
+/// The derivative maps are what the VJPs use: the gradient of Σ f(x) is f'(x) as the
+/// forward op computes it, along the chains logcosh → tanh → sech², softplus →
+/// sigmoid, silu → silu' → silu''.
+#[test]
+fn derivative_maps_are_the_vjps() {
+    let mut rng = Rng(3);
+    let x = rng.range(30, -4.0, 4.0);
+    let pairs = [
+        (UnaryOp::LogCosh, UnaryOp::Tanh),
+        (UnaryOp::Tanh, UnaryOp::Sech2),
+        (UnaryOp::Softplus, UnaryOp::Sigmoid),
+        (UnaryOp::Silu, UnaryOp::SiluPrime),
+        (UnaryOp::SiluPrime, UnaryOp::SiluSecond),
+    ];
+    for (f, df) in pairs {
+        let mut g = Graph::new(Cpu::new());
+        let xv = g.leaf(t64(5, 6, &x), true);
+        let y = g.unary(f, xv).unwrap();
+        let s = g.sum(y).unwrap();
+        let d = g.unary(df, xv).unwrap();
+        let grads = g.backward(s, None).unwrap();
+        let got = grads.get(xv).unwrap().to_f64(g.backend()).unwrap();
+        assert_eq!(got, g.to_f64(d).unwrap(), "{} vs {}", f.name(), df.name());
+    }
+    // Second order, closed forms: (sech²)' = −2 tanh sech², silu''' from its formula.
+    let mut g = Graph::new(Cpu::new());
+    let xv = g.leaf(t64(5, 6, &x), true);
+    let y = g.sech2(xv).unwrap();
+    let s = g.sum(y).unwrap();
+    let got = g.backward(s, None).unwrap();
+    let got = got.get(xv).unwrap().to_f64(g.backend()).unwrap();
+    let want: Vec<f64> = x
+        .iter()
+        .map(|&v| -2.0 * v.tanh() / v.cosh().powi(2))
+        .collect();
+    assert_all_close("sech2'", &got, &want, 1e-12);
+}
+
+#[test]
+fn abs_subgradient_at_zero() {
+    let mut g = Graph::new(Cpu::new());
+    let x = g.leaf(t64(1, 3, &[-2.0, 0.0, 3.0]), true);
+    let y = g.abs(x).unwrap();
+    let s = g.sum(y).unwrap();
+    let gr = g.backward(s, None).unwrap();
+    assert_eq!(
+        gr.get(x).unwrap().to_f64(g.backend()).unwrap(),
+        vec![-1.0, 0.0, 1.0]
+    );
+}
+
+#[test]
+fn matmul_forward_and_gradients() {
+    let mut rng = Rng(4);
+    let (m, k, n) = (5, 4, 3);
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        let sa = if ta {
+            Shape::new(k, m)
+        } else {
+            Shape::new(m, k)
+        };
+        let sb = if tb {
+            Shape::new(n, k)
+        } else {
+            Shape::new(k, n)
+        };
+        let a = rng.normals(sa.len(), 1.0);
+        let b = rng.normals(sb.len(), 1.0);
+        let mut g = Graph::new(Cpu::new());
+        let av = g.leaf(t64(sa.rows, sa.cols, &a), false);
+        let bv = g.leaf(t64(sb.rows, sb.cols, &b), false);
+        let c = g.matmul(av, bv, ta, tb).unwrap();
+        assert_eq!(g.shape(c).unwrap(), Shape::new(m, n));
+        assert_all_close(
+            "matmul",
+            &g.to_f64(c).unwrap(),
+            &naive_matmul(&a, sa, ta, &b, sb, tb),
+            1e-13,
+        );
+        check(
+            &format!("matmul ta={ta} tb={tb}"),
+            &[t64(sa.rows, sa.cols, &a), t64(sb.rows, sb.cols, &b)],
+            |g, v| {
+                let c = g.matmul(v[0], v[1], ta, tb)?;
+                probe(g, c)
+            },
+        );
+    }
+    // The same operand on both sides (AᵀA): contributions accumulate.
+    let a = rng.normals(12, 1.0);
+    check("AᵀA", &[t64(4, 3, &a)], |g, v| {
+        let c = g.matmul(v[0], v[0], true, false)?;
+        probe(g, c)
+    });
+}
+
+#[test]
+fn binary_ops_with_every_broadcast() {
+    let mut rng = Rng(5);
+    let (r, n) = (4, 3);
+    let shapes = [
+        (Broadcast::None, Shape::new(r, n)),
+        (Broadcast::Row, Shape::new(1, n)),
+        (Broadcast::Col, Shape::new(r, 1)),
+        (Broadcast::Scalar, Shape::SCALAR),
+    ];
+    for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
+        for (bc, sb) in shapes {
+            assert_eq!(Broadcast::infer(Shape::new(r, n), sb), Some(bc));
+            let a = rng.normals(r * n, 1.0);
+            let b = if op == BinaryOp::Div {
+                rng.range(sb.len(), 0.5, 2.0)
+            } else {
+                rng.normals(sb.len(), 1.0)
+            };
+            let mut g = Graph::new(Cpu::new());
+            let av = g.leaf(t64(r, n, &a), false);
+            let bv = g.leaf(t64(sb.rows, sb.cols, &b), false);
+            let c = match op {
+                BinaryOp::Add => g.add(av, bv),
+                BinaryOp::Sub => g.sub(av, bv),
+                BinaryOp::Mul => g.mul(av, bv),
+                BinaryOp::Div => g.div(av, bv),
+            }
+            .unwrap();
+            let want: Vec<f64> = (0..r * n)
+                .map(|i| {
+                    let (ri, ci) = (i / n, i % n);
+                    let y = match bc {
+                        Broadcast::None => b[i],
+                        Broadcast::Row => b[ci],
+                        Broadcast::Col => b[ri],
+                        Broadcast::Scalar => b[0],
+                    };
+                    match op {
+                        BinaryOp::Add => a[i] + y,
+                        BinaryOp::Sub => a[i] - y,
+                        BinaryOp::Mul => a[i] * y,
+                        BinaryOp::Div => a[i] / y,
+                    }
+                })
+                .collect();
+            assert_eq!(g.to_f64(c).unwrap(), want, "{} {bc:?}", op.name());
+            check(
+                &format!("{} {bc:?}", op.name()),
+                &[t64(r, n, &a), t64(sb.rows, sb.cols, &b)],
+                |g, v| {
+                    let c = match op {
+                        BinaryOp::Add => g.add(v[0], v[1]),
+                        BinaryOp::Sub => g.sub(v[0], v[1]),
+                        BinaryOp::Mul => g.mul(v[0], v[1]),
+                        BinaryOp::Div => g.div(v[0], v[1]),
+                    }?;
+                    probe(g, c)
+                },
+            );
+        }
+    }
+    // x ⊙ x and x / x: both operands are the same value.
+    let x = rng.range(6, 0.5, 2.0);
+    check("x⊙x", &[t64(2, 3, &x)], |g, v| {
+        let c = g.mul(v[0], v[0])?;
+        probe(g, c)
+    });
+    check("x/(x+1)", &[t64(2, 3, &x)], |g, v| {
+        let x1 = g.add_scalar(v[0], 1.0)?;
+        let c = g.div(v[0], x1)?;
+        probe(g, c)
+    });
+}
+
+#[test]
+fn affine_maps() {
+    let mut rng = Rng(6);
+    let x = rng.normals(6, 1.0);
+    let mut g = Graph::new(Cpu::new());
+    let xv = g.leaf(t64(2, 3, &x), false);
+    let y = g.affine(xv, -1.5, 0.25).unwrap();
+    let s = g.scale(xv, 3.0).unwrap();
+    let a = g.add_scalar(xv, -2.0).unwrap();
+    let f = |k: f64, c: f64| x.iter().map(|v| k * v + c).collect::<Vec<_>>();
+    assert_eq!(g.to_f64(y).unwrap(), f(-1.5, 0.25));
+    assert_eq!(g.to_f64(s).unwrap(), f(3.0, 0.0));
+    assert_eq!(g.to_f64(a).unwrap(), f(1.0, -2.0));
+    for (name, k, c) in [
+        ("scale", 3.0, 0.0),
+        ("add_scalar", 1.0, -2.0),
+        ("affine", -1.5, 0.25),
+    ] {
+        check(name, &[t64(2, 3, &x)], |g, v| {
+            let y = g.affine(v[0], k, c)?;
+            let y2 = g.square(y)?;
+            probe(g, y2)
+        });
+    }
+    assert!(matches!(
+        g.affine(xv, f64::NAN, 0.0),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn reductions() {
+    let mut rng = Rng(7);
+    let (r, n) = (4, 5);
+    let x = rng.normals(r * n, 1.0);
+    let mut g = Graph::new(Cpu::new());
+    let xv = g.leaf(t64(r, n, &x), false);
+    let row_sums: Vec<f64> = (0..r).map(|i| x[i * n..(i + 1) * n].iter().sum()).collect();
+    let col_sums: Vec<f64> = (0..n).map(|j| (0..r).map(|i| x[i * n + j]).sum()).collect();
+    let total: f64 = x.iter().sum();
+    let sc = g.sum_cols(xv).unwrap();
+    let sr = g.sum_rows(xv).unwrap();
+    let s = g.sum(xv).unwrap();
+    let m = g.mean(xv).unwrap();
+    let mr = g.mean_rows(xv).unwrap();
+    assert_eq!(g.shape(sc).unwrap(), Shape::new(r, 1));
+    assert_eq!(g.shape(sr).unwrap(), Shape::new(1, n));
+    assert_eq!(g.shape(s).unwrap(), Shape::SCALAR);
+    assert_all_close("sum_cols", &g.to_f64(sc).unwrap(), &row_sums, 1e-14);
+    assert_all_close("sum_rows", &g.to_f64(sr).unwrap(), &col_sums, 1e-14);
+    assert_all_close("sum", &g.to_f64(s).unwrap(), &[total], 1e-14);
+    assert_all_close("mean", &g.to_f64(m).unwrap(), &[total / 20.0], 1e-14);
+    let col_means: Vec<f64> = col_sums.iter().map(|v| v / r as f64).collect();
+    assert_all_close("mean_rows", &g.to_f64(mr).unwrap(), &col_means, 1e-14);
+    type Red = fn(&mut Graph<Cpu>, Var) -> R<Var>;
+    let ops: [(&str, Red); 5] = [
+        ("sum_cols", |g, v| g.sum_cols(v)),
+        ("sum_rows", |g, v| g.sum_rows(v)),
+        ("sum", |g, v| g.sum(v)),
+        ("mean", |g, v| g.mean(v)),
+        ("mean_rows", |g, v| g.mean_rows(v)),
+    ];
+    for (name, op) in ops {
+        check(name, &[t64(r, n, &x)], |g, v| {
+            let y = op(g, v[0])?;
+            let y2 = g.square(y)?;
+            probe(g, y2)
+        });
+    }
+}
+
+#[test]
+fn slices_and_concatenation() {
+    let mut rng = Rng(8);
+    let a = rng.normals(12, 1.0);
+    let b = rng.normals(8, 1.0);
+    let mut g = Graph::new(Cpu::new());
+    let av = g.leaf(t64(4, 3, &a), false);
+    let bv = g.leaf(t64(4, 2, &b), false);
+    let s = g.slice_cols(av, 1, 3).unwrap();
+    let want: Vec<f64> = (0..4).flat_map(|i| [a[i * 3 + 1], a[i * 3 + 2]]).collect();
+    assert_eq!(g.to_f64(s).unwrap(), want);
+    let c = g.concat_cols(&[bv, av, bv]).unwrap();
+    assert_eq!(g.shape(c).unwrap(), Shape::new(4, 7));
+    let want: Vec<f64> = (0..4)
+        .flat_map(|i| {
+            let mut row = b[i * 2..i * 2 + 2].to_vec();
+            row.extend_from_slice(&a[i * 3..i * 3 + 3]);
+            row.extend_from_slice(&b[i * 2..i * 2 + 2]);
+            row
+        })
+        .collect();
+    assert_eq!(g.to_f64(c).unwrap(), want);
+    let empty = g.slice_cols(av, 2, 2).unwrap();
+    assert_eq!(g.shape(empty).unwrap(), Shape::new(4, 0));
+
+    check("slice_cols", &[t64(4, 3, &a)], |g, v| {
+        let s = g.slice_cols(v[0], 1, 3)?;
+        let s2 = g.square(s)?;
+        probe(g, s2)
+    });
+    check("concat_cols", &[t64(4, 3, &a), t64(4, 2, &b)], |g, v| {
+        let c = g.concat_cols(&[v[1], v[0], v[1]])?;
+        let c2 = g.square(c)?;
+        probe(g, c2)
+    });
+}
+
+#[test]
+fn jacobian_layout_helpers() {
+    let mut rng = Rng(9);
+    let (bsz, k, n) = (3, 4, 2);
+    let x = rng.normals(bsz * n, 1.0);
+    let y = rng.normals(bsz * k * n, 1.0);
+    let t = rng.normals(k * n, 1.0);
+    let mut g = Graph::new(Cpu::new());
+    let xv = g.leaf(t64(bsz, n, &x), false);
+    let yv = g.leaf(t64(bsz * k, n, &y), false);
+    let tv = g.leaf(t64(k, n, &t), false);
+
+    let rep = g.repeat_rows(xv, k).unwrap();
+    let want: Vec<f64> = (0..bsz * k)
+        .flat_map(|row| x[(row / k) * n..(row / k + 1) * n].to_vec())
+        .collect();
+    assert_eq!(g.to_f64(rep).unwrap(), want);
+
+    let grp = g.sum_row_groups(yv, k).unwrap();
+    let want: Vec<f64> = (0..bsz * n)
+        .map(|i| {
+            let (b, c) = (i / n, i % n);
+            (0..k).map(|j| y[(b * k + j) * n + c]).sum()
+        })
+        .collect();
+    assert_all_close("sum_row_groups", &g.to_f64(grp).unwrap(), &want, 1e-14);
+
+    let tile = g.tile_rows(tv, bsz).unwrap();
+    let want: Vec<f64> = (0..bsz * k)
+        .flat_map(|row| t[(row % k) * n..(row % k + 1) * n].to_vec())
+        .collect();
+    assert_eq!(g.to_f64(tile).unwrap(), want);
+
+    let st = g.sum_tiles(yv, bsz).unwrap();
+    let want: Vec<f64> = (0..k * n)
+        .map(|i| (0..bsz).map(|b| y[b * k * n + i]).sum())
+        .collect();
+    assert_all_close("sum_tiles", &g.to_f64(st).unwrap(), &want, 1e-14);
+
+    // Adjoint pairs: <repeat(x), y> = <x, groups(y)>, <tile(t), y> = <t, tiles(y)>.
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
+    let lhs = dot(&g.to_f64(rep).unwrap(), &y);
+    let rhs = dot(&x, &g.to_f64(grp).unwrap());
+    assert!(close(lhs, rhs, 1e-13));
+    let lhs = dot(&g.to_f64(tile).unwrap(), &y);
+    let rhs = dot(&t, &g.to_f64(st).unwrap());
+    assert!(close(lhs, rhs, 1e-13));
+
+    type Op = fn(&mut Graph<Cpu>, Var) -> R<Var>;
+    let cases: [(&str, Shape, Op); 4] = [
+        ("repeat_rows", Shape::new(bsz, n), |g, v| {
+            g.repeat_rows(v, 4)
+        }),
+        ("sum_row_groups", Shape::new(bsz * k, n), |g, v| {
+            g.sum_row_groups(v, 4)
+        }),
+        ("tile_rows", Shape::new(k, n), |g, v| g.tile_rows(v, 3)),
+        ("sum_tiles", Shape::new(bsz * k, n), |g, v| {
+            g.sum_tiles(v, 3)
+        }),
+    ];
+    for (name, s, op) in cases {
+        let x = rng.normals(s.len(), 1.0);
+        check(name, &[t64(s.rows, s.cols, &x)], |g, v| {
+            let y = op(g, v[0])?;
+            let y2 = g.square(y)?;
+            probe(g, y2)
+        });
+    }
+}
+
+/// Per-sample Jacobian products as one GEMM: with Jᵀ ∈ R^{(B·d)×m}, Jᵀ·Kᵀ stacks
+/// (K J_b)ᵀ for every sample b.
+#[test]
+fn per_sample_jacobian_products_are_one_gemm() {
+    let mut rng = Rng(10);
+    let (bsz, d, m) = (3, 2, 4);
+    let jt = rng.normals(bsz * d * m, 1.0);
+    let k = rng.normals(m * m, 1.0);
+    let mut g = Graph::new(Cpu::new());
+    let jv = g.leaf(t64(bsz * d, m, &jt), false);
+    let kv = g.leaf(t64(m, m, &k), false);
+    let kj = g.matmul(jv, kv, false, true).unwrap();
+    let got = g.to_f64(kj).unwrap();
+    for b in 0..bsz {
+        // J_b (m × d) from its transpose, then K J_b.
+        let jb: Vec<f64> = (0..m * d)
+            .map(|i| jt[(b * d + i % d) * m + i / d])
+            .collect();
+        let kjb = naive_matmul(&k, Shape::new(m, m), false, &jb, Shape::new(m, d), false);
+        for h in 0..m {
+            for dir in 0..d {
+                assert!(close(got[(b * d + dir) * m + h], kjb[h * d + dir], 1e-13));
+            }
+        }
+    }
+}
+
+#[test]
+fn cast_vjp_and_rounding() {
+    let mut rng = Rng(11);
+    let x = rng.normals(6, 1.0);
+    let p: Vec<f64> = rng.normals(6, 1.0);
+    let mut g = Graph::new(Cpu::new());
+    let xv = g.leaf(t64(2, 3, &x), true);
+    let x32 = g.cast(xv, DType::F32).unwrap();
+    assert_eq!(g.dtype(x32).unwrap(), DType::F32);
+    let pv = g.leaf_f64(2, 3, &p, DType::F32, false).unwrap();
+    let y = g.mul(x32, pv).unwrap();
+    let s = g.sum(y).unwrap();
+    let s64 = g.cast(s, DType::F64).unwrap();
+    let grads = g.backward(s64, None).unwrap();
+    let gx = grads.get(xv).unwrap();
+    assert_eq!(gx.dtype(), DType::F64);
+    let want: Vec<f64> = p.iter().map(|&v| f64::from(v as f32)).collect();
+    assert_eq!(gx.to_f64(g.backend()).unwrap(), want);
+
+    // f64 → 16-bit is rounded once: just above a tie rounds up, where rounding through
+    // f32 first would land on the tie and round to even (down).
+    let above_tie = 1.0 + 2f64.powi(-11) + 2f64.powi(-40);
+    let be = Cpu::new();
+    let h = be.upload(&[above_tie, -above_tie], DType::F16).unwrap();
+    assert_eq!(
+        be.download(&h).unwrap(),
+        vec![1.0 + 2f64.powi(-10), -(1.0 + 2f64.powi(-10))]
+    );
+    let above_tie_bf = 1.0 + 2f64.powi(-8) + 2f64.powi(-40);
+    let h = be.upload(&[above_tie_bf], DType::Bf16).unwrap();
+    assert_eq!(be.download(&h).unwrap(), vec![1.0 + 2f64.powi(-7)]);
+    let exact_tie = 1.0 + 2f64.powi(-11);
+    let h = be.upload(&[exact_tie], DType::F16).unwrap();
+    assert_eq!(be.download(&h).unwrap(), vec![1.0]);
+    // Through a cast from f64 as well.
+    let x64 = be.upload(&[above_tie], DType::F64).unwrap();
+    let c = be.cast(&x64, DType::F16).unwrap();
+    assert_eq!(c, CpuBuffer::F16(vec![f16::from_f64(1.0 + 2f64.powi(-10))]));
+    // Overflow and tiny values.
+    let h = be.upload(&[1e6, -1e6, 1e-30], DType::F16).unwrap();
+    let v = be.download(&h).unwrap();
+    assert!(v[0] == f64::INFINITY && v[1] == f64::NEG_INFINITY && v[2] == 0.0);
+}
+
+/// A small network mixing every kind of op, values reused by several consumers.
+#[test]
+fn composite_models() {
+    let mut rng = Rng(12);
+    let (bsz, d, m) = (5, 3, 4);
+    let leaves = [
+        t64(bsz, d, &rng.normals(bsz * d, 1.0)),
+        t64(m, d, &rng.normals(m * d, 0.7)),
+        t64(1, m, &rng.normals(m, 0.3)),
+        t64(d, m, &rng.normals(d * m, 0.7)),
+    ];
+    // MLP with silu and a residual; exact trace of its Jacobian through the helpers.
+    check("mlp + trace", &leaves, |g, v| {
+        let (x, w1, b1, w2) = (v[0], v[1], v[2], v[3]);
+        let h = g.matmul(x, w1, false, true)?;
+        let h = g.add(h, b1)?;
+        let a = g.silu(h)?;
+        let out = g.matmul(a, w2, false, true)?;
+        let out = g.add(out, x)?;
+        // tr(∂out/∂x) = d + Σ_h silu'(h) Σ_k W2[k,h] W1[h,k].
+        // Per sample Jᵀ = W1ᵀ diag(silu'(h)) W2ᵀ (d × d), stacked (B·d) × d.
+        let sp = g.silu_prime(h)?;
+        let e = g.constant(t64(d, d, &{
+            let mut e = vec![0.0; d * d];
+            for i in 0..d {
+                e[i * d + i] = 1.0;
+            }
+            e
+        }));
+        let jt = g.matmul(e, w1, false, true)?; // d×m: W1ᵀ
+        let jt = g.tile_rows(jt, bsz)?;
+        let spr = g.repeat_rows(sp, d)?;
+        let jt = g.mul(jt, spr)?; // per sample: W1ᵀ diag(silu')
+        let full = g.matmul(jt, w2, false, true)?; // (B·d)×d: (W2 diag W1)ᵀ
+        let diag_mask = g.constant(t64(bsz * d, d, &{
+            let mut e = vec![0.0; bsz * d * d];
+            for r in 0..bsz * d {
+                e[r * d + r % d] = 1.0;
+            }
+            e
+        }));
+        let dg = g.mul(full, diag_mask)?;
+        let tr = g.sum_row_groups(dg, d)?;
+        let tr = g.sum_cols(tr)?;
+        let tr = g.add_scalar(tr, d as f64)?;
+        let o2 = g.square(out)?;
+        let l1 = g.mean(o2)?;
+        let t2 = g.tanh(tr)?;
+        let l2 = g.sum(t2)?;
+        let l = g.add(l1, l2)?;
+        let lc = g.logcosh(l)?;
+        let sp2 = g.softplus(lc)?;
+        let l3 = g.sqrt(sp2)?;
+        g.add(l3, l)
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn shape_errors_are_typed() {
+    let mut g = Graph::new(Cpu::new());
+    let a = g.leaf(t64(2, 3, &[0.0; 6]), true);
+    let b = g.leaf(t64(2, 3, &[0.0; 6]), true);
+    let c = g.leaf(t64(3, 2, &[0.0; 6]), true);
+    let n = g.len();
+    assert_eq!(
+        g.matmul(a, b, false, false).unwrap_err(),
+        Error::Shape {
+            op: "matmul",
+            lhs: Shape::new(2, 3),
+            rhs: Shape::new(2, 3)
+        }
+    );
+    assert!(g.matmul(a, b, false, true).is_ok());
+    assert!(g.matmul(a, b, true, false).is_ok());
+    assert!(matches!(g.add(a, c), Err(Error::Shape { op: "add", .. })));
+    assert!(matches!(g.div(a, c), Err(Error::Shape { op: "div", .. })));
+    let col3 = g.leaf(t64(3, 1, &[0.0; 3]), false);
+    assert!(matches!(
+        g.mul(a, col3),
+        Err(Error::Shape { op: "mul", .. })
+    ));
+    assert!(matches!(
+        g.concat_cols(&[a, c]),
+        Err(Error::Shape {
+            op: "concat_cols",
+            ..
+        })
+    ));
+    assert!(matches!(g.concat_cols(&[]), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        g.slice_cols(a, 2, 4),
+        Err(Error::InvalidShape {
+            op: "slice_cols",
+            ..
+        })
+    ));
+    assert!(matches!(
+        g.slice_cols(a, 2, 1),
+        Err(Error::InvalidShape { .. })
+    ));
+    assert!(matches!(
+        g.sum_row_groups(c, 2),
+        Err(Error::InvalidShape {
+            op: "sum_row_groups",
+            ..
+        })
+    ));
+    assert!(matches!(g.sum_tiles(c, 2), Err(Error::InvalidShape { .. })));
+    assert!(matches!(
+        g.repeat_rows(a, 0),
+        Err(Error::InvalidShape { .. })
+    ));
+    assert!(matches!(g.tile_rows(a, 0), Err(Error::InvalidShape { .. })));
+    assert!(matches!(
+        g.repeat_rows(a, usize::MAX),
+        Err(Error::InvalidShape { .. })
+    ));
+    let e = g.leaf(t64(0, 3, &[]), false);
+    assert!(matches!(
+        g.mean(e),
+        Err(Error::InvalidShape { op: "mean", .. })
+    ));
+    // Failed ops record nothing: two products and two leaves were added.
+    assert_eq!(g.len(), n + 4);
+
+    // backward: a non-scalar output needs a seed of its shape.
+    let y = g.mul(a, b).unwrap();
+    assert!(matches!(
+        g.backward(y, None),
+        Err(Error::InvalidShape { op: "backward", .. })
+    ));
+    let bad = Tensor::zeros(g.backend(), 3, 2, DType::F64).unwrap();
+    assert!(matches!(
+        g.backward(y, Some(bad)),
+        Err(Error::Shape {
+            op: "backward seed",
+            ..
+        })
+    ));
+
+    // Tensors: data of the wrong length.
+    assert_eq!(
+        Tensor::from_f64(&Cpu::new(), 2, 2, &[1.0; 3], DType::F32).unwrap_err(),
+        Error::Length {
+            what: "tensor data",
+            found: 3,
+            expected: 4
+        }
+    );
+    assert!(matches!(
+        Tensor::<Cpu>::from_buffer(2, 2, CpuBuffer::F64(vec![0.0; 5])),
+        Err(Error::Length { .. })
+    ));
+
+    // Handles from another graph or from before a clear.
+    let mut other = Graph::new(Cpu::new());
+    let o = other.leaf(t64(1, 1, &[1.0]), true);
+    assert_eq!(g.neg(o).unwrap_err(), Error::UnknownVar(o));
+    g.clear();
+    assert!(g.is_empty());
+    assert!(matches!(g.value(a), Err(Error::UnknownVar(_))));
+    assert!(matches!(g.sum(a), Err(Error::UnknownVar(_))));
+
+    // Backend kernels check what they rely on when called directly.
+    let be = Cpu::new();
+    let x = be.upload(&[1.0; 6], DType::F64).unwrap();
+    assert!(matches!(
+        be.matmul(&x, Shape::new(2, 3), false, &x, Shape::new(2, 3), false),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        be.matmul(&x, Shape::new(2, 2), false, &x, Shape::new(2, 3), false),
+        Err(Error::Length { .. })
+    ));
+    assert!(matches!(
+        be.binary(BinaryOp::Add, &x, Shape::new(2, 3), &x, Broadcast::Row),
+        Err(Error::Length { .. })
+    ));
+    assert!(matches!(
+        be.reduce(&x, Shape::new(4, 2), Reduction::All, 1.0),
+        Err(Error::Length { .. })
+    ));
+    assert!(matches!(
+        be.sum_row_groups(&x, Shape::new(2, 3), 4),
+        Err(Error::InvalidShape { .. })
+    ));
+}
+
+#[test]
+fn dtype_errors_are_typed() {
+    let be = Cpu::new();
+    let mut g = Graph::new(be);
+    let a = g.leaf_f64(2, 2, &[1.0; 4], DType::F64, true).unwrap();
+    let b = g.leaf_f64(2, 2, &[1.0; 4], DType::F32, true).unwrap();
+    let h = g.leaf_f64(2, 2, &[1.0; 4], DType::F16, true).unwrap();
+    assert_eq!(
+        g.add(a, b).unwrap_err(),
+        Error::DType {
+            op: "add",
+            lhs: DType::F64,
+            rhs: DType::F32
+        }
+    );
+    assert!(matches!(
+        g.matmul(h, b, false, false),
+        Err(Error::DType { op: "matmul", .. })
+    ));
+    assert!(matches!(g.concat_cols(&[a, h]), Err(Error::DType { .. })));
+    // Through a cast it works.
+    let b64 = g.cast(b, DType::F64).unwrap();
+    let s = g.add(a, b64).unwrap();
+    let s = g.sum(s).unwrap();
+    let seed = Tensor::scalar(g.backend(), 1.0, DType::F32).unwrap();
+    assert!(matches!(
+        g.backward(s, Some(seed)),
+        Err(Error::DType {
+            op: "backward seed",
+            ..
+        })
+    ));
+    assert!(g.backward(s, None).is_ok());
+    // Kernels called directly.
+    let x = be.upload(&[1.0; 4], DType::F64).unwrap();
+    let y = be.upload(&[1.0; 4], DType::Bf16).unwrap();
+    assert!(matches!(
+        be.binary(BinaryOp::Mul, &x, Shape::new(2, 2), &y, Broadcast::None),
+        Err(Error::DType { .. })
+    ));
+    let mut xm = x.clone();
+    assert!(matches!(
+        be.add_assign(&mut xm, &y),
+        Err(Error::DType { .. })
+    ));
+    // The checker wants f64 leaves.
+    let mut g2 = Graph::new(Cpu::new());
+    let t32 = Tensor::from_f64(&be, 1, 1, &[1.0], DType::F32).unwrap();
+    assert!(matches!(
+        check_gradients(
+            &mut g2,
+            &[t32],
+            |g, v| g.sum(v[0]),
+            &CheckOptions::default()
+        ),
+        Err(Error::DType { .. })
+    ));
+}
+
+#[test]
+fn errors_bridge_into_the_trainer_error() {
+    let e = Error::Shape {
+        op: "matmul",
+        lhs: Shape::new(2, 3),
+        rhs: Shape::new(2, 3),
+    };
+    let msg = e.to_string();
+    assert!(msg.contains("matmul") && msg.contains("2×3"), "{msg}");
+    let t: socflow_trainer::Error = e.into();
+    assert!(t.to_string().contains("matmul"), "{t}");
+    let l: socflow_trainer::Error = Error::Length {
+        what: "x",
+        found: 1,
+        expected: 2,
+    }
+    .into();
+    assert!(matches!(l, socflow_trainer::Error::Length { .. }));
+}
+
+// ---------------------------------------------------------------------------------------
+// Half precision: computed in f32 from exact inputs, rounded once
+// ---------------------------------------------------------------------------------------
+
+/// Spacing of the 16-bit grid around |v| (normal range).
+fn spacing(dtype: DType, v: f64) -> f64 {
+    let bits = if dtype == DType::F16 { 10 } else { 7 };
+    2f64.powi(v.abs().log2().floor() as i32 - bits)
+}
+
+/// Integer operands in [0, 7] with an inner dimension of 1024: products and f32 sums
+/// are exact (below 2²⁴), results (≈ 12 000) are not representable in 16 bits, so the
+/// result is exactly the 16-bit rounding of the exact integer; more than one rounding
+/// (partial sums stored in 16 bits) would differ.
+#[test]
+fn half_gemm_rounds_the_f32_product_once() {
+    let be = Cpu::new();
+    let mut rng = Rng(13);
+    let (m, k, n) = (6, 1024, 5);
+    for dtype in [DType::F16, DType::Bf16] {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let sa = if ta {
+                Shape::new(k, m)
+            } else {
+                Shape::new(m, k)
+            };
+            let sb = if tb {
+                Shape::new(n, k)
+            } else {
+                Shape::new(k, n)
+            };
+            let a = rng.int(sa.len(), 7);
+            let b = rng.int(sb.len(), 7);
+            let c = be
+                .matmul(
+                    &be.upload(&a, dtype).unwrap(),
+                    sa,
+                    ta,
+                    &be.upload(&b, dtype).unwrap(),
+                    sb,
+                    tb,
+                )
+                .unwrap();
+            assert_eq!(c.dtype(), dtype);
+            let exact = naive_matmul(&a, sa, ta, &b, sb, tb);
+            let mut inexact = 0;
+            for (i, (&got, &want)) in be.download(&c).unwrap().iter().zip(&exact).enumerate() {
+                let rounded = match dtype {
+                    DType::F16 => f16::from_f32(want as f32).to_f64(),
+                    _ => bf16::from_f32(want as f32).to_f64(),
+                };
+                assert_eq!(got, rounded, "{dtype} ta={ta} tb={tb} [{i}] exact {want}");
+                inexact += usize::from(rounded != want);
+            }
+            assert!(inexact > exact.len() / 2, "the test must exercise rounding");
+        }
+    }
+    // Random operands: within half a 16-bit spacing (plus f32 accumulation error) of
+    // the exact product of the rounded inputs.
+    for dtype in [DType::F16, DType::Bf16] {
+        let a = be.upload(&rng.normals(8 * 64, 1.0), dtype).unwrap();
+        let b = be.upload(&rng.normals(64 * 7, 1.0), dtype).unwrap();
+        let c = be
+            .matmul(&a, Shape::new(8, 64), false, &b, Shape::new(64, 7), false)
+            .unwrap();
+        let exact = naive_matmul(
+            &be.download(&a).unwrap(),
+            Shape::new(8, 64),
+            false,
+            &be.download(&b).unwrap(),
+            Shape::new(64, 7),
+            false,
+        );
+        for (&got, &want) in be.download(&c).unwrap().iter().zip(&exact) {
+            let tol = 0.5 * spacing(dtype, want) + 64.0 * 8.0 * f64::from(f32::EPSILON);
+            assert!((got - want).abs() <= tol, "{dtype}: {got} vs {want}");
+        }
+    }
+}
+
+#[test]
+fn half_elementwise_kernels_round_the_f32_result_once() {
+    let be = Cpu::new();
+    let mut rng = Rng(14);
+    // Maps with a canonical f32 implementation: bit-exact.
+    type F = fn(f32) -> f32;
+    let exact: [(UnaryOp, F); 8] = [
+        (UnaryOp::Neg, |x| -x),
+        (UnaryOp::Square, |x| x * x),
+        (UnaryOp::Abs, f32::abs),
+        (UnaryOp::Recip, |x| 1.0 / x),
+        (UnaryOp::Exp, f32::exp),
+        (UnaryOp::Log, f32::ln),
+        (UnaryOp::Sqrt, f32::sqrt),
+        (UnaryOp::Tanh, f32::tanh),
+    ];
+    for (op, f) in exact {
+        let x = domain(op, &mut rng, 200);
+        let xh = be.upload(&x, DType::F16).unwrap();
+        let y = be.unary(op, &xh).unwrap();
+        let (CpuBuffer::F16(xs), CpuBuffer::F16(ys)) = (&xh, &y) else {
+            panic!("f16 buffers expected");
+        };
+        for (xv, yv) in xs.iter().zip(ys) {
+            assert_eq!(
+                yv.to_bits(),
+                f16::from_f32(f(xv.to_f32())).to_bits(),
+                "{} f16({})",
+                op.name(),
+                xv
+            );
+        }
+        let xb = be.upload(&x, DType::Bf16).unwrap();
+        let y = be.unary(op, &xb).unwrap();
+        let (CpuBuffer::Bf16(xs), CpuBuffer::Bf16(ys)) = (&xb, &y) else {
+            panic!("bf16 buffers expected");
+        };
+        for (xv, yv) in xs.iter().zip(ys) {
+            assert_eq!(yv.to_bits(), bf16::from_f32(f(xv.to_f32())).to_bits());
+        }
+    }
+    // Every map: within half a spacing (plus f32 error) of the exact value at the
+    // exact 16-bit input.
+    for op in UnaryOp::ALL {
+        for dtype in [DType::F16, DType::Bf16] {
+            let x = be.upload(&domain(op, &mut rng, 200), dtype).unwrap();
+            let y = be.download(&be.unary(op, &x).unwrap()).unwrap();
+            for (&xv, &yv) in be.download(&x).unwrap().iter().zip(&y) {
+                let want = reference(op, xv);
+                // Half a spacing of the 16-bit grid, plus the f32 evaluation's error
+                // (a few f32 ulps of the terms, which are O(1)); below 1e-4 (f16
+                // subnormals) an absolute bound.
+                let f32_err = 2.0 * f64::from(f32::EPSILON) * want.abs().max(1.0);
+                if want.abs() < 1e-4 {
+                    assert!((yv - want).abs() <= 1e-6, "{} {dtype}({xv})", op.name());
+                    continue;
+                }
+                let tol = 0.5 * spacing(dtype, want) + f32_err;
+                assert!(
+                    (yv - want).abs() <= tol,
+                    "{} {dtype}({xv}) = {yv}, exact {want}",
+                    op.name()
+                );
+            }
+        }
+    }
+    // Binary maps and accumulation: the f32 result rounded once.
+    let a = rng.normals(100, 3.0);
+    let b = rng.range(100, 0.5, 2.0);
+    let (ah, bh) = (
+        be.upload(&a, DType::F16).unwrap(),
+        be.upload(&b, DType::F16).unwrap(),
+    );
+    let s = Shape::new(10, 10);
+    let (CpuBuffer::F16(av), CpuBuffer::F16(bv)) = (&ah, &bh) else {
+        panic!("f16 buffers expected");
+    };
+    type G = fn(f32, f32) -> f32;
+    let ops: [(BinaryOp, G); 4] = [
+        (BinaryOp::Add, |x, y| x + y),
+        (BinaryOp::Sub, |x, y| x - y),
+        (BinaryOp::Mul, |x, y| x * y),
+        (BinaryOp::Div, |x, y| x / y),
+    ];
+    for (op, f) in ops {
+        let c = be.binary(op, &ah, s, &bh, Broadcast::None).unwrap();
+        let CpuBuffer::F16(cv) = c else {
+            panic!("f16 result expected")
+        };
+        for i in 0..100 {
+            let want = f16::from_f32(f(av[i].to_f32(), bv[i].to_f32()));
+            assert_eq!(cv[i].to_bits(), want.to_bits(), "{}", op.name());
+        }
+    }
+    // α·x + β in f32.
+    let c = be.affine(&ah, 0.3, -1.7).unwrap();
+    let CpuBuffer::F16(cv) = c else {
+        panic!("f16 result expected")
+    };
+    for i in 0..100 {
+        let want = f16::from_f32(0.3f32 * av[i].to_f32() + -1.7f32);
+        assert_eq!(cv[i].to_bits(), want.to_bits());
+    }
+    // A sum of 1024 integers accumulated in f32 (exact), rounded once.
+    let ints = rng.int(1024, 60);
+    let exact: f64 = ints.iter().sum();
+    for dtype in [DType::F16, DType::Bf16] {
+        let x = be.upload(&ints, dtype).unwrap();
+        let s = be
+            .reduce(&x, Shape::new(32, 32), Reduction::All, 1.0)
+            .unwrap();
+        let want = match dtype {
+            DType::F16 => f16::from_f64(exact).to_f64(),
+            _ => bf16::from_f64(exact).to_f64(),
+        };
+        assert_ne!(want, exact, "the sum must need rounding");
+        assert_eq!(be.download(&s).unwrap(), vec![want], "{dtype}");
+    }
+}
+
+/// The same small model in f64, f32, bf16 and f16: values and gradients agree with f64
+/// to each precision's unit roundoff times a modest factor.
+#[test]
+fn low_precision_graphs_track_f64() {
+    let mut rng = Rng(15);
+    let x = rng.normals(8 * 3, 1.0);
+    let w = rng.normals(4 * 3, 0.5);
+    let run = |dtype: DType| -> (Vec<f64>, Vec<f64>) {
+        let mut g = Graph::new(Cpu::new());
+        let xv = g.leaf_f64(8, 3, &x, dtype, false).unwrap();
+        let wv = g.leaf_f64(4, 3, &w, dtype, true).unwrap();
+        let h = g.matmul(xv, wv, false, true).unwrap();
+        let a = g.logcosh(h).unwrap();
+        let s = g.mean(a).unwrap();
+        let grads = g.backward(s, None).unwrap();
+        let gw = grads.get(wv).unwrap();
+        assert_eq!(gw.dtype(), dtype);
+        (g.to_f64(s).unwrap(), gw.to_f64(g.backend()).unwrap())
+    };
+    let (v64, g64) = run(DType::F64);
+    let gmax = g64.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    for dtype in [DType::F32, DType::Bf16, DType::F16] {
+        let (v, gr) = run(dtype);
+        let u = dtype.unit_roundoff();
+        assert!(
+            close(v[0], v64[0], 16.0 * u),
+            "{dtype}: {} vs {}",
+            v[0],
+            v64[0]
+        );
+        for (a, b) in gr.iter().zip(&g64) {
+            assert!((a - b).abs() <= 32.0 * u * gmax, "{dtype}: {a} vs {b}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Tape mechanics
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn bytes_accounting() {
+    let be = Cpu::new();
+    for (dtype, size) in [
+        (DType::F64, 8),
+        (DType::F32, 4),
+        (DType::Bf16, 2),
+        (DType::F16, 2),
+    ] {
+        assert_eq!(dtype.size_of(), size);
+        let t = Tensor::zeros(&be, 7, 5, dtype).unwrap();
+        assert_eq!(t.bytes(), 35 * size);
+        assert_eq!(t.dtype(), dtype);
+        assert_eq!((t.rows(), t.cols(), t.len()), (7, 5, 35));
+    }
+    let mut g = Graph::new(be);
+    assert_eq!(g.bytes(), 0);
+    let a = g.leaf_f64(4, 3, &[1.0; 12], DType::F16, true).unwrap();
+    let b = g.cast(a, DType::F32).unwrap();
+    let c = g.sum_cols(b).unwrap();
+    assert_eq!(g.bytes(), 12 * 2 + 12 * 4 + 4 * 4);
+    let _ = c;
+    g.clear();
+    assert_eq!(g.bytes(), 0);
+    assert_eq!(g.len(), 0);
+}
+
+#[test]
+fn seeded_backward_is_a_vjp() {
+    let mut rng = Rng(16);
+    let x = rng.normals(12, 1.0);
+    let seed = rng.normals(4 * 2, 1.0);
+    let w = rng.normals(2 * 3, 1.0);
+    let mut g = Graph::new(Cpu::new());
+    let xv = g.leaf(t64(4, 3, &x), true);
+    let wv = g.leaf(t64(2, 3, &w), true);
+    let h = g.matmul(xv, wv, false, true).unwrap();
+    let y = g.tanh(h).unwrap();
+    let vjp = g.backward(y, Some(t64(4, 2, &seed))).unwrap();
+    // The same as the gradient of Σ seed ⊙ y.
+    let sv = g.leaf(t64(4, 2, &seed), false);
+    let ys = g.mul(y, sv).unwrap();
+    let l = g.sum(ys).unwrap();
+    let full = g.backward(l, None).unwrap();
+    for v in [xv, wv] {
+        let a = vjp.get(v).unwrap().to_f64(g.backend()).unwrap();
+        let b = full.get(v).unwrap().to_f64(g.backend()).unwrap();
+        assert_all_close("vjp", &a, &b, 1e-15);
+    }
+    // The tape survives backward: a second pass gives the same result.
+    let again = g.backward(l, None).unwrap();
+    assert_eq!(
+        again.get(xv).unwrap().to_f64(g.backend()).unwrap(),
+        full.get(xv).unwrap().to_f64(g.backend()).unwrap()
+    );
+}
+
+#[test]
+fn gradients_cover_exactly_the_leaves_that_ask() {
+    let mut g = Graph::new(Cpu::new());
+    let a = g.leaf(t64(1, 2, &[1.0, 2.0]), true);
+    let frozen = g.leaf(t64(1, 2, &[3.0, 4.0]), false);
+    let unused = g.leaf_f64(2, 2, &[1.0; 4], DType::F32, true).unwrap();
+    let p = g.mul(a, frozen).unwrap();
+    let s = g.sum(p).unwrap();
+    assert!(g.requires_grad(s).unwrap());
+    let c = g.sum(frozen).unwrap();
+    assert!(!g.requires_grad(c).unwrap());
+    let mut grads = g.backward(s, None).unwrap();
+    assert_eq!(grads.len(), 2);
+    assert!(grads.get(frozen).is_none());
+    assert!(grads.get(p).is_none());
+    let z = grads.get(unused).unwrap();
+    assert_eq!(z.dtype(), DType::F32);
+    assert_eq!(z.to_f64(g.backend()).unwrap(), vec![0.0; 4]);
+    assert_eq!(
+        grads.get(a).unwrap().to_f64(g.backend()).unwrap(),
+        vec![3.0, 4.0]
+    );
+    let leaves: Vec<Var> = grads.iter().map(|(v, _)| v).collect();
+    assert_eq!(leaves, vec![a, unused]);
+    assert!(grads.take(a).is_some() && grads.get(a).is_none());
+    // An output that depends on no trainable leaf: zeros everywhere.
+    let gc = g.backward(c, None).unwrap();
+    assert_eq!(
+        gc.get(a).unwrap().to_f64(g.backend()).unwrap(),
+        vec![0.0, 0.0]
+    );
+}
+
+/// A 16-bit leaf used by many ops: its contributions summed in f32 keep what f16 sums
+/// lose.
+#[test]
+fn accumulation_precision() {
+    // c is exact in f16; the sum n·c = 100.29296875 is exact in f32 but not in f16.
+    let c = 1.0 + 3.0 * 2f64.powi(-10);
+    let n = 100;
+    let build = |g: &mut Graph<Cpu>| -> (Var, Var) {
+        let x = g.leaf_f64(1, 1, &[0.5], DType::F16, true).unwrap();
+        let mut acc = g.scale(x, c).unwrap();
+        for _ in 1..n {
+            let t = g.scale(x, c).unwrap();
+            acc = g.add(acc, t).unwrap();
+        }
+        (x, acc)
+    };
+    let exact = n as f64 * c;
+    let mut g = Graph::new(Cpu::new());
+    let (x, y) = build(&mut g);
+    let hi = g.backward_with(y, None, Some(DType::F32)).unwrap();
+    let hx = hi.get(x).unwrap();
+    assert_eq!(hx.dtype(), DType::F32);
+    assert_eq!(hx.to_f64(g.backend()).unwrap(), vec![exact]);
+    let lo = g.backward(y, None).unwrap();
+    let lx = lo.get(x).unwrap();
+    assert_eq!(lx.dtype(), DType::F16);
+    let lv = lx.to_f64(g.backend()).unwrap()[0];
+    assert_ne!(lv, exact, "f16 sums lose the small terms");
+    assert!((lv - exact).abs() < 1.0, "{lv} vs {exact}");
+}
+
+#[test]
+fn cleared_tape_rebuilds_identically() {
+    let mut rng = Rng(17);
+    let x = rng.normals(6, 1.0);
+    let mut g = Graph::new(Cpu::new());
+    let mut results = Vec::new();
+    for _ in 0..3 {
+        g.clear();
+        let xv = g.leaf(t64(2, 3, &x), true);
+        let y = g.softplus(xv).unwrap();
+        let s = g.sum(y).unwrap();
+        let gr = g.backward(s, None).unwrap();
+        results.push((
+            g.to_f64(s).unwrap(),
+            gr.get(xv).unwrap().to_f64(g.backend()).unwrap(),
+        ));
+        assert_eq!(g.len(), 3);
+    }
+    assert!(results.windows(2).all(|w| w[0] == w[1]));
+}
+
+#[test]
+fn checker_finds_a_wrong_gradient() {
+    // A function whose graph gradient is deliberately wrong: the value depends on x
+    // through a constant recomputed from x outside the tape.
+    let mut g = Graph::new(Cpu::new());
+    let leaves = [t64(1, 3, &[0.3, -0.2, 0.5])];
+    let rep = check_gradients(
+        &mut g,
+        &leaves,
+        |g, v| {
+            let xs = g.to_f64(v[0])?;
+            let hidden = g.leaf_f64(1, 3, &xs, DType::F64, false)?;
+            let y = g.mul(v[0], hidden)?; // true gradient 2x, tape says x
+            g.sum(y)
+        },
+        &CheckOptions::default(),
+    )
+    .unwrap();
+    assert!(rep.max_rel_err > 0.4, "{rep}");
+    // A large leaf is checked on a subset.
+    let big = t64(50, 10, &vec![0.1; 500]);
+    let rep = check_gradients(
+        &mut g,
+        &[big],
+        |g, v| {
+            let y = g.square(v[0])?;
+            g.sum(y)
+        },
+        &CheckOptions {
+            max_elements_per_leaf: 16,
+            ..CheckOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(rep.checked, 16);
+    assert!(rep.max_rel_err <= TOL, "{rep}");
+}
