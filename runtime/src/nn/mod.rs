@@ -73,7 +73,7 @@ pub struct MlpParams {
     pub hidden: Vec<usize>,
     /// Activation between layers (not after the last).
     pub activation: Activation,
-    /// Layer weights, out × in row-major: first (hidden[0]) × (d+1), last d × hidden[-1].
+    /// Layer weights, out × in row-major: first `hidden[0] × (d+1)`, last `d × hidden[last]`.
     pub weights: Vec<Vec<f64>>,
     /// Layer biases.
     pub biases: Vec<Vec<f64>>,
