@@ -451,30 +451,56 @@ fn affine_k<E: Elem>(par: bool, x: &[E], alpha: f64, beta: f64) -> Vec<E> {
     map_k(par, x, move |u| a * u + b)
 }
 
+/// Rows per parallel task of a broadcasting binary kernel (at least this many
+/// elements).
+const PAR_CHUNK: usize = 1 << 12;
+
 fn zip_k<E: Elem, F>(par: bool, a: &[E], shape: Shape, b: &[E], bc: Broadcast, f: F) -> Vec<E>
 where
     F: Fn(E::Acc, E::Acc) -> E::Acc + Sync + Send,
 {
     let n = shape.cols.max(1);
-    let row = |(r, (out, ar)): (usize, (&mut [E], &[E]))| {
-        for (c, (o, &av)) in out.iter_mut().zip(ar).enumerate() {
-            let bv = match bc {
-                Broadcast::None => b[r * n + c],
-                Broadcast::Row => b[c],
-                Broadcast::Col => b[r],
-                Broadcast::Scalar => b[0],
-            };
-            *o = E::from_acc(f(av.to_acc(), bv.to_acc()));
+    let par = par && a.len() >= PAR_ELEMS;
+    // `r0` is the first row of the chunk `a_chunk`; the broadcast is resolved once per
+    // row (or once per chunk), never per element.
+    let chunk = |(r0, (out, a_chunk)): (usize, (&mut [E], &[E]))| match bc {
+        Broadcast::None => {
+            let b_chunk = &b[r0 * n..r0 * n + a_chunk.len()];
+            for ((o, &x), &y) in out.iter_mut().zip(a_chunk).zip(b_chunk) {
+                *o = E::from_acc(f(x.to_acc(), y.to_acc()));
+            }
+        }
+        Broadcast::Row => {
+            for (orow, arow) in out.chunks_mut(n).zip(a_chunk.chunks(n)) {
+                for ((o, &x), &y) in orow.iter_mut().zip(arow).zip(b) {
+                    *o = E::from_acc(f(x.to_acc(), y.to_acc()));
+                }
+            }
+        }
+        Broadcast::Col => {
+            for (r, (orow, arow)) in out.chunks_mut(n).zip(a_chunk.chunks(n)).enumerate() {
+                let y = b[r0 + r].to_acc();
+                for (o, &x) in orow.iter_mut().zip(arow) {
+                    *o = E::from_acc(f(x.to_acc(), y));
+                }
+            }
+        }
+        Broadcast::Scalar => {
+            let y = b[0].to_acc();
+            for (o, &x) in out.iter_mut().zip(a_chunk) {
+                *o = E::from_acc(f(x.to_acc(), y));
+            }
         }
     };
     let mut out = vec![E::from_acc(E::Acc::of(0.0)); a.len()];
-    if par && a.len() >= PAR_ELEMS {
-        out.par_chunks_mut(n)
-            .zip(a.par_chunks(n))
+    if par {
+        let rows = PAR_CHUNK.div_ceil(n);
+        out.par_chunks_mut(rows * n)
+            .zip(a.par_chunks(rows * n))
             .enumerate()
-            .for_each(row);
+            .for_each(|(i, pair)| chunk((i * rows, pair)));
     } else {
-        out.chunks_mut(n).zip(a.chunks(n)).enumerate().for_each(row);
+        chunk((0, (&mut out[..], a)));
     }
     out
 }

@@ -204,7 +204,7 @@ impl OtFlowVars {
 /// Φ = N w + ½‖S Aᵀ‖² + S c_wᵀ + c_b;
 /// sweep: z_{nTh} = w, z_i = z_{i+1} + η (tanh(pre_i) ⊙ z_{i+1}) K_i,
 /// z_0 = (tanh(pre_0) ⊙ z_1) K_0, ∇_sΦ = z_0 + (S Aᵀ) A + c_w;
-/// trace: Σ_h (sech²(pre_0) ⊙ z_1)_h Σ_{k<d} K_0[h,k]², then for each layer i ≥ 1
+/// trace: Σ_h (sech²(pre_0) ⊙ z_1)_h Σ_{k<d} K_0\[h,k\]², then for each layer i ≥ 1
 /// KJᵀ = Jᵀ K_iᵀ, tr += η Σ_h (sech²(pre_i) ⊙ z_{i+1})_h Σ_k (KJᵀ)²_{(b,k),h},
 /// Jᵀ += η KJᵀ ⊙ tanh(pre_i) (per sample), with J_0ᵀ = (K_0 E)ᵀ ⊙ tanh(pre_0);
 /// ΔₓΦ = tr + Σ_{j<d} (AᵀA)_{jj}.
