@@ -9,60 +9,10 @@ use socflow_runtime::field::Field;
 use socflow_runtime::nn::mlp::Mlp;
 use socflow_runtime::nn::{Activation, MlpParams};
 use socflow_runtime::{Error, Real};
-
-/// Counts this thread's heap allocations (tests run in parallel threads).
-struct CountingAlloc;
-
-thread_local! {
-    static ALLOCS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator; the counter is a const-initialized
-// thread-local Cell, which does not allocate.
-#[allow(unsafe_code)]
-unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        ALLOCS.with(|c| c.set(c.get() + 1));
-        // SAFETY: same contract as the caller's.
-        unsafe { std::alloc::System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { std::alloc::System.dealloc(ptr, layout) }
-    }
-}
+use socflow_testkit::{count_allocs, CountingAlloc, Rng};
 
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
-
-fn allocations<R>(f: impl FnOnce() -> R) -> (R, usize) {
-    let before = ALLOCS.with(|c| c.get());
-    let r = f();
-    (r, ALLOCS.with(|c| c.get()) - before)
-}
-
-/// Deterministic normal-ish numbers (splitmix64 + Box–Muller), no dependencies.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-    fn vec(&mut self, n: usize, scale: f64) -> Vec<f64> {
-        (0..n).map(|_| scale * self.normal()).collect()
-    }
-}
 
 const ACTS: [Activation; 3] = [Activation::Silu, Activation::Tanh, Activation::Softplus];
 
@@ -359,7 +309,7 @@ fn single_state_paths_do_not_allocate() {
             let mut sc32 = vec![0.0f32; n32.scratch_len()];
             n64.eval_div(0.1, &x, &mut v, &mut sc).unwrap();
             n32.eval_div(0.1, &x32, &mut v32, &mut sc32).unwrap();
-            let (_, count) = allocations(|| {
+            let (_, count) = count_allocs(|| {
                 n64.eval(0.2, &x, &mut v, &mut sc).unwrap();
                 n64.eval_div(0.2, &x, &mut v, &mut sc).unwrap();
                 n32.eval(0.2, &x32, &mut v32, &mut sc32).unwrap();

@@ -9,66 +9,19 @@ use socflow_runtime::field::{Field, Potential};
 use socflow_runtime::nn::otflow::OtFlow;
 use socflow_runtime::nn::OtFlowParams;
 use socflow_runtime::{Error, Real};
+use socflow_testkit::golden::{flat, rows, usize_of};
+use socflow_testkit::{count_allocs, rel_close, CountingAlloc, Rng};
 
-/// Counts this thread's heap allocations (tests run in parallel threads).
-struct CountingAlloc;
-
-thread_local! {
-    static ALLOCS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator; the counter is a const-initialized
-// thread-local Cell, which does not allocate.
-#[allow(unsafe_code)]
-unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        ALLOCS.with(|c| c.set(c.get() + 1));
-        // SAFETY: same contract as the caller's.
-        unsafe { std::alloc::System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { std::alloc::System.dealloc(ptr, layout) }
-    }
+fn golden() -> Value {
+    socflow_testkit::golden::json()
 }
 
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
 
-fn allocations<R>(f: impl FnOnce() -> R) -> (R, usize) {
-    let before = ALLOCS.with(|c| c.get());
-    let r = f();
-    (r, ALLOCS.with(|c| c.get()) - before)
-}
-
-const GOLDEN: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/reference/otflow_phi_golden.json"
-);
-
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-fn flat(v: &Value) -> Vec<f64> {
-    match v {
-        Value::Array(a) => a.iter().flat_map(flat).collect(),
-        Value::Number(n) => vec![n.as_f64().expect("reference numbers are f64")],
-        other => panic!("unexpected JSON value {other:?}"),
-    }
-}
-
-fn rows(v: &Value) -> Vec<Vec<f64>> {
-    v.as_array()
-        .expect("an array of rows")
-        .iter()
-        .map(flat)
-        .collect()
-}
-
-fn usize_of(v: &Value) -> usize {
-    v.as_u64().expect("a size") as usize
-}
 
 fn params_from_case(c: &Value) -> OtFlowParams {
     let d = usize_of(&c["d"]);
@@ -91,38 +44,6 @@ fn params_from_case(c: &Value) -> OtFlowParams {
         a: flat(&sd["A"]),
         c_weight: flat(&sd["c.weight"]),
         c_bias: flat(&sd["c.bias"])[0],
-    }
-}
-
-fn golden() -> Value {
-    let text = std::fs::read_to_string(GOLDEN).expect("reference file readable");
-    serde_json::from_str(&text).expect("reference file is JSON")
-}
-
-fn rel_close(a: f64, b: f64, tol: f64) -> bool {
-    (a - b).abs() <= tol * b.abs().max(1e-300)
-}
-
-/// Deterministic normal-ish numbers (splitmix64 + Box–Muller), no dependencies.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-    fn vec(&mut self, n: usize, scale: f64) -> Vec<f64> {
-        (0..n).map(|_| scale * self.normal()).collect()
     }
 }
 
@@ -697,7 +618,7 @@ fn single_state_paths_do_not_allocate() {
         // Warm up (run-time dispatch resolves on the first call).
         n64.grad_lap(0.1, &x, &mut g, &mut sc).unwrap();
         n32.grad_lap(0.1, &x32, &mut g32, &mut sc32).unwrap();
-        let (_, count) = allocations(|| {
+        let (_, count) = count_allocs(|| {
             n64.value(0.2, &x, &mut sc).unwrap();
             n64.grad(0.2, &x, &mut g, &mut sc).unwrap();
             n64.grad_lap(0.2, &x, &mut g, &mut sc).unwrap();

@@ -5,6 +5,11 @@
 //! reproducibility across block splits and threads, validation.
 
 use rayon::prelude::*;
+use socflow_testkit::{count_allocs, observed_order, CountingAlloc};
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
 use socflow_runtime::brownian::{Brownian, MAX_SAMPLE};
 use socflow_runtime::field::FnField;
 use socflow_runtime::ode::Trajectory;
@@ -14,61 +19,6 @@ use socflow_runtime::sde::{
     SdeWorkspace,
 };
 use socflow_runtime::Error;
-
-/// Counts the allocations the current thread makes while counting is on (tests run
-/// on several threads; only the measuring thread counts).
-struct CountingAlloc;
-
-thread_local! {
-    static COUNTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    static ALLOCS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-fn note_alloc() {
-    if COUNTING.with(|c| c.get()) {
-        ALLOCS.with(|a| a.set(a.get() + 1));
-    }
-}
-
-unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        note_alloc();
-        // SAFETY: forwards the caller's layout unchanged to the system allocator.
-        unsafe { std::alloc::System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        // SAFETY: ptr was allocated by System with this layout.
-        unsafe { std::alloc::System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
-        note_alloc();
-        // SAFETY: ptr was allocated by System with `layout`; forwarded unchanged.
-        unsafe { std::alloc::System.realloc(ptr, layout, size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
-
-/// Runs `f` and returns its result with the number of allocations it made.
-fn count_allocs<R>(f: impl FnOnce() -> R) -> (R, usize) {
-    ALLOCS.with(|a| a.set(0));
-    COUNTING.with(|c| c.set(true));
-    let r = f();
-    COUNTING.with(|c| c.set(false));
-    (r, ALLOCS.with(|a| a.get()))
-}
-
-/// Least-squares slope of ln(err) against ln(steps): minus the observed order.
-fn observed_order(steps: &[usize], errs: &[f64]) -> f64 {
-    let xs: Vec<f64> = steps.iter().map(|n| (*n as f64).ln()).collect();
-    let ys: Vec<f64> = errs.iter().map(|e| e.ln()).collect();
-    let n = xs.len() as f64;
-    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
-    let sxy: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
-    let sxx: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
-    -sxy / sxx
-}
 
 const MU: f64 = 0.5;
 const SIGMA: f64 = 0.8;

@@ -2,36 +2,17 @@
 #![allow(dead_code)]
 
 use socflow_runtime::nn::OtFlowParams;
-
-/// A small deterministic generator (splitmix64) for test parameters.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    pub fn sym(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    }
-    pub fn vec(&mut self, n: usize, scale: f64) -> Vec<f64> {
-        (0..n).map(|_| scale * self.sym()).collect()
-    }
-}
+use socflow_testkit::Rng;
 
 /// Random OT-Flow parameters of the given sizes.
 pub fn random_otflow(d: usize, m: usize, n_th: usize, seed: u64) -> OtFlowParams {
     let mut rng = Rng(seed);
     let r = (d + 1).min(10);
-    let mut k = vec![rng.vec(m * (d + 1), 1.0 / ((d + 1) as f64).sqrt())];
-    let mut b = vec![rng.vec(m, 0.5)];
+    let mut k = vec![rng.vec_sym(m * (d + 1), 1.0 / ((d + 1) as f64).sqrt())];
+    let mut b = vec![rng.vec_sym(m, 0.5)];
     for _ in 1..n_th {
-        k.push(rng.vec(m * m, 1.0 / (m as f64).sqrt()));
-        b.push(rng.vec(m, 0.5));
+        k.push(rng.vec_sym(m * m, 1.0 / (m as f64).sqrt()));
+        b.push(rng.vec_sym(m, 0.5));
     }
     OtFlowParams {
         d,
@@ -40,9 +21,9 @@ pub fn random_otflow(d: usize, m: usize, n_th: usize, seed: u64) -> OtFlowParams
         r,
         k,
         b,
-        w: rng.vec(m, 1.0),
-        a: rng.vec(r * (d + 1), 0.5),
-        c_weight: rng.vec(d + 1, 0.5),
+        w: rng.vec_sym(m, 1.0),
+        a: rng.vec_sym(r * (d + 1), 0.5),
+        c_weight: rng.vec_sym(d + 1, 0.5),
         c_bias: rng.sym(),
     }
 }

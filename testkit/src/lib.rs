@@ -1,0 +1,183 @@
+//! Helpers shared by socflow's test suites (a dev-dependency only).
+//!
+//! It depends on no socflow crate, so the runtime and the trainer can both use it
+//! without a dependency cycle; tests convert its plain data into their own types.
+
+#![warn(missing_docs)]
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+/// A global allocator that counts the allocations of the current thread while
+/// counting is on (tests run on several threads; only the measuring one counts).
+///
+/// Install it in a test crate with
+/// `#[global_allocator] static GLOBAL: CountingAlloc = CountingAlloc;`
+/// and measure with [`count_allocs`].
+pub struct CountingAlloc;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn note_alloc() {
+    // `try_with`: the thread-locals may be gone while a thread shuts down.
+    let _ = COUNTING.try_with(|c| {
+        if c.get() {
+            let _ = ALLOCS.try_with(|a| a.set(a.get() + 1));
+        }
+    });
+}
+
+// SAFETY: every method forwards its arguments unchanged to the system allocator; the
+// bookkeeping uses const-initialized thread-local Cells, which never allocate.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        note_alloc();
+        // SAFETY: the caller's contract for `layout` is the system allocator's.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        note_alloc();
+        // SAFETY: as for `alloc`.
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: `ptr` came from the system allocator with this layout.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
+        note_alloc();
+        // SAFETY: `ptr` came from the system allocator with `layout`.
+        unsafe { std::alloc::System.realloc(ptr, layout, size) }
+    }
+}
+
+/// Runs `f` and returns its result with the number of allocations (and reallocations)
+/// the current thread made meanwhile. Needs [`CountingAlloc`] as the global allocator.
+pub fn count_allocs<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    ALLOCS.with(|a| a.set(0));
+    COUNTING.with(|c| c.set(true));
+    let r = f();
+    COUNTING.with(|c| c.set(false));
+    (r, ALLOCS.with(|a| a.get()))
+}
+
+/// A small seeded generator (splitmix64) for test data; not the product's generator.
+#[derive(Clone, Debug)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in (0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    /// Uniform in [−1, 1).
+    pub fn sym(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+    }
+
+    /// Standard normal (Box–Muller).
+    pub fn normal(&mut self) -> f64 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+
+    /// `n` normals times `scale`.
+    pub fn vec(&mut self, n: usize, scale: f64) -> Vec<f64> {
+        (0..n).map(|_| scale * self.normal()).collect()
+    }
+
+    /// `n` uniforms in [−scale, scale).
+    pub fn vec_sym(&mut self, n: usize, scale: f64) -> Vec<f64> {
+        (0..n).map(|_| scale * self.sym()).collect()
+    }
+}
+
+/// Least-squares slope of ln(err) against ln(steps), negated: the observed order of
+/// convergence of a method run with `steps[i]` steps and error `errs[i]`.
+pub fn observed_order(steps: &[usize], errs: &[f64]) -> f64 {
+    let xs: Vec<f64> = steps.iter().map(|n| (*n as f64).ln()).collect();
+    let ys: Vec<f64> = errs.iter().map(|e| e.ln()).collect();
+    let n = xs.len() as f64;
+    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
+    let sxy: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+    let sxx: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
+    -sxy / sxx
+}
+
+/// Whether `a` is within relative tolerance `tol` of `b`.
+pub fn rel_close(a: f64, b: f64, tol: f64) -> bool {
+    (a - b).abs() <= tol * b.abs().max(1e-300)
+}
+
+/// The OT-Flow reference values of the original code (`shared/reference`).
+pub mod golden {
+    use super::*;
+
+    /// Path of the reference file, relative to any crate of the workspace.
+    pub const PATH: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/reference/otflow_phi_golden.json"
+    );
+
+    /// The whole reference file as JSON.
+    pub fn json() -> Value {
+        let text = std::fs::read_to_string(PATH).expect("reference file readable");
+        serde_json::from_str(&text).expect("reference file is JSON")
+    }
+
+    /// All numbers of a (nested) JSON array, flattened row-major.
+    pub fn flat(v: &Value) -> Vec<f64> {
+        match v {
+            Value::Array(a) => a.iter().flat_map(flat).collect(),
+            Value::Number(n) => vec![n.as_f64().expect("reference numbers are f64")],
+            other => panic!("unexpected JSON value {other:?}"),
+        }
+    }
+
+    /// A JSON array of rows as vectors.
+    pub fn rows(v: &Value) -> Vec<Vec<f64>> {
+        v.as_array()
+            .expect("an array of rows")
+            .iter()
+            .map(flat)
+            .collect()
+    }
+
+    /// A size field.
+    pub fn usize_of(v: &Value) -> usize {
+        v.as_u64().expect("a size") as usize
+    }
+
+    /// The parameters of one reference case, by PyTorch name, flattened.
+    pub fn state_dict(case: &Value) -> BTreeMap<String, Vec<f64>> {
+        case["state_dict"]
+            .as_object()
+            .expect("state_dict is an object")
+            .iter()
+            .map(|(k, v)| (k.clone(), flat(v)))
+            .collect()
+    }
+
+    /// The reference cases.
+    pub fn cases() -> Vec<Value> {
+        json()["cases"]
+            .as_array()
+            .expect("cases is an array")
+            .clone()
+    }
+}
