@@ -1,7 +1,6 @@
 //! socflow trainer: learns the continuous-time models that the runtime deploys.
 //!
-//! This crate grows module by module (issue 3); so far it holds the groundwork of
-//! conditional flow matching:
+//! It grows module by module (issue 3). The groundwork of conditional flow matching:
 //!
 //! - [`assignment`]: an exact linear assignment solver (Jonker–Volgenant shortest
 //!   augmenting paths) returning a permutation, and [`assignment::ot_pairing`], the
