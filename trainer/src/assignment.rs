@@ -17,8 +17,9 @@
 //! 1. *column reduction* and *reduction transfer* (JV): prices vⱼ = minᵢ C[i, j], each
 //!    column offered to its cheapest row;
 //! 2. *auction*: a free row takes its cheapest column at a price lowered by the gap to
-//!    its second cheapest plus ε, evicting the owner; three phases with ε = range/128,
-//!    range/512, range/1024. JV's augmenting row reduction is this step with ε = 0;
+//!    its second cheapest plus ε, evicting the owner; three phases with ε ≈ range/128,
+//!    range/512, range/1024 (powers of two). JV's augmenting row reduction is this
+//!    step with ε = 0;
 //!    on squared distances between point clouds its near-ties start price wars
 //!    (≈ 26 000 bids at 256×256, against ≈ 3 000 here), and it leaves prices that are
 //!    far from optimal when the two clouds are apart (flow matching's data and noise);
@@ -36,8 +37,8 @@
 //!
 //! The loops over a row are written so that they vectorize (compiled for AVX-512,
 //! AVX2 and Neon, chosen at run time), with exact operations only (−, <, select), so
-//! every target gives the same result. At 256×256 a solve takes about 1 ms on one
-//! core (the `timing_256_prints_only` test prints it).
+//! every target gives the same result. An OT pairing of 256 + 256 points in 2-D takes
+//! under 1 ms on one core (the `timing_256_prints_only` test prints it).
 //!
 //! On return the workspace holds an optimal dual solution (u, v) that certifies the
 //! result: uᵢ + vⱼ ≤ C[i, j] everywhere (up to rounding), with equality on the
