@@ -19,9 +19,8 @@
 //! 2. *auction*: a free row takes its cheapest column at a price lowered by the gap to
 //!    its second cheapest plus ε, evicting the owner; three phases with ε ≈ range/128,
 //!    range/512, range/1024 (powers of two). JV's augmenting row reduction is this
-//!    step with ε = 0;
-//!    on squared distances between point clouds its near-ties start price wars
-//!    (≈ 26 000 bids at 256×256, against ≈ 3 000 here), and it leaves prices that are
+//!    step with ε = 0; on squared distances between point clouds its near-ties start
+//!    price wars (≈ 26 000 bids at 256×256, against ≈ 3 400 here), and it leaves prices
 //!    far from optimal when the two clouds are apart (flow matching's data and noise);
 //! 3. the rows whose column is not exactly their cheapest at the final prices are
 //!    released, so that every assigned row is tight;
