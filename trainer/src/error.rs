@@ -48,6 +48,10 @@ pub enum Error {
     /// An argument is out of its valid range (a size, a fraction, a name).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// An autodiff error: mismatched shapes or precisions, an unknown handle, a
+    /// backend failure.
+    #[error(transparent)]
+    Autodiff(#[from] crate::autodiff::Error),
     /// A checkpoint file is malformed or from a newer socflow.
     #[error("checkpoint: {0}")]
     Checkpoint(String),

@@ -71,25 +71,3 @@ pub enum Error {
 
 /// Result with the autodiff's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-impl From<Error> for crate::Error {
-    /// Bridges into the trainer's error so that `?` works across modules. The trainer's
-    /// error has no autodiff variant yet, so the message is kept and the variant is the
-    /// closest one: shape, dtype, handle and argument errors are invalid arguments,
-    /// backend failures numerical failures.
-    fn from(e: Error) -> Self {
-        match e {
-            Error::Length {
-                what,
-                found,
-                expected,
-            } => crate::Error::Length {
-                what,
-                found,
-                expected,
-            },
-            Error::Backend { .. } => crate::Error::Numerical(e.to_string()),
-            other => crate::Error::InvalidArgument(other.to_string()),
-        }
-    }
-}
