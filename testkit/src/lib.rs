@@ -101,6 +101,18 @@ impl Rng {
         (0..n).map(|_| scale * self.normal()).collect()
     }
 
+    /// `n` uniforms in (lo, hi).
+    pub fn range(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f64> {
+        (0..n).map(|_| lo + (hi - lo) * self.uniform()).collect()
+    }
+
+    /// `n` integers in 0..=hi, as f64.
+    pub fn ints(&mut self, n: usize, hi: u64) -> Vec<f64> {
+        (0..n)
+            .map(|_| (self.next_u64() % (hi + 1)) as f64)
+            .collect()
+    }
+
     /// `n` uniforms in [−scale, scale).
     pub fn vec_sym(&mut self, n: usize, scale: f64) -> Vec<f64> {
         (0..n).map(|_| scale * self.sym()).collect()

@@ -12,42 +12,13 @@ use socflow_trainer::autodiff::{
 type R<T> = socflow_trainer::autodiff::Result<T>;
 
 /// Largest relative error the checker may report for an f64 function.
+use socflow_testkit::Rng;
+
 const TOL: f64 = 1e-7;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-/// Deterministic numbers (splitmix64 + Box–Muller), no dependencies.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-    fn normals(&mut self, n: usize, scale: f64) -> Vec<f64> {
-        (0..n).map(|_| scale * self.normal()).collect()
-    }
-    fn range(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f64> {
-        (0..n).map(|_| lo + (hi - lo) * self.uniform()).collect()
-    }
-    fn int(&mut self, n: usize, hi: u64) -> Vec<f64> {
-        (0..n)
-            .map(|_| (self.next_u64() % (hi + 1)) as f64)
-            .collect()
-    }
-}
 
 fn t64(rows: usize, cols: usize, data: &[f64]) -> Tensor<Cpu> {
     Tensor::from_f64(&Cpu::new(), rows, cols, data, DType::F64).unwrap()
@@ -303,8 +274,8 @@ fn matmul_forward_and_gradients() {
         } else {
             Shape::new(k, n)
         };
-        let a = rng.normals(sa.len(), 1.0);
-        let b = rng.normals(sb.len(), 1.0);
+        let a = rng.vec(sa.len(), 1.0);
+        let b = rng.vec(sb.len(), 1.0);
         let mut g = Graph::new(Cpu::new());
         let av = g.leaf(t64(sa.rows, sa.cols, &a), false);
         let bv = g.leaf(t64(sb.rows, sb.cols, &b), false);
@@ -326,7 +297,7 @@ fn matmul_forward_and_gradients() {
         );
     }
     // The same operand on both sides (AᵀA): contributions accumulate.
-    let a = rng.normals(12, 1.0);
+    let a = rng.vec(12, 1.0);
     check("AᵀA", &[t64(4, 3, &a)], |g, v| {
         let c = g.matmul(v[0], v[0], true, false)?;
         probe(g, c)
@@ -346,11 +317,11 @@ fn binary_ops_with_every_broadcast() {
     for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
         for (bc, sb) in shapes {
             assert_eq!(Broadcast::infer(Shape::new(r, n), sb), Some(bc));
-            let a = rng.normals(r * n, 1.0);
+            let a = rng.vec(r * n, 1.0);
             let b = if op == BinaryOp::Div {
                 rng.range(sb.len(), 0.5, 2.0)
             } else {
-                rng.normals(sb.len(), 1.0)
+                rng.vec(sb.len(), 1.0)
             };
             let mut g = Graph::new(Cpu::new());
             let av = g.leaf(t64(r, n, &a), false);
@@ -411,7 +382,7 @@ fn binary_ops_with_every_broadcast() {
 #[test]
 fn affine_maps() {
     let mut rng = Rng(6);
-    let x = rng.normals(6, 1.0);
+    let x = rng.vec(6, 1.0);
     let mut g = Graph::new(Cpu::new());
     let xv = g.leaf(t64(2, 3, &x), false);
     let y = g.affine(xv, -1.5, 0.25).unwrap();
@@ -442,7 +413,7 @@ fn affine_maps() {
 fn reductions() {
     let mut rng = Rng(7);
     let (r, n) = (4, 5);
-    let x = rng.normals(r * n, 1.0);
+    let x = rng.vec(r * n, 1.0);
     let mut g = Graph::new(Cpu::new());
     let xv = g.leaf(t64(r, n, &x), false);
     let row_sums: Vec<f64> = (0..r).map(|i| x[i * n..(i + 1) * n].iter().sum()).collect();
@@ -482,8 +453,8 @@ fn reductions() {
 #[test]
 fn slices_and_concatenation() {
     let mut rng = Rng(8);
-    let a = rng.normals(12, 1.0);
-    let b = rng.normals(8, 1.0);
+    let a = rng.vec(12, 1.0);
+    let b = rng.vec(8, 1.0);
     let mut g = Graph::new(Cpu::new());
     let av = g.leaf(t64(4, 3, &a), false);
     let bv = g.leaf(t64(4, 2, &b), false);
@@ -520,9 +491,9 @@ fn slices_and_concatenation() {
 fn jacobian_layout_helpers() {
     let mut rng = Rng(9);
     let (bsz, k, n) = (3, 4, 2);
-    let x = rng.normals(bsz * n, 1.0);
-    let y = rng.normals(bsz * k * n, 1.0);
-    let t = rng.normals(k * n, 1.0);
+    let x = rng.vec(bsz * n, 1.0);
+    let y = rng.vec(bsz * k * n, 1.0);
+    let t = rng.vec(k * n, 1.0);
     let mut g = Graph::new(Cpu::new());
     let xv = g.leaf(t64(bsz, n, &x), false);
     let yv = g.leaf(t64(bsz * k, n, &y), false);
@@ -578,7 +549,7 @@ fn jacobian_layout_helpers() {
         }),
     ];
     for (name, s, op) in cases {
-        let x = rng.normals(s.len(), 1.0);
+        let x = rng.vec(s.len(), 1.0);
         check(name, &[t64(s.rows, s.cols, &x)], |g, v| {
             let y = op(g, v[0])?;
             let y2 = g.square(y)?;
@@ -593,8 +564,8 @@ fn jacobian_layout_helpers() {
 fn per_sample_jacobian_products_are_one_gemm() {
     let mut rng = Rng(10);
     let (bsz, d, m) = (3, 2, 4);
-    let jt = rng.normals(bsz * d * m, 1.0);
-    let k = rng.normals(m * m, 1.0);
+    let jt = rng.vec(bsz * d * m, 1.0);
+    let k = rng.vec(m * m, 1.0);
     let mut g = Graph::new(Cpu::new());
     let jv = g.leaf(t64(bsz * d, m, &jt), false);
     let kv = g.leaf(t64(m, m, &k), false);
@@ -617,8 +588,8 @@ fn per_sample_jacobian_products_are_one_gemm() {
 #[test]
 fn cast_vjp_and_rounding() {
     let mut rng = Rng(11);
-    let x = rng.normals(6, 1.0);
-    let p: Vec<f64> = rng.normals(6, 1.0);
+    let x = rng.vec(6, 1.0);
+    let p: Vec<f64> = rng.vec(6, 1.0);
     let mut g = Graph::new(Cpu::new());
     let xv = g.leaf(t64(2, 3, &x), true);
     let x32 = g.cast(xv, DType::F32).unwrap();
@@ -664,10 +635,10 @@ fn composite_models() {
     let mut rng = Rng(12);
     let (bsz, d, m) = (5, 3, 4);
     let leaves = [
-        t64(bsz, d, &rng.normals(bsz * d, 1.0)),
-        t64(m, d, &rng.normals(m * d, 0.7)),
-        t64(1, m, &rng.normals(m, 0.3)),
-        t64(d, m, &rng.normals(d * m, 0.7)),
+        t64(bsz, d, &rng.vec(bsz * d, 1.0)),
+        t64(m, d, &rng.vec(m * d, 0.7)),
+        t64(1, m, &rng.vec(m, 0.3)),
+        t64(d, m, &rng.vec(d * m, 0.7)),
     ];
     // MLP with silu and a residual; exact trace of its Jacobian through the helpers.
     check("mlp + trace", &leaves, |g, v| {
@@ -957,8 +928,8 @@ fn half_gemm_rounds_the_f32_product_once() {
             } else {
                 Shape::new(k, n)
             };
-            let a = rng.int(sa.len(), 7);
-            let b = rng.int(sb.len(), 7);
+            let a = rng.ints(sa.len(), 7);
+            let b = rng.ints(sb.len(), 7);
             let c = be
                 .matmul(
                     &be.upload(&a, dtype).unwrap(),
@@ -986,8 +957,8 @@ fn half_gemm_rounds_the_f32_product_once() {
     // Random operands: within half a 16-bit spacing (plus f32 accumulation error) of
     // the exact product of the rounded inputs.
     for dtype in [DType::F16, DType::Bf16] {
-        let a = be.upload(&rng.normals(8 * 64, 1.0), dtype).unwrap();
-        let b = be.upload(&rng.normals(64 * 7, 1.0), dtype).unwrap();
+        let a = be.upload(&rng.vec(8 * 64, 1.0), dtype).unwrap();
+        let b = be.upload(&rng.vec(64 * 7, 1.0), dtype).unwrap();
         let c = be
             .matmul(&a, Shape::new(8, 64), false, &b, Shape::new(64, 7), false)
             .unwrap();
@@ -1073,7 +1044,7 @@ fn half_elementwise_kernels_round_the_f32_result_once() {
         }
     }
     // Binary maps and accumulation: the f32 result rounded once.
-    let a = rng.normals(100, 3.0);
+    let a = rng.vec(100, 3.0);
     let b = rng.range(100, 0.5, 2.0);
     let (ah, bh) = (
         be.upload(&a, DType::F16).unwrap(),
@@ -1110,7 +1081,7 @@ fn half_elementwise_kernels_round_the_f32_result_once() {
         assert_eq!(cv[i].to_bits(), want.to_bits());
     }
     // A sum of 1024 integers accumulated in f32 (exact), rounded once.
-    let ints = rng.int(1024, 60);
+    let ints = rng.ints(1024, 60);
     let exact: f64 = ints.iter().sum();
     for dtype in [DType::F16, DType::Bf16] {
         let x = be.upload(&ints, dtype).unwrap();
@@ -1131,8 +1102,8 @@ fn half_elementwise_kernels_round_the_f32_result_once() {
 #[test]
 fn low_precision_graphs_track_f64() {
     let mut rng = Rng(15);
-    let x = rng.normals(8 * 3, 1.0);
-    let w = rng.normals(4 * 3, 0.5);
+    let x = rng.vec(8 * 3, 1.0);
+    let w = rng.vec(4 * 3, 0.5);
     let run = |dtype: DType| -> (Vec<f64>, Vec<f64>) {
         let mut g = Graph::new(Cpu::new());
         let xv = g.leaf_f64(8, 3, &x, dtype, false).unwrap();
@@ -1196,9 +1167,9 @@ fn bytes_accounting() {
 #[test]
 fn seeded_backward_is_a_vjp() {
     let mut rng = Rng(16);
-    let x = rng.normals(12, 1.0);
-    let seed = rng.normals(4 * 2, 1.0);
-    let w = rng.normals(2 * 3, 1.0);
+    let x = rng.vec(12, 1.0);
+    let seed = rng.vec(4 * 2, 1.0);
+    let w = rng.vec(2 * 3, 1.0);
     let mut g = Graph::new(Cpu::new());
     let xv = g.leaf(t64(4, 3, &x), true);
     let wv = g.leaf(t64(2, 3, &w), true);
@@ -1290,7 +1261,7 @@ fn accumulation_precision() {
 #[test]
 fn cleared_tape_rebuilds_identically() {
     let mut rng = Rng(17);
-    let x = rng.normals(6, 1.0);
+    let x = rng.vec(6, 1.0);
     let mut g = Graph::new(Cpu::new());
     let mut results = Vec::new();
     for _ in 0..3 {

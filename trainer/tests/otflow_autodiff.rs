@@ -12,36 +12,18 @@ use socflow_trainer::autodiff::{
     check_gradients, CheckOptions, Cpu, DType, Error, Graph, Shape, Tensor, Var,
 };
 
-type R<T> = socflow_trainer::autodiff::Result<T>;
+use socflow_testkit::golden::{flat, rows, usize_of};
+use socflow_testkit::Rng;
 
-const GOLDEN: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/reference/otflow_phi_golden.json"
-);
+fn golden() -> Value {
+    socflow_testkit::golden::json()
+}
+
+type R<T> = socflow_trainer::autodiff::Result<T>;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-fn flat(v: &Value) -> Vec<f64> {
-    match v {
-        Value::Array(a) => a.iter().flat_map(flat).collect(),
-        Value::Number(n) => vec![n.as_f64().expect("reference numbers are f64")],
-        other => panic!("unexpected JSON value {other:?}"),
-    }
-}
-
-fn rows(v: &Value) -> Vec<Vec<f64>> {
-    v.as_array()
-        .expect("an array of rows")
-        .iter()
-        .map(flat)
-        .collect()
-}
-
-fn usize_of(v: &Value) -> usize {
-    v.as_u64().expect("a size") as usize
-}
 
 fn params_from_case(c: &Value) -> OtFlowParams {
     let n_th = usize_of(&c["nTh"]);
@@ -61,34 +43,6 @@ fn params_from_case(c: &Value) -> OtFlowParams {
         a: flat(&sd["A"]),
         c_weight: flat(&sd["c.weight"]),
         c_bias: flat(&sd["c.bias"])[0],
-    }
-}
-
-fn golden() -> Value {
-    let text = std::fs::read_to_string(GOLDEN).expect("reference file readable");
-    serde_json::from_str(&text).expect("reference file is JSON")
-}
-
-/// Deterministic normal-ish numbers (splitmix64 + Box–Muller).
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-    fn vec(&mut self, n: usize, scale: f64) -> Vec<f64> {
-        (0..n).map(|_| scale * self.normal()).collect()
     }
 }
 
