@@ -23,6 +23,8 @@ pub mod autodiff;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod flow_matching;
+pub mod mlp;
 pub mod optim;
 
 pub use error::{Error, Result};
