@@ -22,6 +22,7 @@ pub mod assignment;
 pub mod autodiff;
 pub mod checkpoint;
 pub mod data;
+pub mod dto;
 pub mod error;
 pub mod flow_matching;
 pub mod mlp;
