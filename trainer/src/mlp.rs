@@ -10,7 +10,7 @@
 //! - [`MlpNet::init`]: PyTorch's default `nn.Linear` initialization, every weight and
 //!   bias uniform on (−1/√fan_in, 1/√fan_in) (`kaiming_uniform_(a = √5)` reduces to
 //!   that bound), drawn from the runtime's counter-based generator
-//!   ([`Draws`](crate::data::rng::Draws) on [`INIT_STREAM`], sample = layer, step = 0
+//!   ([`Draws`] on [`INIT_STREAM`], sample = layer, step = 0
 //!   for weights and 1 for biases): the values are a pure function of the seed;
 //! - [`MlpVars`]: the parameters recorded on a [`Graph`] and the forward pass
 //!   [`MlpVars::forward`], one GEMM per layer over the whole batch.
