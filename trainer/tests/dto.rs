@@ -356,7 +356,7 @@ fn memory_is_trajectory_plus_one_step() {
                 .forward(&mut g, &mlp, &t64(BATCH, D, &y0), &times, &ps)
                 .unwrap();
             assert!(g.is_empty(), "the forward pass leaves no tape");
-            let cot = Cotangents::terminal(t64(BATCH, D, &vec![1.0; BATCH * D]));
+            let cot = Cotangents::terminal(t64(BATCH, D, &[1.0; BATCH * D]));
             let grad = solver
                 .backward(&mut g, &mlp, &traj, &ps, &cot, true)
                 .unwrap();
