@@ -230,6 +230,25 @@ fn axpy<B: Backend>(be: &B, dst: &mut Tensor<B>, alpha: f64, src: &Tensor<B>) ->
     Ok(())
 }
 
+/// `dst ← dst + h·(src/S)`. Dividing by the power of two S first is exact (unless the
+/// quotient underflows), whereas the single coefficient h/S would be rounded to H and,
+/// for a large S (2¹²⁷ is reachable with f32 state), be a subnormal with few bits.
+fn add_unscaled<B: Backend>(
+    be: &B,
+    dst: &mut Tensor<B>,
+    h: f64,
+    s: f64,
+    src: &Tensor<B>,
+) -> Result<()> {
+    if s == 1.0 {
+        return axpy(be, dst, h, src);
+    }
+    let unscaled = be.affine(src.buffer(), 1.0 / s, 0.0)?;
+    let step = be.affine(&unscaled, h, 0.0)?;
+    be.add_assign(dst.buffer_mut(), &step)?;
+    Ok(())
+}
+
 impl Solver {
     /// A solver with MATH.md §8's settings: 50 tries, [`IncreaseRule::ScaledAdjoint`].
     pub fn new(method: Method, policy: PrecisionPolicy) -> Self {
@@ -519,7 +538,6 @@ impl Solver {
                 };
                 stats.retries += tries - 1;
 
-                let c = h / s;
                 if let Some(gt) = gtimes.as_mut() {
                     let be = g.backend();
                     let phi = g.value(sv.phi)?;
@@ -531,12 +549,12 @@ impl Solver {
                         Broadcast::None,
                     )?;
                     let a_phi = be.download(&be.reduce(&prod, shape, Reduction::All, 1.0)?)?[0];
-                    gt[i] += c * dt0 - a_phi;
-                    gt[i + 1] += c * dt1 + a_phi;
+                    gt[i] += h * (dt0 / s) - a_phi;
+                    gt[i + 1] += h * (dt1 / s) + a_phi;
                 }
-                axpy(g.backend(), &mut a, c, &da)?;
+                add_unscaled(g.backend(), &mut a, h, s, &da)?;
                 for (gp, dp) in gparams.iter_mut().zip(&dparams) {
-                    axpy(g.backend(), gp, c, dp)?;
+                    add_unscaled(g.backend(), gp, h, s, dp)?;
                 }
                 if let Some(e) = extra[i].take() {
                     axpy(g.backend(), &mut a, 1.0, &e)?;
