@@ -60,10 +60,10 @@ fn write_models(dir: &Path) -> (PathBuf, PathBuf) {
         .unwrap();
     let d = 2;
     let widths = [d + 1, 16, 16, d];
-    let mut s = 0.0;
+    let mut s = 0.0f64;
     let mut val = || {
         s += 0.37;
-        (s as f64).sin() * 0.4
+        s.sin() * 0.4
     };
     let mlp = MlpParams {
         d,
