@@ -27,5 +27,6 @@ pub mod error;
 pub mod flow_matching;
 pub mod mlp;
 pub mod optim;
+pub mod otflow;
 
 pub use error::{Error, Result};
