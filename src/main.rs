@@ -2,7 +2,9 @@
 
 mod bench;
 mod demo;
+mod plot;
 mod progress;
+mod train;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -31,8 +33,11 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Runs the built-in demonstration on default settings.
+    /// Trains OT-Flow and flow matching on a 2-D toy, writes plots and prints the
+    /// validation figures.
     Demo(demo::DemoArgs),
+    /// Trains a model from a TOML config and exports it as a model file.
+    Train(train::TrainArgs),
     /// Prints a model file's card: kind, architecture, sizes, provenance.
     Inspect {
         /// The model file (.safetensors).
@@ -171,6 +176,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
+        Command::Train(args) => train::run(&args),
         Command::Inspect { model } => inspect(&model),
         Command::Sample(args) => match args.precision {
             Precision::F32 => sample::<f32>(&args),

@@ -1,0 +1,531 @@
+//! `socflow train CONFIG.toml [--out DIR]`: trains a model from a typed TOML config,
+//! reports progress (loss and validation figures), writes checkpoints and exports the
+//! runtime artifact.
+//!
+//! The config (every table rejects unknown keys, so a typo is an error naming it):
+//!
+//! ```toml
+//! problem = "flow_matching"        # which trainer runs; its table below
+//! output = "model.safetensors"     # the artifact, relative to --out
+//! checkpoint = "checkpoint.safetensors"
+//! checkpoint_every = 500           # 0: no checkpoints
+//!
+//! [data]
+//! toy = "8gaussians"               # or: path = "samples.npy" (or .csv)
+//! n = 20000
+//! seed = 0
+//! validation_fraction = 0.1
+//!
+//! [flow_matching]                  # socflow_trainer::flow_matching::FlowMatchingConfig
+//! iterations = 2000
+//! ```
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use serde::Deserialize;
+use socflow_runtime::artifact::{Artifact, StorageDtype};
+use socflow_runtime::model::Model;
+use socflow_runtime::ode::{solve_block, OdeOptions, OdeSolver, OdeWorkspace};
+use socflow_trainer::checkpoint::Checkpoint;
+use socflow_trainer::data::{load_dataset, Dataset, Toy};
+use socflow_trainer::flow_matching::{train_flow_matching, FlowMatchingConfig};
+use socflow_trainer::optim::{AdamState, Scheduler};
+
+/// Arguments of `socflow train`.
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// The TOML config (see the README for every key).
+    pub config: PathBuf,
+    /// Directory for the model and the checkpoints (default: the current directory).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Which trainer a config runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Problem {
+    /// Conditional flow matching (the `[flow_matching]` table).
+    FlowMatching,
+}
+
+impl Problem {
+    /// The config key of the problem's table.
+    pub fn key(self) -> &'static str {
+        match self {
+            Problem::FlowMatching => "flow_matching",
+        }
+    }
+}
+
+/// Where the training data comes from: a toy (`toy`, `n`) or a file (`path`).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// A built-in 2-D toy (`8gaussians`, `checkerboard`, `moons`, `circles`,
+    /// `swissroll`, `2spirals`, `pinwheel`, `rings`).
+    pub toy: Option<String>,
+    /// A data file (`.npy` or `.csv`, samples × dimensions), relative to the config
+    /// file's directory.
+    pub path: Option<PathBuf>,
+    /// Number of toy samples drawn (toys only; default 20,000).
+    pub n: Option<usize>,
+    /// Seed of the toy draws and of the train/validation split (default 0).
+    #[serde(default)]
+    pub seed: u64,
+    /// Fraction of the samples held out for validation, in [0, 1) (default 0.1; 0: no
+    /// validation).
+    #[serde(default = "default_validation_fraction")]
+    pub validation_fraction: f64,
+}
+
+fn default_validation_fraction() -> f64 {
+    0.1
+}
+
+fn default_output() -> PathBuf {
+    PathBuf::from("model.safetensors")
+}
+
+fn default_checkpoint() -> PathBuf {
+    PathBuf::from("checkpoint.safetensors")
+}
+
+/// Default number of toy samples.
+pub const DEFAULT_TOY_SAMPLES: usize = 20_000;
+
+/// A `socflow train` config.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The trainer to run.
+    pub problem: Problem,
+    /// The data.
+    pub data: DataConfig,
+    /// The exported artifact (relative to the output directory).
+    #[serde(default = "default_output")]
+    pub output: PathBuf,
+    /// The checkpoint file (relative to the output directory).
+    #[serde(default = "default_checkpoint")]
+    pub checkpoint: PathBuf,
+    /// Write a checkpoint every this many iterations (0: none).
+    #[serde(default)]
+    pub checkpoint_every: u64,
+    /// Settings of flow matching (defaults when the table is absent).
+    pub flow_matching: Option<FlowMatchingConfig>,
+}
+
+impl TrainConfig {
+    /// Parses a config; errors name the offending key (and its line).
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let config: TrainConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        TrainConfig::from_toml(&text).with_context(|| format!("config {}", path.display()))
+    }
+
+    /// Checks what the types cannot: tables that belong to another problem, and the
+    /// data table's alternatives.
+    fn check(&self) -> Result<()> {
+        let given: Vec<&str> = [("flow_matching", self.flow_matching.is_some())]
+            .iter()
+            .filter(|(_, g)| *g)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in given {
+            if key != self.problem.key() {
+                bail!(
+                    "table [{key}] given but problem = \"{}\"",
+                    self.problem.key()
+                );
+            }
+        }
+        let d = &self.data;
+        match (&d.toy, &d.path) {
+            (Some(_), Some(_)) => bail!("[data]: give either `toy` or `path`, not both"),
+            (None, None) => bail!(
+                "[data]: give `toy = \"8gaussians\"` (or another toy) or `path = \"FILE.npy|csv\"`"
+            ),
+            (None, Some(_)) if d.n.is_some() => {
+                bail!("[data]: `n` is the number of toy samples; a data file gives its own")
+            }
+            _ => {}
+        }
+        if !(d.validation_fraction >= 0.0 && d.validation_fraction < 1.0) {
+            bail!(
+                "[data]: validation_fraction = {} must be in [0, 1)",
+                d.validation_fraction
+            );
+        }
+        Ok(())
+    }
+
+    /// The training and validation sets (`base`: the directory relative data paths
+    /// start from).
+    pub fn datasets(&self, base: &Path) -> Result<(Dataset, Option<Dataset>)> {
+        let d = &self.data;
+        let all = match (&d.toy, &d.path) {
+            (Some(name), _) => {
+                let toy: Toy = name
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("[data] toy: {e}"))?;
+                Dataset::from_toy(toy, d.n.unwrap_or(DEFAULT_TOY_SAMPLES), d.seed)
+                    .context("[data]")?
+            }
+            (None, Some(path)) => {
+                let path = base.join(path);
+                load_dataset(&path)
+                    .with_context(|| format!("cannot load data {}", path.display()))?
+            }
+            (None, None) => bail!("[data]: no toy and no path"),
+        };
+        if d.validation_fraction == 0.0 {
+            return Ok((all, None));
+        }
+        let (train, val) = all
+            .split(1.0 - d.validation_fraction, d.seed)
+            .context("[data] validation_fraction")?;
+        Ok((train, Some(val)))
+    }
+}
+
+/// One progress report of a training run, whatever the problem.
+#[derive(Clone, Copy, Debug)]
+pub struct Tick {
+    /// Iterations completed.
+    pub iteration: u64,
+    /// Iterations in the run.
+    pub iterations: u64,
+    /// The training loss of this iteration.
+    pub loss: f64,
+    /// A validation figure computed after this iteration: (name, value).
+    pub validation: Option<(&'static str, f64)>,
+}
+
+/// Training progress: an indicatif bar with the running loss and the last validation
+/// figure on a terminal; plain lines at every validation (or every tenth of the run
+/// without validation) otherwise.
+pub struct TrainProgress {
+    bar: Option<ProgressBar>,
+    label: String,
+    recent: Vec<f64>,
+    last_validation: Option<(&'static str, f64)>,
+    last_decile: u64,
+    start: Instant,
+}
+
+/// Training losses averaged for display.
+const LOSS_WINDOW: usize = 50;
+
+impl TrainProgress {
+    /// Starts a report for a run of `iterations` labelled `label`.
+    pub fn new(label: &str, iterations: u64) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(iterations);
+            if let Ok(style) = ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} {msg} ({per_sec}, eta {eta})",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_prefix(label.to_string());
+            bar
+        });
+        TrainProgress {
+            bar,
+            label: label.to_string(),
+            recent: Vec::with_capacity(LOSS_WINDOW),
+            last_validation: None,
+            last_decile: 0,
+            start: Instant::now(),
+        }
+    }
+
+    fn message(&self) -> String {
+        let mean = self.recent.iter().sum::<f64>() / self.recent.len().max(1) as f64;
+        let mut m = format!("loss {mean:.4}");
+        if let Some((name, v)) = self.last_validation {
+            m.push_str(&format!(", {name} {v:.4}"));
+        }
+        m
+    }
+
+    /// Records one iteration.
+    pub fn tick(&mut self, t: &Tick) {
+        if self.recent.len() == LOSS_WINDOW {
+            self.recent.remove(0);
+        }
+        self.recent.push(t.loss);
+        if t.validation.is_some() {
+            self.last_validation = t.validation;
+        }
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(t.iteration);
+                if t.validation.is_some() || t.iteration % 10 == 0 || t.iteration == 1 {
+                    bar.set_message(self.message());
+                }
+            }
+            None => {
+                let decile = (t.iteration * 10).checked_div(t.iterations).unwrap_or(10);
+                let due = if t.validation.is_some() {
+                    true
+                } else if decile > self.last_decile {
+                    self.last_decile = decile;
+                    self.last_validation.is_none()
+                } else {
+                    false
+                };
+                if due {
+                    eprintln!(
+                        "{}: iteration {}/{}: {} ({:.1} s)",
+                        self.label,
+                        t.iteration,
+                        t.iterations,
+                        self.message(),
+                        self.start.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Ends the report.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// The result of a training run, whatever the problem.
+pub struct Outcome {
+    /// The model file's content.
+    pub artifact: Artifact,
+    /// Final figures: (name, value), e.g. the validation loss or NLL.
+    pub figures: Vec<(String, f64)>,
+    /// Wall-clock seconds of training.
+    pub seconds: f64,
+}
+
+/// RK4 steps of the log-density integrations (the validation NLL of velocity models,
+/// the demo's density grids).
+pub const DENSITY_STEPS: usize = 32;
+
+/// Exact model log-densities log p(x) at `points` (n × d, data coordinates) of a
+/// velocity or potential model: each point is mapped to model coordinates, integrated
+/// with RK4 (`steps` steps) from the data end t0 to the prior end t1 together with
+/// ℓ = ∫ tr ∂f/∂x dt (exact trace), and
+/// log p(x) = log N(z; 0, I) + ℓ − Σ ln std, z the state at t1 (the change of variables
+/// d/dt log p(x(t)) = −tr ∂f/∂x along the flow; the last term is the normalization's
+/// Jacobian). This is the density of the model's RK4 flow up to the discretization
+/// error, the same one the runtime sampler's `log_density` reports at its samples.
+pub fn model_log_density(model: &Model<f64>, points: &[f64], steps: usize) -> Result<Vec<f64>> {
+    let d = model.dim();
+    if points.len() % d != 0 {
+        bail!(
+            "{} coordinates are not points of dimension {d}",
+            points.len()
+        );
+    }
+    let field = model.field()?;
+    let (t0, t1) = model.time_interval();
+    let opts = OdeOptions::fixed(OdeSolver::Rk4, steps);
+    let norm = model.artifact().card.normalization.clone();
+    let mut y = points.to_vec();
+    let mut shift = 0.0;
+    if let Some(n) = &norm {
+        n.to_model(&mut y)?;
+        shift = n.log_det();
+    }
+    let rows = field.preferred_block_rows().max(1);
+    let mut out = vec![0.0; points.len() / d];
+    let half_log_2pi = 0.5 * (2.0 * std::f64::consts::PI).ln();
+    y.par_chunks_mut(rows * d)
+        .zip(out.par_chunks_mut(rows))
+        .try_for_each(|(yb, lb)| -> Result<()> {
+            let mut ws = OdeWorkspace::for_field(&*field, lb.len());
+            let mut logdet = vec![0.0; lb.len()];
+            solve_block(&*field, &opts, t0, t1, yb, Some(&mut logdet), None, &mut ws)?;
+            for ((l, z), ld) in lb.iter_mut().zip(yb.chunks_exact(d)).zip(&logdet) {
+                let sq: f64 = z.iter().map(|v| v * v).sum();
+                *l = -0.5 * sq - d as f64 * half_log_2pi + ld - shift;
+            }
+            Ok(())
+        })?;
+    Ok(out)
+}
+
+/// Mean negative log-likelihood of `data` under `model` ([`model_log_density`]).
+pub fn mean_nll(model: &Model<f64>, data: &Dataset, steps: usize) -> Result<f64> {
+    let logp = model_log_density(model, &data.x, steps)?;
+    Ok(-logp.iter().sum::<f64>() / logp.len().max(1) as f64)
+}
+
+/// Trains flow matching, reporting every iteration to `progress`.
+pub fn run_flow_matching(
+    config: &FlowMatchingConfig,
+    train: &Dataset,
+    validation: Option<&Dataset>,
+    progress: &mut dyn FnMut(&Tick),
+) -> Result<(Outcome, Checkpoint)> {
+    let start = Instant::now();
+    let trained = train_flow_matching(config, train, validation, &mut |p| {
+        progress(&Tick {
+            iteration: p.iteration,
+            iterations: p.iterations,
+            loss: p.loss,
+            validation: p.validation_loss.map(|v| ("validation loss", v)),
+        })
+    })?;
+    let seconds = start.elapsed().as_secs_f64();
+    let artifact = trained.to_artifact()?;
+    let mut figures = vec![("final training loss".to_string(), trained.final_loss(100))];
+    if let Some(v) = trained.validation_loss() {
+        figures.push(("validation loss".to_string(), v));
+    }
+    // The trainer returns the parameters but not Adam's moments: the checkpoint holds
+    // the final parameters with the optimizer state reset (recorded in `extra`).
+    let params = trained.net.params().clone();
+    let mut extra = BTreeMap::new();
+    extra.insert("problem".to_string(), "flow_matching".to_string());
+    extra.insert("config".to_string(), config.to_json()?);
+    extra.insert(
+        "optimizer_state".to_string(),
+        "not recorded: the flow matching trainer does not return Adam's moments; \
+         they are zero here"
+            .to_string(),
+    );
+    let checkpoint = Checkpoint {
+        iteration: trained.losses.len() as u64,
+        optimizer: AdamState {
+            step: 0,
+            m: params.zeros_like(),
+            v: params.zeros_like(),
+        },
+        params,
+        scheduler: Scheduler::new(config.schedule, config.optimizer.lr)?.state(),
+        extra,
+    };
+    Ok((
+        Outcome {
+            artifact,
+            figures,
+            seconds,
+        },
+        checkpoint,
+    ))
+}
+
+/// Runs `socflow train`.
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let config = TrainConfig::load(&args.config)?;
+    let base = args
+        .config
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let (train, validation) = config.datasets(&base)?;
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&out)
+        .with_context(|| format!("cannot create output directory {}", out.display()))?;
+    let output = out.join(&config.output);
+    let checkpoint_path = out.join(&config.checkpoint);
+    eprintln!(
+        "{}: {} training samples{} of dimension {}",
+        config.problem.key(),
+        train.n,
+        validation
+            .as_ref()
+            .map(|v| format!(", {} validation samples", v.n))
+            .unwrap_or_default(),
+        train.d
+    );
+    let (outcome, checkpoint) = match config.problem {
+        Problem::FlowMatching => {
+            let fm = config.flow_matching.clone().unwrap_or_default();
+            if config.checkpoint_every > 0 {
+                eprintln!(
+                    "note: the flow matching trainer offers no per-iteration hook for \
+                     checkpoints; the checkpoint is written once, at the end"
+                );
+            }
+            let mut bar = TrainProgress::new("flow matching", fm.iterations);
+            let r = run_flow_matching(&fm, &train, validation.as_ref(), &mut |t| bar.tick(t));
+            bar.finish();
+            let (o, c) = r?;
+            (o, (config.checkpoint_every > 0).then_some(c))
+        }
+    };
+    outcome
+        .artifact
+        .save(&output, StorageDtype::F32)
+        .with_context(|| format!("cannot write {}", output.display()))?;
+    if let Some(c) = checkpoint {
+        c.save(&checkpoint_path)
+            .with_context(|| format!("cannot write {}", checkpoint_path.display()))?;
+        eprintln!("checkpoint: {}", checkpoint_path.display());
+    }
+    let mut figures = outcome.figures;
+    // The exported file is what users deploy: reload it and, for velocity models,
+    // report the validation NLL of the exported flow.
+    let model = Model::<f64>::load(&output)
+        .with_context(|| format!("cannot reload the exported model {}", output.display()))?;
+    if let (Problem::FlowMatching, Some(v)) = (config.problem, &validation) {
+        let nll = mean_nll(&model, v, DENSITY_STEPS)?;
+        figures.push((format!("validation NLL (RK4, {DENSITY_STEPS} steps)"), nll));
+    }
+    eprintln!("trained in {:.1} s", outcome.seconds);
+    for (name, v) in &figures {
+        println!("{name}: {v:.6}");
+    }
+    println!("model: {}", output.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = TrainConfig::from_toml(
+            "problem = \"flow_matching\"\n[data]\ntoy = \"moons\"\ntoyy = 1\n",
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("toyy"), "{e:#}");
+        let e = TrainConfig::from_toml(
+            "problem = \"flow_matching\"\n[data]\ntoy = \"moons\"\n[flow_matching]\niteration = 3\n",
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("iteration"), "{e:#}");
+    }
+
+    #[test]
+    fn data_alternatives_are_checked() {
+        let base = "problem = \"flow_matching\"\n[data]\n";
+        assert!(TrainConfig::from_toml(base).is_err());
+        assert!(
+            TrainConfig::from_toml(&format!("{base}toy = \"moons\"\npath = \"a.npy\"\n")).is_err()
+        );
+        assert!(TrainConfig::from_toml(&format!("{base}path = \"a.npy\"\nn = 3\n")).is_err());
+        assert!(TrainConfig::from_toml(&format!(
+            "{base}toy = \"moons\"\nvalidation_fraction = 1.0\n"
+        ))
+        .is_err());
+        let c = TrainConfig::from_toml(&format!("{base}toy = \"moons\"\nn = 100\n")).unwrap();
+        let (tr, va) = c.datasets(Path::new(".")).unwrap();
+        assert_eq!((tr.n, va.map(|v| v.n)), (90, Some(10)));
+    }
+}
