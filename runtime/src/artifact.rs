@@ -681,55 +681,38 @@ impl Artifact {
             crate::error::check_finite(&format!("tensor `{name}`"), &v)?;
             values.insert(name.clone(), v);
         }
-        let mut take = |name: &str| {
+        fn take(values: &mut BTreeMap<String, Vec<f64>>, name: &str) -> Result<Vec<f64>> {
             values
                 .remove(name)
                 .ok_or_else(|| Error::Format(format!("missing tensor `{name}`")))
-        };
+        }
 
-        let params = match &card.architecture {
-            Architecture::OtFlow { m, n_th, r } => {
-                let mut k = Vec::with_capacity(*n_th);
-                let mut b = Vec::with_capacity(*n_th);
-                for i in 0..*n_th {
-                    k.push(take(&format!("N.layers.{i}.weight"))?);
-                    b.push(take(&format!("N.layers.{i}.bias"))?);
+        let params =
+            match &card.architecture {
+                Architecture::OtFlow { m, n_th, r } => Params::OtFlow(
+                    OtFlowParams::from_state_dict(card.dim, *m, *n_th, *r, &mut values)?,
+                ),
+                Architecture::Mlp { hidden, activation } => {
+                    let mut weights = Vec::with_capacity(hidden.len() + 1);
+                    let mut biases = Vec::with_capacity(hidden.len() + 1);
+                    for i in 0..=hidden.len() {
+                        weights.push(take(&mut values, &format!("layers.{i}.weight"))?);
+                        biases.push(take(&mut values, &format!("layers.{i}.bias"))?);
+                    }
+                    Params::Mlp(MlpParams {
+                        d: card.dim,
+                        hidden: hidden.clone(),
+                        activation: *activation,
+                        weights,
+                        biases,
+                    })
                 }
-                let c_bias = take("c.bias")?;
-                Params::OtFlow(OtFlowParams {
-                    d: card.dim,
-                    m: *m,
-                    n_th: *n_th,
-                    r: *r,
-                    k,
-                    b,
-                    w: take("w.weight")?,
-                    a: take("A")?,
-                    c_weight: take("c.weight")?,
-                    c_bias: c_bias.first().copied().unwrap_or(0.0),
-                })
-            }
-            Architecture::Mlp { hidden, activation } => {
-                let mut weights = Vec::with_capacity(hidden.len() + 1);
-                let mut biases = Vec::with_capacity(hidden.len() + 1);
-                for i in 0..=hidden.len() {
-                    weights.push(take(&format!("layers.{i}.weight"))?);
-                    biases.push(take(&format!("layers.{i}.bias"))?);
-                }
-                Params::Mlp(MlpParams {
-                    d: card.dim,
-                    hidden: hidden.clone(),
-                    activation: *activation,
-                    weights,
-                    biases,
-                })
-            }
-        };
+            };
         let control_map = match card.control_dim {
             Some(rows) => Some(ControlMap {
                 rows,
                 cols: card.dim,
-                matrix: take(CONTROL_MAP)?,
+                matrix: take(&mut values, CONTROL_MAP)?,
             }),
             None => None,
         };

@@ -136,6 +136,33 @@ pub fn rel_close(a: f64, b: f64, tol: f64) -> bool {
     (a - b).abs() <= tol * b.abs().max(1e-300)
 }
 
+/// Random OT-Flow parameters as a PyTorch-named state dict (normal entries with
+/// scales 1/√fan-in for the K's, 0.5 for biases, A and c, 1 for w), for d, width m,
+/// nTh layers and rank min(10, d + 1). Build the runtime's parameters with
+/// `OtFlowParams::from_state_dict`.
+pub fn otflow_state_dict(d: usize, m: usize, n_th: usize, seed: u64) -> BTreeMap<String, Vec<f64>> {
+    let mut g = Rng(seed);
+    let r = (d + 1).min(10);
+    let mut sd = BTreeMap::new();
+    sd.insert(
+        "N.layers.0.weight".into(),
+        g.vec(m * (d + 1), 1.0 / ((d + 1) as f64).sqrt()),
+    );
+    sd.insert("N.layers.0.bias".into(), g.vec(m, 0.5));
+    for i in 1..n_th {
+        sd.insert(
+            format!("N.layers.{i}.weight"),
+            g.vec(m * m, 1.0 / (m as f64).sqrt()),
+        );
+        sd.insert(format!("N.layers.{i}.bias"), g.vec(m, 0.5));
+    }
+    sd.insert("w.weight".into(), g.vec(m, 1.0));
+    sd.insert("A".into(), g.vec(r * (d + 1), 0.5));
+    sd.insert("c.weight".into(), g.vec(d + 1, 0.5));
+    sd.insert("c.bias".into(), vec![g.normal()]);
+    sd
+}
+
 /// The OT-Flow reference values of the original code (`shared/reference`).
 pub mod golden {
     use super::*;

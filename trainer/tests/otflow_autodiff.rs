@@ -19,55 +19,28 @@ fn golden() -> Value {
     socflow_testkit::golden::json()
 }
 
+fn params_from_case(c: &Value) -> OtFlowParams {
+    OtFlowParams::from_state_dict(
+        usize_of(&c["d"]),
+        usize_of(&c["m"]),
+        usize_of(&c["nTh"]),
+        usize_of(&c["r"]),
+        &mut socflow_testkit::golden::state_dict(c),
+    )
+    .expect("reference parameters are complete")
+}
+
+fn random_params(d: usize, m: usize, n_th: usize, seed: u64) -> OtFlowParams {
+    let mut sd = socflow_testkit::otflow_state_dict(d, m, n_th, seed);
+    OtFlowParams::from_state_dict(d, m, n_th, (d + 1).min(10), &mut sd)
+        .expect("complete parameters")
+}
+
 type R<T> = socflow_trainer::autodiff::Result<T>;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-fn params_from_case(c: &Value) -> OtFlowParams {
-    let n_th = usize_of(&c["nTh"]);
-    let sd = &c["state_dict"];
-    OtFlowParams {
-        d: usize_of(&c["d"]),
-        m: usize_of(&c["m"]),
-        n_th,
-        r: usize_of(&c["r"]),
-        k: (0..n_th)
-            .map(|i| flat(&sd[format!("N.layers.{i}.weight")]))
-            .collect(),
-        b: (0..n_th)
-            .map(|i| flat(&sd[format!("N.layers.{i}.bias")]))
-            .collect(),
-        w: flat(&sd["w.weight"]),
-        a: flat(&sd["A"]),
-        c_weight: flat(&sd["c.weight"]),
-        c_bias: flat(&sd["c.bias"])[0],
-    }
-}
-
-fn random_params(d: usize, m: usize, n_th: usize, seed: u64) -> OtFlowParams {
-    let mut g = Rng(seed);
-    let r = (d + 1).min(10);
-    let mut k = vec![g.vec(m * (d + 1), 1.0 / ((d + 1) as f64).sqrt())];
-    let mut b = vec![g.vec(m, 0.5)];
-    for _ in 1..n_th {
-        k.push(g.vec(m * m, 1.0 / (m as f64).sqrt()));
-        b.push(g.vec(m, 0.5));
-    }
-    OtFlowParams {
-        d,
-        m,
-        n_th,
-        r,
-        k,
-        b,
-        w: g.vec(m, 1.0),
-        a: g.vec(r * (d + 1), 0.5),
-        c_weight: g.vec(d + 1, 0.5),
-        c_bias: g.normal(),
-    }
-}
 
 struct Batch {
     phi: Vec<f64>,

@@ -7,7 +7,11 @@
 pub mod mlp;
 pub mod otflow;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
 
 /// Parameters of the OT-Flow potential (MATH.md §1), named as in the original
 /// PyTorch code:
@@ -35,6 +39,55 @@ pub struct OtFlowParams {
     pub c_weight: Vec<f64>,
     /// `c.bias`: the constant term.
     pub c_bias: f64,
+}
+
+impl OtFlowParams {
+    /// Takes the parameters out of tensors named as in the original PyTorch code
+    /// (`N.layers.i.weight`, `N.layers.i.bias`, `w.weight`, `A`, `c.weight`, `c.bias`),
+    /// flattened row-major: a PyTorch `state_dict` or a model file's tensors. A missing
+    /// tensor is [`Error::Format`]; sizes and values are checked by the consumers
+    /// ([`otflow::OtFlow::new`], the artifact loader).
+    pub fn from_state_dict(
+        d: usize,
+        m: usize,
+        n_th: usize,
+        r: usize,
+        tensors: &mut BTreeMap<String, Vec<f64>>,
+    ) -> Result<Self> {
+        let mut take = |name: &str| {
+            tensors
+                .remove(name)
+                .ok_or_else(|| Error::Format(format!("missing tensor `{name}`")))
+        };
+        let mut k = Vec::with_capacity(n_th);
+        let mut b = Vec::with_capacity(n_th);
+        for i in 0..n_th {
+            k.push(take(&format!("N.layers.{i}.weight"))?);
+            b.push(take(&format!("N.layers.{i}.bias"))?);
+        }
+        let c_bias = take("c.bias")?;
+        let c_bias = match c_bias.as_slice() {
+            [v] => *v,
+            other => {
+                return Err(Error::Format(format!(
+                    "tensor `c.bias` has {} values, expected 1",
+                    other.len()
+                )))
+            }
+        };
+        Ok(OtFlowParams {
+            d,
+            m,
+            n_th,
+            r,
+            k,
+            b,
+            w: take("w.weight")?,
+            a: take("A")?,
+            c_weight: take("c.weight")?,
+            c_bias,
+        })
+    }
 }
 
 /// Activation of an MLP's hidden layers.

@@ -2,30 +2,12 @@
 #![allow(dead_code)]
 
 use socflow_runtime::nn::OtFlowParams;
-use socflow_testkit::Rng;
 
-/// Random OT-Flow parameters of the given sizes.
+/// Random OT-Flow parameters of the given sizes (testkit's state dict).
 pub fn random_otflow(d: usize, m: usize, n_th: usize, seed: u64) -> OtFlowParams {
-    let mut rng = Rng(seed);
-    let r = (d + 1).min(10);
-    let mut k = vec![rng.vec_sym(m * (d + 1), 1.0 / ((d + 1) as f64).sqrt())];
-    let mut b = vec![rng.vec_sym(m, 0.5)];
-    for _ in 1..n_th {
-        k.push(rng.vec_sym(m * m, 1.0 / (m as f64).sqrt()));
-        b.push(rng.vec_sym(m, 0.5));
-    }
-    OtFlowParams {
-        d,
-        m,
-        n_th,
-        r,
-        k,
-        b,
-        w: rng.vec_sym(m, 1.0),
-        a: rng.vec_sym(r * (d + 1), 0.5),
-        c_weight: rng.vec_sym(d + 1, 0.5),
-        c_bias: rng.sym(),
-    }
+    let mut sd = socflow_testkit::otflow_state_dict(d, m, n_th, seed);
+    OtFlowParams::from_state_dict(d, m, n_th, (d + 1).min(10), &mut sd)
+        .expect("complete parameters")
 }
 
 /// An OT-Flow potential with w = 0: Φ(s) = ½ sᵀ(AᵀA)s + cᵀs + c₀, s = (x, t), so
