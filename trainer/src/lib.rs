@@ -21,10 +21,12 @@
 pub mod assignment;
 pub mod autodiff;
 pub mod checkpoint;
+pub mod cnf;
 pub mod data;
 pub mod dto;
 pub mod error;
 pub mod flow_matching;
+pub mod likelihood;
 pub mod mlp;
 pub mod optim;
 pub mod otflow;
