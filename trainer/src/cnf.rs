@@ -30,7 +30,7 @@
 //! - [`TraceEstimator::Hutchinson`]: εᵀ(∂v/∂z)ε with one probe ε per sample: the
 //!   directional derivative (∂v/∂z)ε is pushed forward through the layers as a B × m
 //!   tensor (u ← (σ'(a) ⊙ u)·W_{l+1}ᵀ, u₀ = εW₀[:, :d]ᵀ), about one more forward
-//!   pass. Unbiased for ε with E[εεᵀ] = I ([`Noise::Gaussian`] or
+//!   pass. Unbiased for ε with E εεᵀ = I ([`Noise::Gaussian`] or
 //!   [`Noise::Rademacher`]).
 //!
 //! # Randomness
@@ -79,7 +79,7 @@ pub enum TraceEstimator {
     Hutchinson,
 }
 
-/// The distribution of Hutchinson's probe ε (both have E[εεᵀ] = I).
+/// The distribution of Hutchinson's probe ε (both have E εεᵀ = I).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Noise {

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! (the change of variables of MATH.md §2 plus the normalization recorded in the
-//! artifact), with the exact divergence of the network ([`Field::eval_block_div`]:
+//! artifact), with the exact divergence of the network ([`Field::eval_block_div`](socflow_runtime::Field::eval_block_div):
 //! the MLP's forward-mode Jacobian, the OT-Flow potential's closed-form Laplacian) and
 //! any runtime ODE method: fixed RK4 steps or adaptive Dopri5 (where l is part of the
 //! error norm, so the log-density meets the tolerances too). This is the inverse of the
