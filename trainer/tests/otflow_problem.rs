@@ -488,11 +488,11 @@ fn train_8gaussians_and_sample_through_the_runtime() {
     let data = Dataset::from_toy(Toy::EightGaussians, 12_000, 31).unwrap();
     let (train, val) = data.split(10_000.0 / 12_000.0, 32).unwrap();
     let config = OtFlowConfig {
-        batch_size: 1024,
-        iterations: 400,
+        batch_size: 256,
+        iterations: 500,
         validate_every: 100,
         schedule: Schedule::Step {
-            every: 150,
+            every: 200,
             factor: 0.5,
         },
         optimizer: AdamConfig::adam(0.1),
@@ -526,7 +526,7 @@ fn train_8gaussians_and_sample_through_the_runtime() {
         time_sum / seen as f64,
         config.batch_size
     );
-    assert_eq!(seen, 400);
+    assert_eq!(seen, 500);
     let initial = trained.validation[0].1;
     let last = trained.validation_nll().unwrap();
 
