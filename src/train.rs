@@ -35,7 +35,8 @@ use socflow_runtime::ode::{solve_block, OdeOptions, OdeSolver, OdeWorkspace};
 use socflow_trainer::checkpoint::Checkpoint;
 use socflow_trainer::data::{load_dataset, Dataset, Toy};
 use socflow_trainer::flow_matching::{train_flow_matching, FlowMatchingConfig};
-use socflow_trainer::optim::{AdamState, Scheduler};
+use socflow_trainer::optim::{AdamState, ParamSet, Scheduler};
+use socflow_trainer::otflow::{to_param_set, train_otflow, OtFlowConfig};
 
 /// Arguments of `socflow train`.
 #[derive(clap::Args, Debug)]
@@ -53,6 +54,8 @@ pub struct TrainArgs {
 pub enum Problem {
     /// Conditional flow matching (the `[flow_matching]` table).
     FlowMatching,
+    /// OT-Flow density estimation (the `[otflow]` table).
+    Otflow,
 }
 
 impl Problem {
@@ -60,6 +63,7 @@ impl Problem {
     pub fn key(self) -> &'static str {
         match self {
             Problem::FlowMatching => "flow_matching",
+            Problem::Otflow => "otflow",
         }
     }
 }
@@ -119,6 +123,8 @@ pub struct TrainConfig {
     pub checkpoint_every: u64,
     /// Settings of flow matching (defaults when the table is absent).
     pub flow_matching: Option<FlowMatchingConfig>,
+    /// Settings of OT-Flow (defaults when the table is absent).
+    pub otflow: Option<OtFlowConfig>,
 }
 
 impl TrainConfig {
@@ -139,11 +145,14 @@ impl TrainConfig {
     /// Checks what the types cannot: tables that belong to another problem, and the
     /// data table's alternatives.
     fn check(&self) -> Result<()> {
-        let given: Vec<&str> = [("flow_matching", self.flow_matching.is_some())]
-            .iter()
-            .filter(|(_, g)| *g)
-            .map(|(k, _)| *k)
-            .collect();
+        let given: Vec<&str> = [
+            ("flow_matching", self.flow_matching.is_some()),
+            ("otflow", self.otflow.is_some()),
+        ]
+        .iter()
+        .filter(|(_, g)| *g)
+        .map(|(k, _)| *k)
+        .collect();
         for key in given {
             if key != self.problem.key() {
                 bail!(
@@ -395,29 +404,102 @@ pub fn run_flow_matching(
     if let Some(v) = trained.validation_loss() {
         figures.push(("validation loss".to_string(), v));
     }
-    // The trainer returns the parameters but not Adam's moments: the checkpoint holds
-    // the final parameters with the optimizer state reset (recorded in `extra`).
-    let params = trained.net.params().clone();
+    let checkpoint = final_checkpoint(
+        "flow_matching",
+        config.to_json()?,
+        trained.net.params().clone(),
+        trained.losses.len() as u64,
+        Scheduler::new(config.schedule, config.optimizer.lr)?,
+    );
+    Ok((
+        Outcome {
+            artifact,
+            figures,
+            seconds,
+        },
+        checkpoint,
+    ))
+}
+
+/// Says that `checkpoint_every` gets one checkpoint, at the end.
+fn note_checkpoints(config: &TrainConfig) {
+    if config.checkpoint_every > 0 {
+        eprintln!(
+            "note: the {} trainer offers no per-iteration hook for checkpoints; the \
+             checkpoint is written once, at the end",
+            config.problem.key()
+        );
+    }
+}
+
+/// The checkpoint of a finished run. The trainers return the final parameters but
+/// not Adam's moments or the schedule's state, and offer no hook to save them during
+/// training: the checkpoint holds the final parameters, the iteration count and the
+/// config, with zero moments and the schedule's initial state (`extra` says so).
+fn final_checkpoint(
+    problem: &str,
+    config_json: String,
+    params: ParamSet,
+    iteration: u64,
+    scheduler: Scheduler,
+) -> Checkpoint {
     let mut extra = BTreeMap::new();
-    extra.insert("problem".to_string(), "flow_matching".to_string());
-    extra.insert("config".to_string(), config.to_json()?);
+    extra.insert("problem".to_string(), problem.to_string());
+    extra.insert("config".to_string(), config_json);
     extra.insert(
         "optimizer_state".to_string(),
-        "not recorded: the flow matching trainer does not return Adam's moments; \
-         they are zero here"
+        "not recorded: the trainer does not return Adam's moments or the schedule's \
+         state; they are reset here"
             .to_string(),
     );
-    let checkpoint = Checkpoint {
-        iteration: trained.losses.len() as u64,
+    Checkpoint {
+        iteration,
         optimizer: AdamState {
             step: 0,
             m: params.zeros_like(),
             v: params.zeros_like(),
         },
         params,
-        scheduler: Scheduler::new(config.schedule, config.optimizer.lr)?.state(),
+        scheduler: scheduler.state(),
         extra,
-    };
+    }
+}
+
+/// Trains OT-Flow, reporting every iteration to `progress`.
+pub fn run_otflow(
+    config: &OtFlowConfig,
+    train: &Dataset,
+    validation: Option<&Dataset>,
+    progress: &mut dyn FnMut(&Tick),
+) -> Result<(Outcome, Checkpoint)> {
+    let start = Instant::now();
+    let trained = train_otflow(config, train, validation, &mut |p| {
+        progress(&Tick {
+            iteration: p.iteration,
+            iterations: p.iterations,
+            loss: p.costs.j,
+            validation: p.validation_nll.map(|v| ("validation NLL", v)),
+        })
+    })?;
+    let seconds = start.elapsed().as_secs_f64();
+    let artifact = trained.to_artifact()?;
+    let mut figures = Vec::new();
+    if let Some(c) = trained.costs.last() {
+        figures.push(("final objective J".to_string(), c.j));
+    }
+    if let Some(v) = trained.validation_nll() {
+        figures.push((
+            format!("validation NLL (trainer, RK4, {} steps)", config.nt_val),
+            v,
+        ));
+    }
+    let checkpoint = final_checkpoint(
+        "otflow",
+        config.to_json()?,
+        to_param_set(&trained.params)?,
+        trained.losses.len() as u64,
+        Scheduler::new(config.schedule, config.optimizer.lr)?,
+    );
     Ok((
         Outcome {
             artifact,
@@ -455,14 +537,18 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let (outcome, checkpoint) = match config.problem {
         Problem::FlowMatching => {
             let fm = config.flow_matching.clone().unwrap_or_default();
-            if config.checkpoint_every > 0 {
-                eprintln!(
-                    "note: the flow matching trainer offers no per-iteration hook for \
-                     checkpoints; the checkpoint is written once, at the end"
-                );
-            }
+            note_checkpoints(&config);
             let mut bar = TrainProgress::new("flow matching", fm.iterations);
             let r = run_flow_matching(&fm, &train, validation.as_ref(), &mut |t| bar.tick(t));
+            bar.finish();
+            let (o, c) = r?;
+            (o, (config.checkpoint_every > 0).then_some(c))
+        }
+        Problem::Otflow => {
+            let ot = config.otflow.clone().unwrap_or_default();
+            note_checkpoints(&config);
+            let mut bar = TrainProgress::new("OT-Flow", ot.iterations);
+            let r = run_otflow(&ot, &train, validation.as_ref(), &mut |t| bar.tick(t));
             bar.finish();
             let (o, c) = r?;
             (o, (config.checkpoint_every > 0).then_some(c))
@@ -482,9 +568,12 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     // report the validation NLL of the exported flow.
     let model = Model::<f64>::load(&output)
         .with_context(|| format!("cannot reload the exported model {}", output.display()))?;
-    if let (Problem::FlowMatching, Some(v)) = (config.problem, &validation) {
+    if let Some(v) = &validation {
         let nll = mean_nll(&model, v, DENSITY_STEPS)?;
-        figures.push((format!("validation NLL (RK4, {DENSITY_STEPS} steps)"), nll));
+        figures.push((
+            format!("validation NLL (exported model, runtime RK4, {DENSITY_STEPS} steps)"),
+            nll,
+        ));
     }
     eprintln!("trained in {:.1} s", outcome.seconds);
     for (name, v) in &figures {
