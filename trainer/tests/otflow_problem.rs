@@ -383,16 +383,16 @@ fn export_field_equals_trained_velocity() {
                 let mut v = vec![0.0; d];
                 let mut sc = vec![0.0; f64f.scratch_len()];
                 let div = f64f.eval_div(t, xr, &mut v, &mut sc).unwrap();
-                for k in 0..d {
-                    e64v = e64v.max((v[k] - wrow(i)[k]).abs());
+                for (a, b) in v.iter().zip(wrow(i)) {
+                    e64v = e64v.max((a - b).abs());
                 }
                 e64l = e64l.max((div - wrow(i)[d]).abs());
                 let x32: Vec<f32> = xr.iter().map(|&v| v as f32).collect();
                 let mut v32 = vec![0.0f32; d];
                 let mut sc32 = vec![0.0f32; f32f.scratch_len()];
                 let div32 = f32f.eval_div(t as f32, &x32, &mut v32, &mut sc32).unwrap();
-                for k in 0..d {
-                    e32v = e32v.max((f64::from(v32[k]) - wrow(i)[k]).abs());
+                for (a, b) in v32.iter().zip(wrow(i)) {
+                    e32v = e32v.max((f64::from(*a) - b).abs());
                 }
                 e32l = e32l.max((f64::from(div32) - wrow(i)[d]).abs());
             }
@@ -504,7 +504,7 @@ fn train_8gaussians_and_sample_through_the_runtime() {
     let trained = train_otflow(&config, &train, Some(&val), &mut |p: &Progress| {
         time_sum += p.seconds;
         seen += 1;
-        if p.validation_nll.is_some() {
+        if let Some(val_nll) = p.validation_nll {
             eprintln!(
                 "it {:4}: J {:.4} (L {:.4}, C {:.4}, R {:.4}), |g| {:.3e}, lr {:.4}, val NLL \
                  {:.4}",
@@ -515,7 +515,7 @@ fn train_8gaussians_and_sample_through_the_runtime() {
                 p.costs.cost_r,
                 p.grad_norm,
                 p.lr,
-                p.validation_nll.unwrap()
+                val_nll
             );
         }
     })
