@@ -33,7 +33,7 @@ use socflow_runtime::npy::write_npy;
 use socflow_runtime::ode::{OdeOptions, OdeSolver, SaveAt};
 use socflow_runtime::sampler::{Sampler, SamplerOptions};
 use socflow_trainer::data::{Dataset, Toy};
-use socflow_trainer::flow_matching::FlowMatchingConfig;
+use socflow_trainer::flow_matching::{Coupling, FlowMatchingConfig};
 use socflow_trainer::optim::{AdamConfig, Schedule};
 use socflow_trainer::otflow::OtFlowConfig;
 
@@ -103,7 +103,7 @@ impl Plan {
                 nt: 8,
                 nt_val: 12,
                 batch_size: 1_000,
-                iterations: 150,
+                iterations: 200,
                 optimizer: AdamConfig::adam(0.05),
                 schedule: Schedule::Step {
                     every: 100,
@@ -116,6 +116,7 @@ impl Plan {
                 hidden: vec![128, 128, 128],
                 batch_size: 256,
                 iterations: 10_000,
+                coupling: Coupling::MiniBatchOt,
                 optimizer: AdamConfig::adam(1e-3),
                 schedule: Schedule::Step {
                     every: 4_000,
