@@ -411,6 +411,62 @@ fn export_field_equals_trained_velocity() {
         }
     }
 
+    // The trainer's NLL of data points equals the one obtained by integrating the
+    // exported model's runtime field and its exact divergence (d/dt l = div v) with the
+    // same RK4 grid from the points at t = 0 to t = 1.
+    let (d, alpha0, nt) = (2, 5.0, 6);
+    let p = random_params(d, 16, 2, 42);
+    let trained = TrainedOtFlow {
+        config: OtFlowConfig {
+            m: 16,
+            alpha: [alpha0, 30.0, 1.0],
+            ..OtFlowConfig::default()
+        },
+        params: p.clone(),
+        normalization: None,
+        losses: vec![],
+        costs: vec![],
+        validation: vec![],
+    };
+    let model = Model::<f64>::from_artifact(trained.to_artifact().unwrap()).unwrap();
+    let field = model.field().unwrap();
+    let x = normals(70, 12, d, 2.0);
+    let problem = OtFlowProblem::new([alpha0, 30.0, 1.0], nt, PrecisionPolicy::f64()).unwrap();
+    let mut graph = Graph::new(Cpu::new());
+    let nll = problem.nll(&mut graph, &p, &x).unwrap();
+    let mut sc = vec![0.0; field.scratch_len()];
+    let f = |t: f64, y: &[f64], sc: &mut [f64]| -> Vec<f64> {
+        let mut v = vec![0.0; d];
+        let div = field.eval_div(t, &y[..d], &mut v, sc).unwrap();
+        v.push(div);
+        v
+    };
+    let h = 1.0 / nt as f64;
+    for (i, xr) in x.chunks_exact(d).enumerate() {
+        let mut y = xr.to_vec();
+        y.push(0.0);
+        let mut t = 0.0;
+        for _ in 0..nt {
+            let shift = |a: &[f64], c: f64, k: &[f64]| -> Vec<f64> {
+                a.iter().zip(k).map(|(u, v)| u + c * v).collect()
+            };
+            let k1 = f(t, &y, &mut sc);
+            let k2 = f(t + h / 2.0, &shift(&y, h / 2.0, &k1), &mut sc);
+            let k3 = f(t + h / 2.0, &shift(&y, h / 2.0, &k2), &mut sc);
+            let k4 = f(t + h, &shift(&y, h, &k3), &mut sc);
+            for (j, yj) in y.iter_mut().enumerate() {
+                *yj += h / 6.0 * (k1[j] + 2.0 * k2[j] + 2.0 * k3[j] + k4[j]);
+            }
+            t += h;
+        }
+        let want = 0.5 * (y[0] * y[0] + y[1] * y[1]) + (2.0 * std::f64::consts::PI).ln() - y[d];
+        assert!(
+            rel(nll[i], want) <= 1e-12,
+            "sample {i}: trainer NLL {} vs runtime path {want}",
+            nll[i]
+        );
+    }
+
     // The normalization travels with the file.
     let norm = Normalization::new(vec![0.5, -1.0], vec![2.0, 3.0]).unwrap();
     let trained = TrainedOtFlow {
@@ -673,6 +729,49 @@ fn every_precision_runs() {
     ] {
         let t = train_otflow(&small_config(2, prec), &data, None, &mut |_| {}).unwrap();
         assert!(t.losses.iter().all(|l| l.is_finite()), "{prec:?}");
+    }
+}
+
+/// The gradient under each precision policy against the f64 gradient (relative error
+/// in the Euclidean norm over all parameters), on initialized parameters and an
+/// 8gaussians batch with the paper's α and nt. f32 must agree to 1e-5 (its unit
+/// roundoff is 6e-8; the adjoint of 8 RK4 steps through a 32-wide network may amplify
+/// it by a few hundred, no more). The 16-bit policies' error is O(u_L) (MATH.md §8):
+/// at most 4 machine epsilons of the network precision (bf16 4·2⁻⁷, f16 4·2⁻¹⁰).
+#[test]
+fn precision_policies_gradient_error() {
+    let p = init_params(2, 32, 2, 3).unwrap();
+    let x = Toy::EightGaussians.sample(256, 9).unwrap();
+    let mut graph = Graph::new(Cpu::new());
+    let grad = |policy: PrecisionPolicy, graph: &mut Graph<Cpu>| -> Vec<f64> {
+        let problem = OtFlowProblem::new([1.0, 30.0, 1.0], 8, policy).unwrap();
+        let (_, g) = problem.costs_and_gradient(graph, &p, &x).unwrap();
+        let mut v: Vec<f64> = g.k.iter().flatten().copied().collect();
+        v.extend(g.b.iter().flatten());
+        v.extend(&g.w);
+        v.extend(&g.a);
+        v.extend(&g.c_weight);
+        v.push(g.c_bias);
+        v
+    };
+    let reference = grad(PrecisionPolicy::f64(), &mut graph);
+    let norm = reference.iter().map(|v| v * v).sum::<f64>().sqrt();
+    for prec in [Precision::F32, Precision::Bf16, Precision::F16] {
+        let g = grad(prec.policy(), &mut graph);
+        let err = g
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum::<f64>()
+            .sqrt()
+            / norm;
+        eprintln!("{prec:?}: gradient relative error {err:.3e}");
+        assert!(err.is_finite());
+        let bound = match prec {
+            Precision::F32 => 1e-5,
+            _ => 4.0 * prec.policy().network_epsilon(),
+        };
+        assert!(err <= bound, "{prec:?} gradient error {err:e} > {bound:e}");
     }
 }
 
