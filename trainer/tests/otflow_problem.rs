@@ -775,6 +775,54 @@ fn precision_policies_gradient_error() {
     }
 }
 
+/// With `normalize`, training runs on standardized data and the reported validation
+/// NLL is in data coordinates: the model's NLL of the standardized points plus Σ ln σ
+/// (the change of variables x = μ + σ·y). Checked at iteration 0 against the problem's
+/// NLL of the initial parameters, and the artifact records the normalization.
+#[test]
+fn normalization_reports_data_coordinates() {
+    let x: Vec<f64> = Toy::Moons
+        .sample(400, 3)
+        .unwrap()
+        .chunks_exact(2)
+        .flat_map(|r| [3.0 * r[0] + 1.0, 0.5 * r[1] - 2.0])
+        .collect();
+    let data = Dataset::new(400, 2, x).unwrap();
+    let (train, val) = data.split(0.75, 4).unwrap();
+    let config = OtFlowConfig {
+        normalize: true,
+        ..small_config(1, Precision::F64)
+    };
+    let t = train_otflow(&config, &train, Some(&val), &mut |_| {}).unwrap();
+    let norm = t.normalization.clone().unwrap();
+    // Independent statistics of the training set.
+    let n = train.n as f64;
+    for k in 0..2 {
+        let mean = train.x.iter().skip(k).step_by(2).sum::<f64>() / n;
+        assert!((norm.mean[k] - mean).abs() <= 1e-12 * mean.abs().max(1.0));
+    }
+    let mut y = val.x.clone();
+    for r in y.chunks_exact_mut(2) {
+        for (k, v) in r.iter_mut().enumerate() {
+            *v = (*v - norm.mean[k]) / norm.std[k];
+        }
+    }
+    let p0 = init_params(2, config.m, config.n_th, config.seed).unwrap();
+    let problem = OtFlowProblem::new(config.alpha, config.nt_val, PrecisionPolicy::f64()).unwrap();
+    let mut graph = Graph::new(Cpu::new());
+    let nll = problem.nll(&mut graph, &p0, &y).unwrap();
+    let want =
+        nll.iter().sum::<f64>() / val.n as f64 + norm.std.iter().map(|s| s.ln()).sum::<f64>();
+    assert_eq!(t.validation[0].0, 0);
+    assert!(
+        rel(t.validation[0].1, want) <= 1e-12,
+        "{} vs {want}",
+        t.validation[0].1
+    );
+    let art = t.to_artifact().unwrap();
+    assert_eq!(art.card.normalization, Some(norm));
+}
+
 /// Time per iteration at the paper's settings (batch 5000, m = 32, nTh = 2, RK4 with 8
 /// steps, f32). Run with `--ignored --nocapture`.
 #[test]
