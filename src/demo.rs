@@ -115,14 +115,14 @@ impl Plan {
             flow_matching: FlowMatchingConfig {
                 hidden: vec![128, 128, 128],
                 batch_size: 256,
-                iterations: 10_000,
+                iterations: 18_000,
                 coupling: Coupling::MiniBatchOt,
                 optimizer: AdamConfig::adam(1e-3),
                 schedule: Schedule::Step {
-                    every: 4_000,
+                    every: 6_000,
                     factor: 0.5,
                 },
-                validate_every: 500,
+                validate_every: 1_000,
                 ..FlowMatchingConfig::default()
             },
         }

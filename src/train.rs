@@ -602,6 +602,32 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("```toml\nproblem = ")
+            .expect("the README has the example");
+        let body = &readme[start + "```toml\n".len()..];
+        let text = &body[..body.find("```").unwrap()];
+        let c = TrainConfig::from_toml(text).unwrap();
+        assert_eq!(c.problem, Problem::Otflow);
+        assert_eq!(c.otflow, Some(OtFlowConfig::default()));
+        assert_eq!(c.checkpoint_every, 100);
+        // The commented flow matching table is the default config too.
+        let fm: String = text[text.find("# [flow_matching]").unwrap()..]
+            .lines()
+            .map(|l| l.trim_start_matches("# ").trim_start_matches('#'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let fm = format!(
+            "problem = \"flow_matching\"\n[data]\ntoy = \"moons\"\n{}",
+            fm.trim_start()
+        );
+        let c = TrainConfig::from_toml(&fm).unwrap();
+        assert_eq!(c.flow_matching, Some(FlowMatchingConfig::default()));
+    }
+
+    #[test]
     fn data_alternatives_are_checked() {
         let base = "problem = \"flow_matching\"\n[data]\n";
         assert!(TrainConfig::from_toml(base).is_err());
