@@ -838,5 +838,20 @@ fn time_per_iteration_at_paper_settings() {
         let mut times = Vec::new();
         train_otflow(&config, &data, None, &mut |p| times.push(p.seconds)).unwrap();
         eprintln!("{prec:?}: seconds per iteration {times:?}");
+        // The split: the forward solve alone against forward + adjoint.
+        let p = init_params(2, 32, 2, 0).unwrap();
+        let x = &data.x[..5000 * 2];
+        let problem = OtFlowProblem::new(config.alpha, 8, prec.policy()).unwrap();
+        let mut graph = Graph::new(Cpu::new());
+        let t0 = std::time::Instant::now();
+        problem.costs(&mut graph, &p, x).unwrap();
+        let t1 = std::time::Instant::now();
+        problem.costs_and_gradient(&mut graph, &p, x).unwrap();
+        let t2 = std::time::Instant::now();
+        eprintln!(
+            "{prec:?}: forward {:.3} s, forward + adjoint {:.3} s",
+            (t1 - t0).as_secs_f64(),
+            (t2 - t1).as_secs_f64()
+        );
     }
 }
