@@ -195,8 +195,9 @@ impl TrainConfig {
             }
             (None, Some(path)) => {
                 let path = base.join(path);
-                load_dataset(&path)
-                    .with_context(|| format!("cannot load data {}", path.display()))?
+                // The trainer's I/O errors name the path and the cause in their message
+                // (and again as their source): keep the message only.
+                load_dataset(&path).map_err(|e| anyhow::anyhow!("cannot load data: {e}"))?
             }
             (None, None) => bail!("[data]: no toy and no path"),
         };
