@@ -228,3 +228,87 @@ impl Checkpoint {
         })
     }
 }
+
+/// Periodic checkpoints and resumption for a training loop: the loops of
+/// [`crate::otflow::train_otflow_checkpointed`] and
+/// [`crate::flow_matching::train_flow_matching_checkpointed`] take one.
+///
+/// A run resumed from a checkpoint continues bitwise as the uninterrupted run would:
+/// mini-batches and noise are keyed by the iteration, and the checkpoint holds the
+/// parameters, the optimizer's moments and the schedule's state in f64.
+pub struct Checkpointing<'a> {
+    /// Save every this many iterations (0: only after the last).
+    pub every: u64,
+    /// Resume from this checkpoint.
+    pub resume: Option<Checkpoint>,
+    /// Receives each checkpoint (typically `|c| c.save(path)`).
+    pub save: &'a mut dyn FnMut(&Checkpoint) -> Result<()>,
+}
+
+/// The key under which checkpoints record the training configuration (JSON).
+pub const CONFIG_KEY: &str = "config";
+
+impl Checkpointing<'_> {
+    /// Applies `resume` (if any) to a loop's state after checking that it belongs to
+    /// the same configuration and model; returns the iteration to start from.
+    pub fn restore(
+        &mut self,
+        config_json: &str,
+        params: &mut crate::optim::ParamSet,
+        adam: &mut crate::optim::Adam,
+        scheduler: &mut crate::optim::Scheduler,
+        schedule: crate::optim::Schedule,
+        iterations: u64,
+    ) -> Result<u64> {
+        let Some(ck) = self.resume.take() else {
+            return Ok(0);
+        };
+        if let Some(saved) = ck.extra.get(CONFIG_KEY) {
+            if saved != config_json {
+                return Err(Error::Checkpoint(
+                    "the checkpoint was written by a run with another configuration".into(),
+                ));
+            }
+        }
+        if ck.params.names != params.names || ck.params.shapes != params.shapes {
+            return Err(Error::Checkpoint(
+                "the checkpoint's parameters do not match the model".into(),
+            ));
+        }
+        if ck.iteration > iterations {
+            return Err(Error::Checkpoint(format!(
+                "the checkpoint is at iteration {}, past the run's {iterations}",
+                ck.iteration
+            )));
+        }
+        *adam = crate::optim::Adam::from_state(*adam.config(), ck.optimizer, &ck.params)?;
+        *scheduler = crate::optim::Scheduler::from_state(schedule, adam.config().lr, ck.scheduler)?;
+        *params = ck.params;
+        Ok(ck.iteration)
+    }
+
+    /// Saves a checkpoint when `done` iterations are complete and one is due.
+    pub fn after_iteration(
+        &mut self,
+        done: u64,
+        iterations: u64,
+        config_json: &str,
+        params: &crate::optim::ParamSet,
+        adam: &crate::optim::Adam,
+        scheduler: &crate::optim::Scheduler,
+    ) -> Result<()> {
+        let due = done == iterations || (self.every > 0 && done % self.every == 0);
+        if !due {
+            return Ok(());
+        }
+        let mut extra = BTreeMap::new();
+        extra.insert(CONFIG_KEY.to_string(), config_json.to_string());
+        (self.save)(&Checkpoint {
+            iteration: done,
+            params: params.clone(),
+            optimizer: adam.state().clone(),
+            scheduler: scheduler.state(),
+            extra,
+        })
+    }
+}

@@ -59,6 +59,7 @@ use socflow_runtime::sampler::{Sampler, SamplerOptions};
 
 use crate::assignment::{self, AssignmentWorkspace};
 use crate::autodiff::{Backend, Cpu, DType, Graph, Var};
+use crate::checkpoint::Checkpointing;
 use crate::data::rng::{Draws, FIRST_FREE_AFTER_DATA};
 use crate::data::{BatchSampler, Dataset};
 use crate::error::{check_len, Error, Result};
@@ -478,9 +479,11 @@ fn train(
     validation: Option<Source<'_>>,
     normalization: Option<Normalization>,
     reflow: Option<ReflowConfig>,
+    ckpt: &mut Checkpointing<'_>,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<TrainedFlow> {
     config.validate()?;
+    let config_json = config.to_json()?;
     let (n, d) = (train.n(), train.d());
     check_sample_count(n, "training samples")?;
     if let Some(v) = &validation {
@@ -496,6 +499,14 @@ fn train(
     let mut net = MlpNet::init(d, &config.hidden, config.activation, config.seed)?;
     let mut adam = Adam::new(config.optimizer, net.params())?;
     let mut scheduler = Scheduler::new(config.schedule, config.optimizer.lr)?;
+    let start_it = ckpt.restore(
+        &config_json,
+        net.params_mut(),
+        &mut adam,
+        &mut scheduler,
+        config.schedule,
+        config.iterations,
+    )?;
     let mut batches = BatchSampler::new(n, config.batch_size, config.seed)?;
     let mut g = Graph::new(Cpu::new());
     let mut ws = AssignmentWorkspace::new();
@@ -506,7 +517,7 @@ fn train(
     let mut t = vec![0.0; b];
     let mut losses = Vec::with_capacity(config.iterations as usize);
     let mut record = Vec::new();
-    for it in 0..config.iterations {
+    for it in start_it..config.iterations {
         match &train {
             Source::Samples(data) => {
                 batches.batch(data, it, &mut x0)?;
@@ -548,6 +559,14 @@ fn train(
             record.push((done, l));
             val_loss = Some(l);
         }
+        ckpt.after_iteration(
+            done,
+            config.iterations,
+            &config_json,
+            net.params(),
+            &adam,
+            &scheduler,
+        )?;
         progress(&Progress {
             iteration: done,
             iterations: config.iterations,
@@ -585,6 +604,24 @@ pub fn train_flow_matching(
     validation: Option<&Dataset>,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<TrainedFlow> {
+    let mut ckpt = Checkpointing {
+        every: 0,
+        resume: None,
+        save: &mut |_| Ok(()),
+    };
+    train_flow_matching_checkpointed(config, train_data, validation, &mut ckpt, progress)
+}
+
+/// [`train_flow_matching`] with periodic checkpoints and, with `ckpt.resume`,
+/// resumption: a resumed run continues bitwise as the uninterrupted one (its `losses`
+/// then start at the resumed iteration).
+pub fn train_flow_matching_checkpointed(
+    config: &FlowMatchingConfig,
+    train_data: &Dataset,
+    validation: Option<&Dataset>,
+    ckpt: &mut Checkpointing<'_>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<TrainedFlow> {
     config.validate()?;
     let (train_set, val_set, norm) = if config.normalize {
         let norm = train_data.normalization()?;
@@ -608,6 +645,7 @@ pub fn train_flow_matching(
         val_set.as_ref().map(Source::Samples),
         norm,
         None,
+        ckpt,
         progress,
     )
 }
@@ -729,6 +767,11 @@ pub fn train_reflow(
         val_pairs.as_ref().map(|p| Source::Pairs(&p.x0, &p.x1)),
         teacher.card.normalization.clone(),
         Some(*reflow),
+        &mut Checkpointing {
+            every: 0,
+            resume: None,
+            save: &mut |_| Ok(()),
+        },
         progress,
     )
 }

@@ -69,6 +69,7 @@ use socflow_runtime::nn::OtFlowParams;
 
 use crate::autodiff::otflow::{potential, OtFlowVars};
 use crate::autodiff::{self, Backend, Cpu, DType, Graph, Tensor, Var};
+use crate::checkpoint::Checkpointing;
 use crate::data::rng::{Draws, FIRST_FREE_AFTER_DATA};
 use crate::data::{BatchSampler, Dataset};
 use crate::dto::{Cotangents, Method, PrecisionPolicy, Rhs, Solver, Trajectory};
@@ -783,7 +784,26 @@ pub fn train_otflow(
     validation: Option<&Dataset>,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<TrainedOtFlow> {
+    let mut ckpt = Checkpointing {
+        every: 0,
+        resume: None,
+        save: &mut |_| Ok(()),
+    };
+    train_otflow_checkpointed(config, train, validation, &mut ckpt, progress)
+}
+
+/// [`train_otflow`] with periodic checkpoints and, with `ckpt.resume`, resumption: a
+/// resumed run continues bitwise as the uninterrupted one (its `losses` and `costs`
+/// then start at the resumed iteration).
+pub fn train_otflow_checkpointed(
+    config: &OtFlowConfig,
+    train: &Dataset,
+    validation: Option<&Dataset>,
+    ckpt: &mut Checkpointing<'_>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<TrainedOtFlow> {
     config.validate()?;
+    let config_json = config.to_json()?;
     let d = train.d;
     if train.n as u64 > MAX_SAMPLE {
         return Err(Error::InvalidArgument(format!(
@@ -824,6 +844,15 @@ pub fn train_otflow(
     let mut set = to_param_set(&params)?;
     let mut adam = Adam::new(config.optimizer, &set)?;
     let mut scheduler = Scheduler::new(config.schedule, config.optimizer.lr)?;
+    let start_it = ckpt.restore(
+        &config_json,
+        &mut set,
+        &mut adam,
+        &mut scheduler,
+        config.schedule,
+        config.iterations,
+    )?;
+    params = params_from_flat(&params, set.values.clone())?;
     let b = config.batch_size.min(train_set.n);
     let mut batches = BatchSampler::new(train_set.n, b, config.seed)?;
     let mut g = Graph::new(Cpu::new());
@@ -832,11 +861,11 @@ pub fn train_otflow(
     let mut losses = Vec::with_capacity(config.iterations as usize);
     let mut costs = Vec::with_capacity(config.iterations as usize);
     let mut record = Vec::new();
-    if let Some(v) = &val_set {
+    if let (Some(v), 0) = (&val_set, start_it) {
         let l = mean_nll(&mut g, &val_problem, &params, v, config.batch_size)? + shift;
         record.push((0, l));
     }
-    for it in 0..config.iterations {
+    for it in start_it..config.iterations {
         let start = std::time::Instant::now();
         batches.batch(&train_set, it, &mut x)?;
         let (c, grad) = problem.costs_and_gradient(&mut g, &params, &x)?;
@@ -873,6 +902,14 @@ pub fn train_otflow(
             record.push((done, l));
             val = Some(l);
         }
+        ckpt.after_iteration(
+            done,
+            config.iterations,
+            &config_json,
+            &set,
+            &adam,
+            &scheduler,
+        )?;
         progress(&Progress {
             iteration: done,
             iterations: config.iterations,
