@@ -32,6 +32,7 @@ use socflow_runtime::nn::OtFlowParams;
 use socflow_runtime::npy::write_npy;
 use socflow_runtime::ode::{OdeOptions, OdeSolver, SaveAt};
 use socflow_runtime::sampler::{Sampler, SamplerOptions};
+use socflow_trainer::checkpoint::Checkpointing;
 use socflow_trainer::data::{Dataset, Toy};
 use socflow_trainer::flow_matching::{Coupling, FlowMatchingConfig};
 use socflow_trainer::optim::{AdamConfig, Schedule};
@@ -266,11 +267,19 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let mut reports = Vec::new();
 
     let mut bar = TrainProgress::new("OT-Flow", plan.otflow.iterations);
-    let r = train::run_otflow(&plan.otflow, &train_set, Some(&validation), &mut |t| {
-        bar.tick(t)
-    });
+    let r = train::run_otflow(
+        &plan.otflow,
+        &train_set,
+        Some(&validation),
+        &mut Checkpointing {
+            every: 0,
+            resume: None,
+            save: &mut |_| Ok(()),
+        },
+        &mut |t| bar.tick(t),
+    );
     bar.finish();
-    let (outcome, _) = r?;
+    let outcome = r?;
     eprintln!("OT-Flow trained in {:.1} s", outcome.seconds);
     reports.push(evaluate(
         "OT-Flow",
@@ -286,10 +295,15 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         &plan.flow_matching,
         &train_set,
         Some(&validation),
+        &mut Checkpointing {
+            every: 0,
+            resume: None,
+            save: &mut |_| Ok(()),
+        },
         &mut |t| bar.tick(t),
     );
     bar.finish();
-    let (outcome, _) = r?;
+    let outcome = r?;
     eprintln!("flow matching trained in {:.1} s", outcome.seconds);
     reports.push(evaluate(
         "flow matching",

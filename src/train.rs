@@ -20,7 +20,6 @@
 //! iterations = 2000
 //! ```
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -32,11 +31,10 @@ use serde::Deserialize;
 use socflow_runtime::artifact::{Artifact, StorageDtype};
 use socflow_runtime::model::Model;
 use socflow_runtime::ode::{solve_block, OdeOptions, OdeSolver, OdeWorkspace};
-use socflow_trainer::checkpoint::Checkpoint;
+use socflow_trainer::checkpoint::{Checkpoint, Checkpointing};
 use socflow_trainer::data::{load_dataset, Dataset, Toy};
-use socflow_trainer::flow_matching::{train_flow_matching, FlowMatchingConfig};
-use socflow_trainer::optim::{AdamState, ParamSet, Scheduler};
-use socflow_trainer::otflow::{to_param_set, train_otflow, OtFlowConfig};
+use socflow_trainer::flow_matching::{train_flow_matching_checkpointed, FlowMatchingConfig};
+use socflow_trainer::otflow::{train_otflow_checkpointed, OtFlowConfig};
 
 /// Arguments of `socflow train`.
 #[derive(clap::Args, Debug)]
@@ -46,6 +44,10 @@ pub struct TrainArgs {
     /// Directory for the model and the checkpoints (default: the current directory).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Resume from this checkpoint (written by a run of the same config); the run
+    /// continues exactly as the uninterrupted one would.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
 }
 
 /// Which trainer a config runs.
@@ -388,10 +390,11 @@ pub fn run_flow_matching(
     config: &FlowMatchingConfig,
     train: &Dataset,
     validation: Option<&Dataset>,
+    ckpt: &mut Checkpointing<'_>,
     progress: &mut dyn FnMut(&Tick),
-) -> Result<(Outcome, Checkpoint)> {
+) -> Result<Outcome> {
     let start = Instant::now();
-    let trained = train_flow_matching(config, train, validation, &mut |p| {
+    let trained = train_flow_matching_checkpointed(config, train, validation, ckpt, &mut |p| {
         progress(&Tick {
             iteration: p.iteration,
             iterations: p.iterations,
@@ -405,65 +408,11 @@ pub fn run_flow_matching(
     if let Some(v) = trained.validation_loss() {
         figures.push(("validation loss".to_string(), v));
     }
-    let checkpoint = final_checkpoint(
-        "flow_matching",
-        config.to_json()?,
-        trained.net.params().clone(),
-        trained.losses.len() as u64,
-        Scheduler::new(config.schedule, config.optimizer.lr)?,
-    );
-    Ok((
-        Outcome {
-            artifact,
-            figures,
-            seconds,
-        },
-        checkpoint,
-    ))
-}
-
-/// Says that `checkpoint_every` gets one checkpoint, at the end.
-fn note_checkpoints(config: &TrainConfig) {
-    if config.checkpoint_every > 0 {
-        eprintln!(
-            "note: the {} trainer offers no per-iteration hook for checkpoints; the \
-             checkpoint is written once, at the end",
-            config.problem.key()
-        );
-    }
-}
-
-/// The checkpoint of a finished run. The trainers return the final parameters but
-/// not Adam's moments or the schedule's state, and offer no hook to save them during
-/// training: the checkpoint holds the final parameters, the iteration count and the
-/// config, with zero moments and the schedule's initial state (`extra` says so).
-fn final_checkpoint(
-    problem: &str,
-    config_json: String,
-    params: ParamSet,
-    iteration: u64,
-    scheduler: Scheduler,
-) -> Checkpoint {
-    let mut extra = BTreeMap::new();
-    extra.insert("problem".to_string(), problem.to_string());
-    extra.insert("config".to_string(), config_json);
-    extra.insert(
-        "optimizer_state".to_string(),
-        "not recorded: the trainer does not return Adam's moments or the schedule's \
-         state; they are reset here"
-            .to_string(),
-    );
-    Checkpoint {
-        iteration,
-        optimizer: AdamState {
-            step: 0,
-            m: params.zeros_like(),
-            v: params.zeros_like(),
-        },
-        params,
-        scheduler: scheduler.state(),
-        extra,
-    }
+    Ok(Outcome {
+        artifact,
+        figures,
+        seconds,
+    })
 }
 
 /// Trains OT-Flow, reporting every iteration to `progress`.
@@ -471,10 +420,11 @@ pub fn run_otflow(
     config: &OtFlowConfig,
     train: &Dataset,
     validation: Option<&Dataset>,
+    ckpt: &mut Checkpointing<'_>,
     progress: &mut dyn FnMut(&Tick),
-) -> Result<(Outcome, Checkpoint)> {
+) -> Result<Outcome> {
     let start = Instant::now();
-    let trained = train_otflow(config, train, validation, &mut |p| {
+    let trained = train_otflow_checkpointed(config, train, validation, ckpt, &mut |p| {
         progress(&Tick {
             iteration: p.iteration,
             iterations: p.iterations,
@@ -494,21 +444,11 @@ pub fn run_otflow(
             v,
         ));
     }
-    let checkpoint = final_checkpoint(
-        "otflow",
-        config.to_json()?,
-        to_param_set(&trained.params)?,
-        trained.losses.len() as u64,
-        Scheduler::new(config.schedule, config.optimizer.lr)?,
-    );
-    Ok((
-        Outcome {
-            artifact,
-            figures,
-            seconds,
-        },
-        checkpoint,
-    ))
+    Ok(Outcome {
+        artifact,
+        figures,
+        seconds,
+    })
 }
 
 /// Runs `socflow train`.
@@ -535,33 +475,52 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             .unwrap_or_default(),
         train.d
     );
-    let (outcome, checkpoint) = match config.problem {
+    let resume = match &args.resume {
+        Some(p) => Some(
+            Checkpoint::load(p).with_context(|| format!("cannot resume from {}", p.display()))?,
+        ),
+        None => None,
+    };
+    if let Some(c) = &resume {
+        eprintln!("resuming at iteration {}", c.iteration);
+    }
+    let every = config.checkpoint_every;
+    let mut save = |c: &Checkpoint| -> socflow_trainer::Result<()> {
+        if every > 0 {
+            c.save(&checkpoint_path)?;
+        }
+        Ok(())
+    };
+    let mut ckpt = Checkpointing {
+        every,
+        resume,
+        save: &mut save,
+    };
+    let outcome = match config.problem {
         Problem::FlowMatching => {
             let fm = config.flow_matching.clone().unwrap_or_default();
-            note_checkpoints(&config);
             let mut bar = TrainProgress::new("flow matching", fm.iterations);
-            let r = run_flow_matching(&fm, &train, validation.as_ref(), &mut |t| bar.tick(t));
+            let r = run_flow_matching(&fm, &train, validation.as_ref(), &mut ckpt, &mut |t| {
+                bar.tick(t)
+            });
             bar.finish();
-            let (o, c) = r?;
-            (o, (config.checkpoint_every > 0).then_some(c))
+            r?
         }
         Problem::Otflow => {
             let ot = config.otflow.clone().unwrap_or_default();
-            note_checkpoints(&config);
             let mut bar = TrainProgress::new("OT-Flow", ot.iterations);
-            let r = run_otflow(&ot, &train, validation.as_ref(), &mut |t| bar.tick(t));
+            let r = run_otflow(&ot, &train, validation.as_ref(), &mut ckpt, &mut |t| {
+                bar.tick(t)
+            });
             bar.finish();
-            let (o, c) = r?;
-            (o, (config.checkpoint_every > 0).then_some(c))
+            r?
         }
     };
     outcome
         .artifact
         .save(&output, StorageDtype::F32)
         .with_context(|| format!("cannot write {}", output.display()))?;
-    if let Some(c) = checkpoint {
-        c.save(&checkpoint_path)
-            .with_context(|| format!("cannot write {}", checkpoint_path.display()))?;
+    if every > 0 {
         eprintln!("checkpoint: {}", checkpoint_path.display());
     }
     let mut figures = outcome.figures;

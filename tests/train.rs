@@ -79,12 +79,50 @@ fn train_flow_matching_exports_a_model_the_runtime_samples() {
     assert!(text.contains("fm.safetensors"), "{text}");
     let model = out.join("fm.safetensors");
     loads_and_samples(&model);
-    // The final checkpoint holds the parameters after all 20 iterations.
-    let ck = Checkpoint::load(out.join("fm.ckpt.safetensors")).unwrap();
+    // The last checkpoint holds the state after all 20 iterations, with the config.
+    let ckpt = out.join("fm.ckpt.safetensors");
+    let ck = Checkpoint::load(&ckpt).unwrap();
     assert_eq!(ck.iteration, 20);
-    assert_eq!(
-        ck.extra.get("problem").map(String::as_str),
-        Some("flow_matching")
+    assert!(ck
+        .extra
+        .get("config")
+        .is_some_and(|c| c.contains("batch_size")));
+    assert_eq!(ck.optimizer.step, 20);
+    // Resuming from it runs no further iteration and exports the same parameters.
+    let again = dir.path().join("again");
+    let o2 = socflow(&[
+        "train",
+        cfg.to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+        "--resume",
+        ckpt.to_str().unwrap(),
+    ]);
+    assert!(o2.status.success(), "{}", stderr(&o2));
+    assert!(stderr(&o2).contains("resuming at iteration 20"));
+    let a = socflow_runtime::artifact::Artifact::load(&model).unwrap();
+    let b = socflow_runtime::artifact::Artifact::load(again.join("fm.safetensors")).unwrap();
+    assert_eq!(a.params, b.params);
+    // A checkpoint of another configuration is refused.
+    let other = dir.path().join("other.toml");
+    std::fs::write(
+        &other,
+        FM_CONFIG.replace("iterations = 20", "iterations = 30"),
+    )
+    .unwrap();
+    let o3 = socflow(&[
+        "train",
+        other.to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+        "--resume",
+        ckpt.to_str().unwrap(),
+    ]);
+    assert!(!o3.status.success());
+    assert!(
+        stderr(&o3).contains("another configuration"),
+        "{}",
+        stderr(&o3)
     );
     // The plain progress lines (stderr is not a terminal) report the validations.
     let err = stderr(&o);
