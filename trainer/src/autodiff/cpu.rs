@@ -10,6 +10,7 @@
 
 use half::{bf16, f16};
 use rayon::prelude::*;
+use socflow_runtime::linalg::{map_act, Act};
 use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
 
 use super::backend::{Backend, BinaryOp, Broadcast, Reduction, Storage, UnaryOp};
@@ -160,10 +161,7 @@ trait Acc:
     fn recip(self) -> Self;
     fn exp(self) -> Self;
     fn ln(self) -> Self;
-    fn ln_1p(self) -> Self;
     fn sqrt(self) -> Self;
-    fn tanh(self) -> Self;
-    fn max(self, other: Self) -> Self;
 }
 
 macro_rules! impl_acc {
@@ -190,20 +188,8 @@ macro_rules! impl_acc {
                 <$t>::ln(self)
             }
             #[inline(always)]
-            fn ln_1p(self) -> Self {
-                <$t>::ln_1p(self)
-            }
-            #[inline(always)]
             fn sqrt(self) -> Self {
                 <$t>::sqrt(self)
-            }
-            #[inline(always)]
-            fn tanh(self) -> Self {
-                <$t>::tanh(self)
-            }
-            #[inline(always)]
-            fn max(self, other: Self) -> Self {
-                <$t>::max(self, other)
             }
         }
     };
@@ -220,6 +206,32 @@ trait Elem: Copy + Send + Sync + 'static {
     fn from_acc(a: Self::Acc) -> Self;
     fn from_f64(x: f64) -> Self;
     fn to_f64(self) -> f64;
+    /// `out[i] = act(x[i])` with the vectorized kernels (`out.len() == x.len()`),
+    /// computed in the compute type and rounded once.
+    fn act(act: Act, x: &[Self], out: &mut [Self]);
+}
+
+/// The vectorized maps on a compute-type slice (equal lengths by construction).
+fn act_native<T: socflow_runtime::Real>(act: Act, x: &[T], out: &mut [T]) {
+    let r = map_act(act, x, out);
+    debug_assert!(r.is_ok(), "act: length mismatch");
+}
+
+/// The vectorized maps on a 16-bit slice: widened to f32 a block at a time, mapped in
+/// f32, each result rounded once.
+fn act_half<E: Elem<Acc = f32>>(act: Act, x: &[E], out: &mut [E]) {
+    const BLOCK: usize = 512;
+    let (mut a, mut b) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
+    for (xc, oc) in x.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
+        let n = xc.len();
+        for (w, &v) in a[..n].iter_mut().zip(xc) {
+            *w = v.to_acc();
+        }
+        act_native(act, &a[..n], &mut b[..n]);
+        for (o, &v) in oc.iter_mut().zip(&b[..n]) {
+            *o = E::from_acc(v);
+        }
+    }
 }
 
 impl Elem for f64 {
@@ -239,6 +251,10 @@ impl Elem for f64 {
     #[inline(always)]
     fn to_f64(self) -> f64 {
         self
+    }
+    #[inline(always)]
+    fn act(act: Act, x: &[Self], out: &mut [Self]) {
+        act_native(act, x, out)
     }
 }
 
@@ -260,6 +276,10 @@ impl Elem for f32 {
     fn to_f64(self) -> f64 {
         f64::from(self)
     }
+    #[inline(always)]
+    fn act(act: Act, x: &[Self], out: &mut [Self]) {
+        act_native(act, x, out)
+    }
 }
 
 impl Elem for f16 {
@@ -280,6 +300,10 @@ impl Elem for f16 {
     fn to_f64(self) -> f64 {
         self.to_f64()
     }
+    #[inline(always)]
+    fn act(act: Act, x: &[Self], out: &mut [Self]) {
+        act_half(act, x, out)
+    }
 }
 
 impl Elem for bf16 {
@@ -299,6 +323,10 @@ impl Elem for bf16 {
     #[inline(always)]
     fn to_f64(self) -> f64 {
         self.to_f64()
+    }
+    #[inline(always)]
+    fn act(act: Act, x: &[Self], out: &mut [Self]) {
+        act_half(act, x, out)
     }
 }
 
@@ -354,18 +382,9 @@ fn checked_len(op: &'static str, shape: Shape) -> Result<usize> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Scalar maps, generic over the compute type
+// Scalar maps, generic over the compute type (the transcendental ones are the
+// vectorized kernels of `socflow_runtime::linalg`, through `Elem::act`)
 // ---------------------------------------------------------------------------------------
-
-#[inline(always)]
-fn sigmoid<R: Acc>(x: R) -> R {
-    if x >= R::of(0.0) {
-        R::of(1.0) / (R::of(1.0) + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (R::of(1.0) + e)
-    }
-}
 
 #[inline(always)]
 fn sign<R: Acc>(x: R) -> R {
@@ -377,37 +396,6 @@ fn sign<R: Acc>(x: R) -> R {
         // ±0 stays 0, NaN stays NaN.
         x * R::of(0.0)
     }
-}
-
-#[inline(always)]
-fn sech2<R: Acc>(x: R) -> R {
-    let e = (-(x.abs() + x.abs())).exp();
-    let d = R::of(1.0) + e;
-    R::of(4.0) * e / (d * d)
-}
-
-#[inline(always)]
-fn silu_prime<R: Acc>(x: R) -> R {
-    let (s, sm) = (sigmoid(x), sigmoid(-x));
-    s * (R::of(1.0) + x * sm)
-}
-
-#[inline(always)]
-fn silu_second<R: Acc>(x: R) -> R {
-    let (s, sm) = (sigmoid(x), sigmoid(-x));
-    s * sm * (R::of(2.0) + x * (sm - s))
-}
-
-#[inline(always)]
-fn softplus<R: Acc>(x: R) -> R {
-    // `max` ignores a NaN argument; the second term carries it.
-    x.max(R::of(0.0)) + (-x.abs()).exp().ln_1p()
-}
-
-#[inline(always)]
-fn logcosh<R: Acc>(x: R) -> R {
-    let a = x.abs();
-    a + (-(a + a)).exp().ln_1p()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -425,6 +413,19 @@ where
     }
 }
 
+/// A vectorized map over `x`, split over rayon threads when large.
+fn act_k<E: Elem>(par: bool, act: Act, x: &[E]) -> Vec<E> {
+    let mut out = vec![E::from_acc(E::Acc::of(0.0)); x.len()];
+    if par && x.len() >= PAR_ELEMS {
+        out.par_chunks_mut(PAR_CHUNK)
+            .zip(x.par_chunks(PAR_CHUNK))
+            .for_each(|(o, x)| E::act(act, x, o));
+    } else {
+        E::act(act, x, &mut out);
+    }
+    out
+}
+
 fn unary_k<E: Elem>(par: bool, op: UnaryOp, x: &[E]) -> Vec<E> {
     match op {
         UnaryOp::Neg => map_k(par, x, |v| -v),
@@ -435,14 +436,14 @@ fn unary_k<E: Elem>(par: bool, op: UnaryOp, x: &[E]) -> Vec<E> {
         UnaryOp::Exp => map_k(par, x, |v| v.exp()),
         UnaryOp::Log => map_k(par, x, |v| v.ln()),
         UnaryOp::Sqrt => map_k(par, x, |v| v.sqrt()),
-        UnaryOp::Tanh => map_k(par, x, |v| v.tanh()),
-        UnaryOp::Sech2 => map_k(par, x, sech2),
-        UnaryOp::Sigmoid => map_k(par, x, sigmoid),
-        UnaryOp::Silu => map_k(par, x, |v| v * sigmoid(v)),
-        UnaryOp::SiluPrime => map_k(par, x, silu_prime),
-        UnaryOp::SiluSecond => map_k(par, x, silu_second),
-        UnaryOp::Softplus => map_k(par, x, softplus),
-        UnaryOp::LogCosh => map_k(par, x, logcosh),
+        UnaryOp::Tanh => act_k(par, Act::Tanh, x),
+        UnaryOp::Sech2 => act_k(par, Act::Sech2, x),
+        UnaryOp::Sigmoid => act_k(par, Act::Sigmoid, x),
+        UnaryOp::Silu => act_k(par, Act::Silu, x),
+        UnaryOp::SiluPrime => act_k(par, Act::SiluPrime, x),
+        UnaryOp::SiluSecond => act_k(par, Act::SiluSecond, x),
+        UnaryOp::Softplus => act_k(par, Act::Softplus, x),
+        UnaryOp::LogCosh => act_k(par, Act::LogCosh, x),
     }
 }
 
