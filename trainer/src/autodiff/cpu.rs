@@ -415,13 +415,23 @@ where
 
 /// A vectorized map over `x`, split over rayon threads when large.
 fn act_k<E: Elem>(par: bool, act: Act, x: &[E]) -> Vec<E> {
-    let mut out = vec![E::from_acc(E::Acc::of(0.0)); x.len()];
     if par && x.len() >= PAR_ELEMS {
+        let mut out = vec![E::from_acc(E::Acc::of(0.0)); x.len()];
         out.par_chunks_mut(PAR_CHUNK)
             .zip(x.par_chunks(PAR_CHUNK))
             .for_each(|(o, x)| E::act(act, x, o));
-    } else {
-        E::act(act, x, &mut out);
+        return out;
+    }
+    // Serially: a block at a time through a small buffer (in L1) and appended, so the
+    // output is written once and never zero-filled.
+    const BLOCK: usize = 256;
+    let zero = E::from_acc(E::Acc::of(0.0));
+    let mut buf = [zero; BLOCK];
+    let mut out = Vec::with_capacity(x.len());
+    for xc in x.chunks(BLOCK) {
+        let b = &mut buf[..xc.len()];
+        E::act(act, xc, b);
+        out.extend_from_slice(b);
     }
     out
 }
@@ -493,15 +503,53 @@ where
             }
         }
     };
+    if !par {
+        return zip_serial(a, n, b, bc, &f);
+    }
     let mut out = vec![E::from_acc(E::Acc::of(0.0)); a.len()];
-    if par {
+    {
         let rows = PAR_CHUNK.div_ceil(n);
         out.par_chunks_mut(rows * n)
             .zip(a.par_chunks(rows * n))
             .enumerate()
             .for_each(|(i, pair)| chunk((i * rows, pair)));
-    } else {
-        chunk((0, (&mut out[..], a)));
+    }
+    out
+}
+
+/// [`zip_k`] on the calling thread, building the output by appending (no zero fill).
+fn zip_serial<E: Elem, F>(a: &[E], n: usize, b: &[E], bc: Broadcast, f: F) -> Vec<E>
+where
+    F: Fn(E::Acc, E::Acc) -> E::Acc,
+{
+    let mut out = Vec::with_capacity(a.len());
+    match bc {
+        Broadcast::None => {
+            out.extend(
+                a.iter()
+                    .zip(b)
+                    .map(|(&x, &y)| E::from_acc(f(x.to_acc(), y.to_acc()))),
+            );
+        }
+        Broadcast::Row => {
+            for arow in a.chunks(n) {
+                out.extend(
+                    arow.iter()
+                        .zip(b)
+                        .map(|(&x, &y)| E::from_acc(f(x.to_acc(), y.to_acc()))),
+                );
+            }
+        }
+        Broadcast::Col => {
+            for (arow, &y) in a.chunks(n).zip(b) {
+                let y = y.to_acc();
+                out.extend(arow.iter().map(|&x| E::from_acc(f(x.to_acc(), y))));
+            }
+        }
+        Broadcast::Scalar => {
+            let y = b[0].to_acc();
+            out.extend(a.iter().map(|&x| E::from_acc(f(x.to_acc(), y))));
+        }
     }
     out
 }
@@ -561,18 +609,29 @@ fn reduce_k<E: Elem>(x: &[E], shape: Shape, axis: Reduction, alpha: f64) -> Vec<
 }
 
 fn broadcast_k<E: Elem>(x: &[E], from: Shape, to: Shape, alpha: f64) -> Vec<E> {
-    let alpha = E::Acc::of(alpha);
-    let mut out = Vec::with_capacity(to.len());
-    for r in 0..to.rows {
-        for c in 0..to.cols {
-            let v = match (from.rows == 1, from.cols == 1) {
-                (true, true) => x[0],
-                (true, false) => x[c],
-                (false, true) => x[r],
-                (false, false) => x[r * to.cols + c],
-            };
-            out.push(E::from_acc(alpha * v.to_acc()));
+    let a = E::Acc::of(alpha);
+    let scaled = |v: E| {
+        if alpha == 1.0 {
+            v
+        } else {
+            E::from_acc(a * v.to_acc())
         }
+    };
+    let mut out = Vec::with_capacity(to.len());
+    match (from.rows == 1, from.cols == 1) {
+        (true, true) => out.resize(to.len(), scaled(x[0])),
+        (true, false) => {
+            let row: Vec<E> = x.iter().map(|&v| scaled(v)).collect();
+            for _ in 0..to.rows {
+                out.extend_from_slice(&row);
+            }
+        }
+        (false, true) => {
+            for &v in x {
+                out.resize(out.len() + to.cols, scaled(v));
+            }
+        }
+        (false, false) => out.extend(x.iter().map(|&v| scaled(v))),
     }
     out
 }
