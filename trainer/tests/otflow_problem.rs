@@ -822,36 +822,3 @@ fn normalization_reports_data_coordinates() {
     let art = t.to_artifact().unwrap();
     assert_eq!(art.card.normalization, Some(norm));
 }
-
-/// Time per iteration at the paper's settings (batch 5000, m = 32, nTh = 2, RK4 with 8
-/// steps, f32). Run with `--ignored --nocapture`.
-#[test]
-#[ignore]
-fn time_per_iteration_at_paper_settings() {
-    let data = Dataset::from_toy(Toy::EightGaussians, 20_000, 5).unwrap();
-    for prec in [Precision::F32, Precision::F64] {
-        let config = OtFlowConfig {
-            iterations: 5,
-            precision: prec,
-            ..OtFlowConfig::default()
-        };
-        let mut times = Vec::new();
-        train_otflow(&config, &data, None, &mut |p| times.push(p.seconds)).unwrap();
-        eprintln!("{prec:?}: seconds per iteration {times:?}");
-        // The split: the forward solve alone against forward + adjoint.
-        let p = init_params(2, 32, 2, 0).unwrap();
-        let x = &data.x[..5000 * 2];
-        let problem = OtFlowProblem::new(config.alpha, 8, prec.policy()).unwrap();
-        let mut graph = Graph::new(Cpu::new());
-        let t0 = std::time::Instant::now();
-        problem.costs(&mut graph, &p, x).unwrap();
-        let t1 = std::time::Instant::now();
-        problem.costs_and_gradient(&mut graph, &p, x).unwrap();
-        let t2 = std::time::Instant::now();
-        eprintln!(
-            "{prec:?}: forward {:.3} s, forward + adjoint {:.3} s",
-            (t1 - t0).as_secs_f64(),
-            (t2 - t1).as_secs_f64()
-        );
-    }
-}
