@@ -205,8 +205,9 @@ impl OtFlowVars {
 /// sweep: z_{nTh} = w, z_i = z_{i+1} + η (tanh(pre_i) ⊙ z_{i+1}) K_i,
 /// z_0 = (tanh(pre_0) ⊙ z_1) K_0, ∇_sΦ = z_0 + (S Aᵀ) A + c_w;
 /// trace: Σ_h (sech²(pre_0) ⊙ z_1)_h Σ_{k<d} K_0\[h,k\]², then for each layer i ≥ 1
-/// KJᵀ = Jᵀ K_iᵀ, tr += η Σ_h (sech²(pre_i) ⊙ z_{i+1})_h Σ_k (KJᵀ)²_{(b,k),h},
-/// Jᵀ += η KJᵀ ⊙ tanh(pre_i) (per sample), with J_0ᵀ = (K_0 E)ᵀ ⊙ tanh(pre_0);
+/// and direction k < d (J\[k\] is B × m: column k of each sample's Jacobian)
+/// KJ\[k\] = J\[k\] K_iᵀ, tr += η Σ_h (sech²(pre_i) ⊙ z_{i+1})_h Σ_k KJ\[k\]²_h,
+/// J\[k\] += η KJ\[k\] ⊙ tanh(pre_i), with J_0\[k\] = tanh(pre_0) ⊙ K_0\[:, k\]ᵀ;
 /// ΔₓΦ = tr + Σ_{j<d} (AᵀA)_{jj}.
 pub fn potential<B: Backend>(
     g: &mut Graph<B>,
@@ -276,7 +277,7 @@ pub fn potential<B: Backend>(
     let grad = g.add(grad, p.c_weight)?;
 
     let lap = if laplacian {
-        Some(laplacian_of(g, p, &pre, &tanh, &z, batch)?)
+        Some(laplacian_of(g, p, &pre, &tanh, &z)?)
     } else {
         None
     };
@@ -290,7 +291,6 @@ fn laplacian_of<B: Backend>(
     pre: &[Var],
     tanh: &[Var],
     z: &[Var],
-    batch: usize,
 ) -> Result<Var> {
     let (d, n_th) = (p.d, p.n_th);
     let eta = 1.0 / (n_th - 1) as f64;
@@ -304,23 +304,36 @@ fn laplacian_of<B: Backend>(
     let s0z = g.mul(s0, z[1])?;
     let mut tr = g.matmul(s0z, k0sq, false, false)?;
 
-    // J_0ᵀ per sample: (K_0 E)ᵀ (d × m) with its columns scaled by tanh(pre_0). The
-    // transpose (K_0 E)ᵀ = E K_0ᵀ comes from a GEMM with the constant E = [I_d | 0].
-    let mut e = vec![0.0; d * (d + 1)];
+    // The Jacobian by input direction: J[k] (B × m) holds column k of every sample's
+    // J_i (row b = ∂u_i/∂x_k at sample b), so that every op is on B × m values and no
+    // row repeats or tiles are needed. J_0[k] = tanh(pre_0) ⊙ K_0[:, k]ᵀ, with the row
+    // K_0[:, k]ᵀ = e_k K_0ᵀ from a GEMM with the constant unit row e_k.
+    let mut jac = Vec::with_capacity(d);
     for k in 0..d {
-        e[k * (d + 1) + k] = 1.0;
+        let mut e = vec![0.0; d + 1];
+        e[k] = 1.0;
+        let e = Tensor::from_f64(g.backend(), 1, d + 1, &e, dtype)?;
+        let e = g.constant(e);
+        let k0k = g.matmul(e, p.k[0], false, true)?;
+        jac.push(g.mul(tanh[0], k0k)?);
     }
-    let e = Tensor::from_f64(g.backend(), d, d + 1, &e, dtype)?;
-    let e = g.constant(e);
-    let ke = g.matmul(e, p.k[0], false, true)?;
-    let ke_all = g.tile_rows(ke, batch)?;
-    let t0 = g.repeat_rows(tanh[0], d)?;
-    let mut jt = g.mul(ke_all, t0)?;
 
     for i in 1..n_th {
-        let kjt = g.matmul(jt, p.k[i], false, true)?;
-        let kjt2 = g.square(kjt)?;
-        let sq = g.sum_row_groups(kjt2, d)?;
+        // KJ[k] = J[k] K_iᵀ; Σ_k KJ[k]² summed over directions in order k = 0, 1, ….
+        let mut kj = Vec::with_capacity(d);
+        let mut sq: Option<Var> = None;
+        for &jk in &jac {
+            let kjk = g.matmul(jk, p.k[i], false, true)?;
+            let s2 = g.square(kjk)?;
+            sq = Some(match sq {
+                None => s2,
+                Some(acc) => g.add(acc, s2)?,
+            });
+            kj.push(kjk);
+        }
+        let Some(sq) = sq else {
+            return Err(Error::InvalidArgument("OT-Flow: d = 0".into()));
+        };
         let si = g.sech2(pre[i])?;
         let siz = g.mul(si, z[i + 1])?;
         let prod = g.mul(sq, siz)?;
@@ -328,10 +341,11 @@ fn laplacian_of<B: Backend>(
         let term = g.scale(term, eta)?;
         tr = g.add(tr, term)?;
         if i + 1 < n_th {
-            let ti = g.repeat_rows(tanh[i], d)?;
-            let upd = g.mul(kjt, ti)?;
-            let upd = g.scale(upd, eta)?;
-            jt = g.add(jt, upd)?;
+            for (jk, &kjk) in jac.iter_mut().zip(&kj) {
+                let upd = g.mul(kjk, tanh[i])?;
+                let upd = g.scale(upd, eta)?;
+                *jk = g.add(*jk, upd)?;
+            }
         }
     }
 
