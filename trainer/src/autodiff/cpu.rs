@@ -18,9 +18,13 @@ use super::error::{Error, Result};
 use super::tensor::{DType, Shape};
 
 /// Element count from which elementwise kernels split their work over rayon threads.
-const PAR_ELEMS: usize = 1 << 15;
-/// Multiply–add count from which a GEMM runs on rayon threads.
-const PAR_GEMM: usize = 1 << 18;
+/// High on purpose: an OT-Flow step runs hundreds of ops on 10⁵-element tensors, and
+/// waking the pool (plus zero-filling the shared output) cost more than a second core
+/// gained (measured: one iteration of `benches/otflow_train.rs` in f32 went from 0.75 s
+/// to 0.48 s with this and [`PAR_GEMM`] raised from 2¹⁵ and 2¹⁸).
+const PAR_ELEMS: usize = 1 << 20;
+/// Multiply–add count from which a GEMM runs on rayon threads (see [`PAR_ELEMS`]).
+const PAR_GEMM: usize = 1 << 24;
 
 /// The CPU backend. `Cpu::default()` uses rayon for large kernels; results do not
 /// depend on the thread count except, in the last bits, those of large GEMMs (which
