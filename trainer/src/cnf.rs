@@ -55,6 +55,7 @@ use socflow_runtime::brownian::{Brownian, Stream, MAX_SAMPLE, MAX_STEP};
 use socflow_runtime::nn::Activation;
 
 use crate::autodiff::{self, Backend, Cpu, DType, Graph, Tensor, Var};
+use crate::data::normalized_sets;
 use crate::data::rng::{Draws, FIRST_FREE_AFTER_DATA};
 use crate::data::{BatchSampler, Dataset};
 use crate::dto::{Cotangents, Method, PrecisionPolicy, Rhs, Solver};
@@ -671,22 +672,7 @@ pub fn train_cnf(
             )));
         }
     }
-    let (train_set, val_set, norm) = if config.normalize {
-        let norm = train_data.normalization()?;
-        let mut tr = train_data.clone();
-        tr.normalize(&norm)?;
-        let va = match validation {
-            Some(v) => {
-                let mut v = v.clone();
-                v.normalize(&norm)?;
-                Some(v)
-            }
-            None => None,
-        };
-        (tr, va, Some(norm))
-    } else {
-        (train_data.clone(), validation.cloned(), None)
-    };
+    let (train_set, val_set, norm) = normalized_sets(train_data, validation, config.normalize)?;
     let shift = norm.as_ref().map_or(0.0, |n| n.log_det());
     let mut net = MlpNet::init(d, &config.hidden, config.activation, config.seed)?;
     let mut adam = Adam::new(config.optimizer, net.params())?;

@@ -60,6 +60,7 @@ use socflow_runtime::sampler::{Sampler, SamplerOptions};
 use crate::assignment::{self, AssignmentWorkspace};
 use crate::autodiff::{Backend, Cpu, DType, Graph, Var};
 use crate::checkpoint::Checkpointing;
+use crate::data::normalized_sets;
 use crate::data::rng::{Draws, FIRST_FREE_AFTER_DATA};
 use crate::data::{BatchSampler, Dataset};
 use crate::error::{check_len, Error, Result};
@@ -623,22 +624,7 @@ pub fn train_flow_matching_checkpointed(
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<TrainedFlow> {
     config.validate()?;
-    let (train_set, val_set, norm) = if config.normalize {
-        let norm = train_data.normalization()?;
-        let mut tr = train_data.clone();
-        tr.normalize(&norm)?;
-        let va = match validation {
-            Some(v) => {
-                let mut v = v.clone();
-                v.normalize(&norm)?;
-                Some(v)
-            }
-            None => None,
-        };
-        (tr, va, Some(norm))
-    } else {
-        (train_data.clone(), validation.cloned(), None)
-    };
+    let (train_set, val_set, norm) = normalized_sets(train_data, validation, config.normalize)?;
     train(
         config,
         Source::Samples(&train_set),

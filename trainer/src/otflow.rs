@@ -70,6 +70,7 @@ use socflow_runtime::nn::OtFlowParams;
 use crate::autodiff::otflow::{potential, OtFlowVars};
 use crate::autodiff::{self, Backend, Cpu, DType, Graph, Tensor, Var};
 use crate::checkpoint::Checkpointing;
+use crate::data::normalized_sets;
 use crate::data::rng::{Draws, FIRST_FREE_AFTER_DATA};
 use crate::data::{BatchSampler, Dataset};
 use crate::dto::{Cotangents, Method, PrecisionPolicy, Rhs, Solver, Trajectory};
@@ -819,22 +820,7 @@ pub fn train_otflow_checkpointed(
             )));
         }
     }
-    let (train_set, val_set, norm) = if config.normalize {
-        let norm = train.normalization()?;
-        let mut tr = train.clone();
-        tr.normalize(&norm)?;
-        let va = match validation {
-            Some(v) => {
-                let mut v = v.clone();
-                v.normalize(&norm)?;
-                Some(v)
-            }
-            None => None,
-        };
-        (tr, va, Some(norm))
-    } else {
-        (train.clone(), validation.cloned(), None)
-    };
+    let (train_set, val_set, norm) = normalized_sets(train, validation, config.normalize)?;
     let shift = log_det(norm.as_ref());
 
     let policy = config.precision.policy();

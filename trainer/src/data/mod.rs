@@ -348,3 +348,28 @@ impl BatchSampler {
         data.gather(idx, out)
     }
 }
+
+/// The training and validation sets a trainer works on: with `normalize`, both
+/// standardized with the training set's per-coordinate mean and standard deviation
+/// (returned, for the artifact); otherwise copies of the sets as given.
+pub fn normalized_sets(
+    train: &Dataset,
+    validation: Option<&Dataset>,
+    normalize: bool,
+) -> Result<(Dataset, Option<Dataset>, Option<Normalization>)> {
+    if !normalize {
+        return Ok((train.clone(), validation.cloned(), None));
+    }
+    let norm = train.normalization()?;
+    let mut tr = train.clone();
+    tr.normalize(&norm)?;
+    let va = match validation {
+        Some(v) => {
+            let mut v = v.clone();
+            v.normalize(&norm)?;
+            Some(v)
+        }
+        None => None,
+    };
+    Ok((tr, va, Some(norm)))
+}
