@@ -51,7 +51,7 @@
 
 use serde::{Deserialize, Serialize};
 use socflow_runtime::artifact::{Artifact, ModelKind, Normalization, Provenance};
-use socflow_runtime::brownian::{Brownian, Stream, MAX_SAMPLE, MAX_STEP};
+use socflow_runtime::brownian::{Brownian, Stream, MAX_SAMPLE};
 use socflow_runtime::nn::Activation;
 
 use crate::autodiff::{self, Backend, Cpu, DType, Graph, Tensor, Var};
@@ -188,24 +188,13 @@ impl CnfConfig {
         if self.steps == 0 || self.validation_steps == Some(0) {
             return Err(Error::InvalidArgument("a CNF solve needs ≥ 1 step".into()));
         }
-        if self.batch_size == 0 {
-            return Err(Error::InvalidArgument("batch size 0".into()));
-        }
-        if self.iterations == 0 || self.iterations > MAX_STEP {
-            return Err(Error::InvalidArgument(format!(
-                "iterations {} (must be 1..={MAX_STEP})",
-                self.iterations
-            )));
-        }
-        self.optimizer.validate()?;
-        Scheduler::new(self.schedule, self.optimizer.lr)?;
-        if let Some(c) = self.clip_norm {
-            if !(c.is_finite() && c > 0.0) {
-                return Err(Error::InvalidArgument(format!(
-                    "clip norm {c} must be positive and finite"
-                )));
-            }
-        }
+        crate::optim::validate_run(
+            self.batch_size,
+            self.iterations,
+            &self.optimizer,
+            self.schedule,
+            self.clip_norm,
+        )?;
         Ok(())
     }
 

@@ -51,7 +51,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use socflow_runtime::artifact::{Artifact, ModelKind, Normalization, Provenance};
-use socflow_runtime::brownian::{Brownian, Stream, MAX_SAMPLE, MAX_STEP};
+use socflow_runtime::brownian::{Brownian, Stream, MAX_SAMPLE};
 use socflow_runtime::model::Model;
 use socflow_runtime::nn::Activation;
 use socflow_runtime::ode::{OdeOptions, OdeSolver};
@@ -180,24 +180,13 @@ impl FlowMatchingConfig {
                 self.hidden
             )));
         }
-        if self.batch_size == 0 {
-            return Err(Error::InvalidArgument("batch size 0".into()));
-        }
-        if self.iterations == 0 || self.iterations > MAX_STEP {
-            return Err(Error::InvalidArgument(format!(
-                "iterations {} (must be 1..={MAX_STEP})",
-                self.iterations
-            )));
-        }
-        self.optimizer.validate()?;
-        Scheduler::new(self.schedule, self.optimizer.lr)?;
-        if let Some(c) = self.clip_norm {
-            if !(c.is_finite() && c > 0.0) {
-                return Err(Error::InvalidArgument(format!(
-                    "clip norm {c} must be positive and finite"
-                )));
-            }
-        }
+        crate::optim::validate_run(
+            self.batch_size,
+            self.iterations,
+            &self.optimizer,
+            self.schedule,
+            self.clip_norm,
+        )?;
         Ok(())
     }
 

@@ -467,3 +467,34 @@ pub fn clamp(params: &mut ParamSet, clamps: &[Clamp]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Checks the settings every training loop shares: a non-empty batch, 1 to
+/// [`MAX_STEP`](socflow_runtime::brownian::MAX_STEP) iterations (randomness is keyed by
+/// the iteration), valid Adam settings and schedule, and a positive finite clip norm.
+pub fn validate_run(
+    batch_size: usize,
+    iterations: u64,
+    optimizer: &AdamConfig,
+    schedule: Schedule,
+    clip_norm: Option<f64>,
+) -> Result<()> {
+    use socflow_runtime::brownian::MAX_STEP;
+    if batch_size == 0 {
+        return Err(Error::InvalidArgument("batch size 0".into()));
+    }
+    if iterations == 0 || iterations > MAX_STEP {
+        return Err(Error::InvalidArgument(format!(
+            "iterations {iterations} (must be 1..={MAX_STEP})"
+        )));
+    }
+    optimizer.validate()?;
+    Scheduler::new(schedule, optimizer.lr)?;
+    if let Some(c) = clip_norm {
+        if !(c.is_finite() && c > 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "clip norm {c} must be positive and finite"
+            )));
+        }
+    }
+    Ok(())
+}

@@ -63,7 +63,7 @@
 
 use serde::{Deserialize, Serialize};
 use socflow_runtime::artifact::{Artifact, Normalization, Provenance};
-use socflow_runtime::brownian::{Stream, MAX_SAMPLE, MAX_STEP};
+use socflow_runtime::brownian::{Stream, MAX_SAMPLE};
 use socflow_runtime::nn::otflow::OtFlow;
 use socflow_runtime::nn::OtFlowParams;
 
@@ -636,25 +636,14 @@ impl OtFlowConfig {
                 self.nt, self.nt_val
             )));
         }
-        if self.batch_size == 0 {
-            return Err(Error::InvalidArgument("batch size 0".into()));
-        }
-        if self.iterations == 0 || self.iterations > MAX_STEP {
-            return Err(Error::InvalidArgument(format!(
-                "iterations {} (must be 1..={MAX_STEP})",
-                self.iterations
-            )));
-        }
         OtFlowProblem::new(self.alpha, self.nt, self.precision.policy())?;
-        self.optimizer.validate()?;
-        Scheduler::new(self.schedule, self.optimizer.lr)?;
-        if let Some(c) = self.clip_norm {
-            if !(c.is_finite() && c > 0.0) {
-                return Err(Error::InvalidArgument(format!(
-                    "clip norm {c} must be positive and finite"
-                )));
-            }
-        }
+        crate::optim::validate_run(
+            self.batch_size,
+            self.iterations,
+            &self.optimizer,
+            self.schedule,
+            self.clip_norm,
+        )?;
         Ok(())
     }
 
