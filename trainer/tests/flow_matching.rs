@@ -3,6 +3,9 @@
 //! with a closed-form optimal field, an end-to-end 2-D toy through the runtime's
 //! sampler, and reflow.
 
+mod common;
+
+use common::{energy_distance, null_distribution, sample_model};
 use socflow_runtime::artifact::{Artifact, Params, StorageDtype};
 use socflow_runtime::brownian::{Brownian, Stream};
 use socflow_runtime::field::Field;
@@ -383,43 +386,6 @@ fn gaussian_to_gaussian_learns_the_closed_form_field() {
     );
 }
 
-/// The energy distance 2E‖X − Y‖ − E‖X − X'‖ − E‖Y − Y'‖ between two 2-D samples
-/// (U-statistics for the within-sample terms).
-fn energy_distance(a: &[f64], b: &[f64]) -> f64 {
-    let dist = |p: &[f64], q: &[f64]| ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2)).sqrt();
-    let (na, nb) = (a.len() / 2, b.len() / 2);
-    let mut ab = 0.0;
-    for p in a.chunks_exact(2) {
-        for q in b.chunks_exact(2) {
-            ab += dist(p, q);
-        }
-    }
-    let within = |x: &[f64], n: usize| {
-        let mut s = 0.0;
-        for i in 0..n {
-            for j in i + 1..n {
-                s += dist(&x[2 * i..2 * i + 2], &x[2 * j..2 * j + 2]);
-            }
-        }
-        2.0 * s / (n * (n - 1)) as f64
-    };
-    2.0 * ab / (na * nb) as f64 - within(a, na) - within(b, nb)
-}
-
-/// The energy distance between two independent 8gaussians samples of size `n`, for 20
-/// seed pairs, sorted.
-fn null_distribution(n: usize) -> Vec<f64> {
-    let mut null: Vec<f64> = (0..20)
-        .map(|k| {
-            let a = Toy::EightGaussians.sample(n, 2000 + 2 * k).unwrap();
-            let b = Toy::EightGaussians.sample(n, 2001 + 2 * k).unwrap();
-            energy_distance(&a, &b)
-        })
-        .collect();
-    null.sort_by(f64::total_cmp);
-    null
-}
-
 /// Mean ‖x_RK4(100 steps) − x_Euler(1 step)‖² over 1000 samples from the same prior
 /// draws (data coordinates): zero for straight paths.
 fn straightness(a: &Artifact) -> f64 {
@@ -437,22 +403,6 @@ fn straightness(a: &Artifact) -> f64 {
         .map(|(a, b)| (a - f64::from(*b)).powi(2))
         .sum::<f64>()
         / 1000.0
-}
-
-fn sample_model(art: &Artifact, n: usize, steps: usize, seed: u64) -> Vec<f64> {
-    let bytes = art.to_bytes(StorageDtype::F32).unwrap();
-    let model = Model::<f32>::from_bytes(&bytes).unwrap();
-    let (t0, t1) = model.time_interval();
-    let mut opts = SamplerOptions::ode(OdeOptions::fixed(OdeSolver::Rk4, steps), seed);
-    opts.normalization = model.artifact().card.normalization.clone();
-    let sampler = Sampler::new(model.field().unwrap(), t1, t0, opts).unwrap();
-    sampler
-        .sample(n, 0)
-        .unwrap()
-        .x
-        .into_iter()
-        .map(f64::from)
-        .collect()
 }
 
 /// 8gaussians end to end: train (OT coupling, normalization), export, load as a

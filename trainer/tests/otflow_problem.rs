@@ -3,14 +3,15 @@
 //! seeded determinism, the export (runtime field = trained velocity), a short training
 //! on 8gaussians, and sampling the exported model through the runtime.
 
+mod common;
+
+use common::{energy_distance, null_distribution, sample_model};
 use serde_json::Value;
-use socflow_runtime::artifact::{Artifact, Normalization, StorageDtype};
+use socflow_runtime::artifact::{Normalization, StorageDtype};
 use socflow_runtime::brownian::{Brownian, Stream};
 use socflow_runtime::field::Field;
 use socflow_runtime::model::Model;
 use socflow_runtime::nn::OtFlowParams;
-use socflow_runtime::ode::{OdeOptions, OdeSolver};
-use socflow_runtime::sampler::{Sampler, SamplerOptions};
 use socflow_trainer::autodiff::{Cpu, DType, Graph};
 use socflow_trainer::data::{Dataset, Toy};
 use socflow_trainer::dto::{PrecisionPolicy, Rhs};
@@ -482,29 +483,6 @@ fn export_field_equals_trained_velocity() {
     assert_eq!(art.card.provenance.details["validation_nll"], "4");
 }
 
-/// The energy distance 2E‖X − Y‖ − E‖X − X'‖ − E‖Y − Y'‖ between two 2-D samples
-/// (U-statistics for the within-sample terms).
-fn energy_distance(a: &[f64], b: &[f64]) -> f64 {
-    let dist = |p: &[f64], q: &[f64]| ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2)).sqrt();
-    let (na, nb) = (a.len() / 2, b.len() / 2);
-    let mut ab = 0.0;
-    for p in a.chunks_exact(2) {
-        for q in b.chunks_exact(2) {
-            ab += dist(p, q);
-        }
-    }
-    let within = |x: &[f64], n: usize| {
-        let mut s = 0.0;
-        for i in 0..n {
-            for j in i + 1..n {
-                s += dist(&x[2 * i..2 * i + 2], &x[2 * j..2 * j + 2]);
-            }
-        }
-        2.0 * s / (n * (n - 1)) as f64
-    };
-    2.0 * ab / (na * nb) as f64 - within(a, na) - within(b, nb)
-}
-
 /// −log p(x) under the true 8gaussians density (centres (±1, 0)·4/1.414, (0, ±1)·4/1.414
 /// and (±1, ±1)/√2·4/1.414, standard deviation 0.5/1.414 per coordinate, equal weights).
 fn true_nll(x: &[f64]) -> f64 {
@@ -624,14 +602,7 @@ fn train_8gaussians_and_sample_through_the_runtime() {
     let samples = sample_model(&art, n_eval, 16, 77);
     let held_out = Toy::EightGaussians.sample(n_eval, 1000).unwrap();
     let stat = energy_distance(&samples, &held_out);
-    let mut null: Vec<f64> = (0..20)
-        .map(|k| {
-            let a = Toy::EightGaussians.sample(n_eval, 2000 + 2 * k).unwrap();
-            let b = Toy::EightGaussians.sample(n_eval, 2001 + 2 * k).unwrap();
-            energy_distance(&a, &b)
-        })
-        .collect();
-    null.sort_by(f64::total_cmp);
+    let null = null_distribution(n_eval);
     let p95 = null[(0.95 * (null.len() - 1) as f64).round() as usize];
     let k = 3.0;
     eprintln!(
@@ -641,22 +612,6 @@ fn train_8gaussians_and_sample_through_the_runtime() {
         k * p95
     );
     assert!(stat <= k * p95, "model {stat} vs threshold {}", k * p95);
-}
-
-fn sample_model(art: &Artifact, n: usize, steps: usize, seed: u64) -> Vec<f64> {
-    let bytes = art.to_bytes(StorageDtype::F32).unwrap();
-    let model = Model::<f32>::from_bytes(&bytes).unwrap();
-    let (t0, t1) = model.time_interval();
-    let mut opts = SamplerOptions::ode(OdeOptions::fixed(OdeSolver::Rk4, steps), seed);
-    opts.normalization = model.artifact().card.normalization.clone();
-    let sampler = Sampler::new(model.field().unwrap(), t1, t0, opts).unwrap();
-    sampler
-        .sample(n, 0)
-        .unwrap()
-        .x
-        .into_iter()
-        .map(f64::from)
-        .collect()
 }
 
 /// Config JSON round trip, unknown keys and bad settings are errors, not panics.
