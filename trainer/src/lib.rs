@@ -30,5 +30,6 @@ pub mod likelihood;
 pub mod mlp;
 pub mod optim;
 pub mod otflow;
+pub mod soc;
 
 pub use error::{Error, Result};

@@ -1,0 +1,1 @@
+//! Reference solutions of stochastic optimal control problems (Riccati, Cole–Hopf).
