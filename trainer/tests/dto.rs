@@ -2,10 +2,20 @@
 //! parameters, time grid) against central finite differences of the discrete objective
 //! in f64, for Euler, Heun and RK4 on a nonlinear ODE with a small MLP right-hand side
 //! and on a linear ODE whose discrete solution has a closed form; the memory held
-//! (trajectory plus one step); argument and scaling errors.
+//! (trajectory plus one step); argument and scaling errors. Euler–Maruyama step maps
+//! the same way (with the Brownian increments regenerated in the backward pass), their
+//! paths against the runtime's SDE solver on the same generator, and their gradients in
+//! mixed precision.
 
+use socflow_runtime::brownian::Brownian;
+use socflow_runtime::field::FnField;
+use socflow_runtime::sde::{
+    solve_sde_block, ConstantDiffusion, SdeOptions, SdeScheme, SdeWorkspace,
+};
 use socflow_trainer::autodiff::{self, Cpu, DType, Graph, Tensor, Var};
-use socflow_trainer::dto::{Cotangents, Error, Method, PrecisionPolicy, Rhs, Solver, Trajectory};
+use socflow_trainer::dto::{
+    BrownianNoise, Cotangents, Error, Method, PrecisionPolicy, Rhs, SdeRhs, Solver, Trajectory,
+};
 
 type R<T> = autodiff::Result<T>;
 
@@ -485,4 +495,245 @@ fn scaling_gives_up_with_a_typed_error() {
         ),
         "{e}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Euler–Maruyama step maps
+// ---------------------------------------------------------------------------------------
+
+/// dy = mlp(t, y) dt + s ⊙ (1 + ½ tanh y) ⊙ dW: the MLP drift and a multiplicative
+/// diffusion with its own parameter row s (1 × D), params = mlp's then s.
+struct MlpSde;
+
+impl SdeRhs<Cpu> for MlpSde {
+    fn increment(&self, g: &mut Graph<Cpu>, t: Var, h: Var, y: Var, dw: Var, p: &[Var]) -> R<Var> {
+        let f = mlp(g, t, y, &p[..5])?;
+        let fh = g.mul(f, h)?;
+        let th = g.tanh(y)?;
+        let th = g.scale(th, 0.5)?;
+        let gy = g.add_scalar(th, 1.0)?;
+        let gy = g.mul(gy, p[5])?;
+        let noise = g.mul(gy, dw)?;
+        g.add(fh, noise)
+    }
+}
+
+fn sde_shapes() -> Vec<(usize, usize)> {
+    let mut s = mlp_shapes().to_vec();
+    s.push((1, D));
+    s
+}
+
+fn sde_params() -> Vec<Vec<f64>> {
+    let mut p = mlp_params();
+    p.push(uniforms(120, D, 0.3, 0.8));
+    p
+}
+
+fn noise(first_sample: u64) -> BrownianNoise {
+    BrownianNoise {
+        brownian: Brownian::new(2024),
+        first_sample,
+        dim: D,
+    }
+}
+
+fn solve_sde(
+    solver: &Solver,
+    y0: &[f64],
+    params: &[Vec<f64>],
+    times: &[f64],
+    noise: &BrownianNoise,
+) -> Trajectory<Cpu> {
+    let mut g = Graph::new(Cpu::new());
+    let ps = to_tensors(params, &sde_shapes());
+    solver
+        .forward_sde(&mut g, &MlpSde, noise, &t64(BATCH, D, y0), times, &ps)
+        .unwrap()
+}
+
+#[test]
+fn sde_gradients_match_finite_differences() {
+    // The discrete objective of an Euler–Maruyama solve on fixed noise ξ (ΔW = √h·ξ):
+    // its gradient with respect to y₀, θ and the grid against finite differences.
+    let y0 = uniforms(11, BATCH * D, -1.0, 1.0);
+    let params = sde_params();
+    // Steps of at least 0.12: ΔW = √h·ξ has derivatives that grow like h^(1/2 − k), and
+    // the fourth-order differences' truncation error with them.
+    let times = vec![0.0, 0.14, 0.3, 0.45, 0.58, 0.72, 0.86, 1.0];
+    let nz = noise(40);
+    let solver = Solver::new(Method::Euler, PrecisionPolicy::f64());
+    let mut g = Graph::new(Cpu::new());
+    let ps = to_tensors(&params, &sde_shapes());
+    let traj = solver
+        .forward_sde(&mut g, &MlpSde, &nz, &t64(BATCH, D, &y0), &times, &ps)
+        .unwrap();
+    let cot = cotangents_of(&traj);
+    let grad = solver
+        .backward_sde(&mut g, &MlpSde, &nz, &traj, &ps, &cot, true)
+        .unwrap();
+
+    let obj = |y0: &[f64], params: &[Vec<f64>], times: &[f64]| {
+        loss_of(&solve_sde(&solver, y0, params, times, &nz))
+    };
+    let fd_y0 = fd_all(&y0, |y| obj(y, &params, &times));
+    let e_y0 = rel_err(&vals(&grad.y0), &fd_y0);
+    let mut e_p: f64 = 0.0;
+    for k in 0..params.len() {
+        let fd_p = fd_all(&params[k], |v| {
+            let mut p = params.clone();
+            p[k] = v.to_vec();
+            obj(&y0, &p, &times)
+        });
+        e_p = e_p.max(rel_err(&vals(&grad.params[k]), &fd_p));
+    }
+    let fd_t = fd_all(&times, |t| obj(&y0, &params, t));
+    let ad_t = grad.times.clone().unwrap();
+    let e_t = rel_err(&ad_t, &fd_t);
+    eprintln!("euler-maruyama: rel err y0 {e_y0:.2e}, params {e_p:.2e}, times {e_t:.2e}");
+    assert!(e_y0 <= TOL, "y0 {e_y0:e}");
+    assert!(e_p <= TOL, "params {e_p:e}");
+    assert!(e_t <= TOL, "times {e_t:e} ({ad_t:?} vs {fd_t:?})");
+    // The diffusion parameter matters: its gradient is not zero.
+    assert!(vals(&grad.params[5]).iter().any(|v| v.abs() > 1e-3));
+}
+
+#[test]
+fn sde_paths_match_the_runtime_solver_on_the_same_generator() {
+    // Ornstein–Uhlenbeck dy = −θy dt + σ dW by the trainer's step map and by the
+    // runtime's Euler–Maruyama with the same seed and sample indices: the same paths.
+    let (theta, sigma, n, steps) = (1.3, 0.7, 5usize, 16usize);
+    let y0 = uniforms(3, n * D, -2.0, 2.0);
+    let times: Vec<f64> = (0..=steps).map(|i| i as f64 / steps as f64).collect();
+    let ou = move |g: &mut Graph<Cpu>, _t: Var, h: Var, y: Var, dw: Var, _p: &[Var]| {
+        let f = g.scale(y, -theta)?;
+        let fh = g.mul(f, h)?;
+        let s = g.scale(dw, sigma)?;
+        g.add(fh, s)
+    };
+    struct Ou<F>(F);
+    impl<F> SdeRhs<Cpu> for Ou<F>
+    where
+        F: Fn(&mut Graph<Cpu>, Var, Var, Var, Var, &[Var]) -> R<Var>,
+    {
+        fn increment(
+            &self,
+            g: &mut Graph<Cpu>,
+            t: Var,
+            h: Var,
+            y: Var,
+            dw: Var,
+            p: &[Var],
+        ) -> R<Var> {
+            (self.0)(g, t, h, y, dw, p)
+        }
+    }
+    let nz = BrownianNoise {
+        brownian: Brownian::new(77),
+        first_sample: 1000,
+        dim: D,
+    };
+    let solver = Solver::new(Method::Euler, PrecisionPolicy::f64());
+    let mut g = Graph::new(Cpu::new());
+    let traj = solver
+        .forward_sde(&mut g, &Ou(ou), &nz, &t64(n, D, &y0), &times, &[])
+        .unwrap();
+    let ours = vals(traj.final_state());
+
+    let drift = FnField::new(D, move |_t: f64, x: &[f64], out: &mut [f64]| {
+        for (o, v) in out.iter_mut().zip(x) {
+            *o = -theta * v;
+        }
+    });
+    let diffusion = ConstantDiffusion::new(D, sigma);
+    let mut x = y0.clone();
+    let mut ws = SdeWorkspace::new(n, D, 0);
+    solve_sde_block(
+        &drift,
+        &diffusion,
+        &SdeOptions::new(SdeScheme::EulerMaruyama, steps),
+        0.0,
+        1.0,
+        &mut x,
+        &Brownian::new(77),
+        1000,
+        None,
+        &mut ws,
+    )
+    .unwrap();
+    let worst = ours
+        .iter()
+        .zip(&x)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        worst < 1e-13,
+        "trainer and runtime paths differ by {worst:e}"
+    );
+    // And the paths are noisy: not the deterministic decay.
+    let det: Vec<f64> = y0
+        .iter()
+        .map(|v| v * (1.0 - theta / steps as f64).powi(steps as i32))
+        .collect();
+    let spread = ours
+        .iter()
+        .zip(&det)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(spread > 0.1, "paths look noiseless ({spread:e})");
+
+    // Another first sample draws other paths; the same one the same paths.
+    let other = BrownianNoise {
+        first_sample: 0,
+        ..nz
+    };
+    let again = solver
+        .forward_sde(&mut g, &Ou(ou), &other, &t64(n, D, &y0), &times, &[])
+        .unwrap();
+    assert_ne!(vals(again.final_state()), ours);
+    let same = solver
+        .forward_sde(&mut g, &Ou(ou), &nz, &t64(n, D, &y0), &times, &[])
+        .unwrap();
+    assert_eq!(vals(same.final_state()), ours);
+}
+
+#[test]
+fn sde_gradients_in_mixed_precision() {
+    // The same Euler–Maruyama objective differentiated under each precision policy
+    // against f64: f32 close, f16 with dynamic scaling and bf16 within their rounding.
+    let y0 = uniforms(12, BATCH * D, -1.0, 1.0);
+    let params = sde_params();
+    let times: Vec<f64> = (0..=40).map(|i| i as f64 / 40.0).collect();
+    let nz = noise(7);
+    let grads = |policy: PrecisionPolicy| -> Vec<f64> {
+        let solver = Solver::new(Method::Euler, policy);
+        let mut g = Graph::new(Cpu::new());
+        let ps = to_tensors(&params, &sde_shapes());
+        let traj = solver
+            .forward_sde(&mut g, &MlpSde, &nz, &t64(BATCH, D, &y0), &times, &ps)
+            .unwrap();
+        let yn = vals(traj.final_state());
+        let cot = Cotangents::terminal(t64(BATCH, D, &yn));
+        let gr = solver
+            .backward_sde(&mut g, &MlpSde, &nz, &traj, &ps, &cot, false)
+            .unwrap();
+        let mut out = vals(&gr.y0);
+        for p in &gr.params {
+            out.extend(vals(p));
+        }
+        out
+    };
+    let exact = grads(PrecisionPolicy::f64());
+    let rel = |v: &[f64]| {
+        let num: f64 = v.iter().zip(&exact).map(|(a, b)| (a - b).powi(2)).sum();
+        let den: f64 = exact.iter().map(|b| b * b).sum();
+        (num / den).sqrt()
+    };
+    let e32 = rel(&grads(PrecisionPolicy::f32()));
+    let e16 = rel(&grads(PrecisionPolicy::f16()));
+    let ebf = rel(&grads(PrecisionPolicy::bf16()));
+    eprintln!("euler-maruyama gradient rel err: f32 {e32:.2e}, f16 {e16:.2e}, bf16 {ebf:.2e}");
+    assert!(e32 < 1e-5, "f32 {e32:e}");
+    assert!(e16 < 1e-2, "f16 {e16:e}");
+    assert!(ebf < 5e-2, "bf16 {ebf:e}");
 }

@@ -12,6 +12,10 @@
 //!   [`Solver::backward`] rebuilds one step at a time and pulls the adjoint through it,
 //!   returning the exact gradient of the *discrete* objective with respect to y₀, the
 //!   parameters and the grid, with the dynamic adjoint scaling of MATH.md §8;
+//! - [`SdeRhs`], [`BrownianNoise`], [`Solver::forward_sde`] and
+//!   [`Solver::backward_sde`]: Euler–Maruyama step maps whose Brownian increments come
+//!   from the runtime's counter-based generator and are regenerated, not stored, in the
+//!   backward pass (the same adjoint, precision policies and scaling);
 //! - [`MemoryReport`]: what a pass held, the trajectory plus one step's tape.
 //!
 //! # Where each precision is used
@@ -40,4 +44,6 @@ mod solver;
 pub use error::{Error, Result};
 pub use policy::PrecisionPolicy;
 pub use scaling::{AdjointStats, IncreaseRule};
-pub use solver::{Cotangents, Gradient, MemoryReport, Method, Rhs, Solver, Trajectory};
+pub use solver::{
+    BrownianNoise, Cotangents, Gradient, MemoryReport, Method, Rhs, SdeRhs, Solver, Trajectory,
+};

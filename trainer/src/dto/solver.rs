@@ -1,6 +1,8 @@
 //! Fixed-grid Euler, Heun and RK4 as step maps built from graph ops, a forward pass
 //! that keeps no tape across steps, and the discrete adjoint with dynamic scaling.
 
+use socflow_runtime::brownian::Brownian;
+
 use crate::autodiff::{self, Backend, BinaryOp, Broadcast, DType, Graph, Reduction, Tensor, Var};
 
 use super::error::{Error, Result};
@@ -28,6 +30,104 @@ where
     fn eval(&self, g: &mut Graph<B>, t: Var, y: Var, params: &[Var]) -> autodiff::Result<Var> {
         self(g, t, y, params)
     }
+}
+
+/// A stochastic step map for Euler–Maruyama solves ([`Solver::forward_sde`]) built on
+/// a graph: the whole increment Δ = y_{i+1} − y_i of one step from its start.
+///
+/// For dy = f(t, y)dt + G(t, y)dW the Euler–Maruyama increment is
+/// Δ = f(t_i, y_i)·h + G(t_i, y_i)·ΔW_i; an implementation may record more (running
+/// costs that read ΔW, such as NeuralSOC's BSDE consistency term). As with [`Rhs`],
+/// the solver casts: `t` and `h` (1 × 1), `y` (batch × features), `dw` (batch × the
+/// noise's dimension) and the parameters arrive at the network precision L, and the
+/// result must have `y`'s shape at L.
+pub trait SdeRhs<B: Backend> {
+    /// Records the increment Δ(t, h, y, ΔW; θ) on `g` and returns its handle.
+    fn increment(
+        &self,
+        g: &mut Graph<B>,
+        t: Var,
+        h: Var,
+        y: Var,
+        dw: Var,
+        params: &[Var],
+    ) -> autodiff::Result<Var>;
+}
+
+/// The Brownian increments of an Euler–Maruyama solve, regenerated (never stored) from
+/// the runtime's counter-based generator: row r of step i is
+/// ΔW = √h·ξ with ξ = [`Brownian::increments`] at sample `first_sample + r`, step i.
+/// The backward pass draws the same numbers as the forward pass from the same value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BrownianNoise {
+    /// The keyed generator.
+    pub brownian: Brownian,
+    /// Sample index of the batch's first row (a training loop advances it by the batch
+    /// size each iteration, so every iteration sees fresh paths).
+    pub first_sample: u64,
+    /// Components of ΔW per row (the number of Brownian motions).
+    pub dim: usize,
+}
+
+impl BrownianNoise {
+    /// ΔW of step `step` (length `h`) for `rows` rows, as a rows × dim tensor of `dtype`.
+    pub fn increments<B: Backend>(
+        &self,
+        backend: &B,
+        rows: usize,
+        step: usize,
+        h: f64,
+        dtype: DType,
+    ) -> Result<Tensor<B>> {
+        if self.dim == 0 {
+            return Err(Error::InvalidArgument(
+                "Brownian noise with zero components".into(),
+            ));
+        }
+        let mut out = vec![0.0f64; rows * self.dim];
+        for (r, row) in out.chunks_mut(self.dim).enumerate() {
+            let sample = self
+                .first_sample
+                .checked_add(r as u64)
+                .ok_or_else(|| Error::InvalidArgument("Brownian sample index overflows".into()))?;
+            self.brownian
+                .increments(sample, step as u64, h, row)
+                .map_err(|e| Error::InvalidArgument(format!("Brownian increments: {e}")))?;
+        }
+        Ok(Tensor::from_f64(backend, rows, self.dim, &out, dtype)?)
+    }
+}
+
+/// What one step of a solve computes: a Runge–Kutta increment of an [`Rhs`] or an
+/// Euler–Maruyama increment of an [`SdeRhs`].
+trait StepMap<B: Backend> {
+    /// Records Φ (at H) with y_{i+1} = y_i + h·Φ from the step's leaves.
+    fn phi(
+        &self,
+        solver: &Solver,
+        g: &mut Graph<B>,
+        leaves: &StepLeaves,
+        step: usize,
+    ) -> Result<Var>;
+}
+
+/// The leaves of one step's tape: the state at H, t_i, t_{i+1} and h = t_{i+1} − t_i at
+/// H, and the parameters at L.
+struct StepLeaves {
+    y: Var,
+    t0: Var,
+    t1: Var,
+    h: Var,
+    params: Vec<Var>,
+}
+
+/// An ODE step with the solver's Runge–Kutta method.
+struct OdeStep<'a, R: ?Sized>(&'a R);
+
+/// An Euler–Maruyama step with regenerated Brownian increments.
+struct SdeStep<'a, S: ?Sized> {
+    rhs: &'a S,
+    noise: &'a BrownianNoise,
 }
 
 /// The explicit Runge–Kutta method of a fixed-grid solve.
@@ -211,6 +311,98 @@ struct StepVars {
     phi: Var,
 }
 
+impl<B: Backend, R: Rhs<B> + ?Sized> StepMap<B> for OdeStep<'_, R> {
+    fn phi(&self, solver: &Solver, g: &mut Graph<B>, lv: &StepLeaves, _step: usize) -> Result<Var> {
+        let (hi, lo) = (solver.policy.state, solver.policy.network);
+        let rhs = self.0;
+        let shape = g.shape(lv.y)?;
+        let (yv, h) = (lv.y, lv.h);
+        let stage = |g: &mut Graph<B>, t: Var, ys: Var| -> Result<Var> {
+            let tl = cast_to(g, t, lo)?;
+            let yl = cast_to(g, ys, lo)?;
+            let k = rhs.eval(g, tl, yl, &lv.params)?;
+            check_output(g, k, shape, lo, "right-hand side")?;
+            Ok(cast_to(g, k, hi)?)
+        };
+        // y + c·k, the product rounded at H.
+        let shifted = |g: &mut Graph<B>, c: Var, k: Var| -> Result<Var> {
+            let ck = g.mul(k, c)?;
+            Ok(g.add(yv, ck)?)
+        };
+        let (t0v, t1v) = (lv.t0, lv.t1);
+        Ok(match solver.method {
+            Method::Euler => stage(g, t0v, yv)?,
+            Method::Heun => {
+                let k1 = stage(g, t0v, yv)?;
+                let y2 = shifted(g, h, k1)?;
+                let k2 = stage(g, t1v, y2)?;
+                let s = g.add(k1, k2)?;
+                g.scale(s, 0.5)?
+            }
+            Method::Rk4 => {
+                let hh = g.scale(h, 0.5)?;
+                let tm = g.add(t0v, hh)?;
+                let k1 = stage(g, t0v, yv)?;
+                let y2 = shifted(g, hh, k1)?;
+                let k2 = stage(g, tm, y2)?;
+                let y3 = shifted(g, hh, k2)?;
+                let k3 = stage(g, tm, y3)?;
+                let y4 = shifted(g, h, k3)?;
+                let k4 = stage(g, t1v, y4)?;
+                let k23 = g.add(k2, k3)?;
+                let k23 = g.scale(k23, 2.0)?;
+                let s = g.add(k1, k23)?;
+                let s = g.add(s, k4)?;
+                g.scale(s, 1.0 / 6.0)?
+            }
+        })
+    }
+}
+
+impl<B: Backend, S: SdeRhs<B> + ?Sized> StepMap<B> for SdeStep<'_, S> {
+    /// Φ = Δ/h at H, so that the driver's y + h·Φ and the adjoint's h/S unscaling serve
+    /// both kinds of step; Δ/h·h reproduces Δ to one rounding at H.
+    fn phi(&self, solver: &Solver, g: &mut Graph<B>, lv: &StepLeaves, step: usize) -> Result<Var> {
+        let (hi, lo) = (solver.policy.state, solver.policy.network);
+        let shape = g.shape(lv.y)?;
+        // ΔW = √h·ξ on the tape (ξ a constant), so the grid's gradient sees the noise's
+        // dependence on h as finite differences of the discrete objective do.
+        let xi = self
+            .noise
+            .increments(g.backend(), shape.rows, step, 1.0, hi)?;
+        let xi = g.constant(xi);
+        let sqrt_h = g.sqrt(lv.h)?;
+        let dw = g.mul(xi, sqrt_h)?;
+        let dw = cast_to(g, dw, lo)?;
+        let tl = cast_to(g, lv.t0, lo)?;
+        let hl = cast_to(g, lv.h, lo)?;
+        let yl = cast_to(g, lv.y, lo)?;
+        let inc = self.rhs.increment(g, tl, hl, yl, dw, &lv.params)?;
+        check_output(g, inc, shape, lo, "SDE increment")?;
+        let inc = cast_to(g, inc, hi)?;
+        let inv_h = g.recip(lv.h)?;
+        Ok(g.mul(inc, inv_h)?)
+    }
+}
+
+/// Checks that a step function returned the state's shape at the network precision.
+fn check_output<B: Backend>(
+    g: &Graph<B>,
+    k: Var,
+    shape: autodiff::Shape,
+    lo: DType,
+    what: &str,
+) -> Result<()> {
+    let (ks, kd) = (g.shape(k)?, g.dtype(k)?);
+    if ks != shape || kd != lo {
+        return Err(Error::InvalidArgument(format!(
+            "{what} returned {ks} {kd}, expected the state's shape {shape} at the network \
+             precision {lo}"
+        )));
+    }
+    Ok(())
+}
+
 fn cast_to<B: Backend>(g: &mut Graph<B>, x: Var, d: DType) -> autodiff::Result<Var> {
     if g.dtype(x)? == d {
         Ok(x)
@@ -288,23 +480,23 @@ impl Solver {
             .collect()
     }
 
-    /// Records step i's increment Φ (at H) on the cleared graph `g`. The state is a
-    /// leaf at H, the times t_i, t_{i+1} are 1 × 1 leaves at H (h = t_{i+1} − t_i on the
-    /// tape), the parameters leaves at L.
+    /// Records step `step`'s increment Φ (at H) on the cleared graph `g`. The state is
+    /// a leaf at H, the times t_i, t_{i+1} are 1 × 1 leaves at H (h = t_{i+1} − t_i on
+    /// the tape), the parameters leaves at L.
     #[allow(clippy::too_many_arguments)]
-    fn build_step<B: Backend, R: Rhs<B> + ?Sized>(
+    fn build_step<B: Backend, M: StepMap<B> + ?Sized>(
         &self,
         g: &mut Graph<B>,
-        rhs: &R,
+        map: &M,
         y: Tensor<B>,
+        step: usize,
         t0: f64,
         t1: f64,
         params_low: &[Tensor<B>],
         grad: bool,
         time_grad: bool,
     ) -> Result<StepVars> {
-        let (hi, lo) = (self.policy.state, self.policy.network);
-        let shape = y.shape();
+        let hi = self.policy.state;
         let yv = g.leaf(y, grad);
         let t0v = g.leaf_f64(1, 1, &[t0], hi, time_grad)?;
         let t1v = g.leaf_f64(1, 1, &[t1], hi, time_grad)?;
@@ -314,56 +506,20 @@ impl Solver {
             let c = copy(g.backend(), p)?;
             pv.push(g.leaf(c, grad));
         }
-        let stage = |g: &mut Graph<B>, t: Var, ys: Var| -> Result<Var> {
-            let tl = cast_to(g, t, lo)?;
-            let yl = cast_to(g, ys, lo)?;
-            let k = rhs.eval(g, tl, yl, &pv)?;
-            let (ks, kd) = (g.shape(k)?, g.dtype(k)?);
-            if ks != shape || kd != lo {
-                return Err(Error::InvalidArgument(format!(
-                    "right-hand side returned {ks} {kd}, expected the state's shape {shape} \
-                     at the network precision {lo}"
-                )));
-            }
-            Ok(cast_to(g, k, hi)?)
-        };
-        // y + c·k, the product rounded at H.
-        let shifted = |g: &mut Graph<B>, c: Var, k: Var| -> Result<Var> {
-            let ck = g.mul(k, c)?;
-            Ok(g.add(yv, ck)?)
-        };
-        let phi = match self.method {
-            Method::Euler => stage(g, t0v, yv)?,
-            Method::Heun => {
-                let k1 = stage(g, t0v, yv)?;
-                let y2 = shifted(g, h, k1)?;
-                let k2 = stage(g, t1v, y2)?;
-                let s = g.add(k1, k2)?;
-                g.scale(s, 0.5)?
-            }
-            Method::Rk4 => {
-                let hh = g.scale(h, 0.5)?;
-                let tm = g.add(t0v, hh)?;
-                let k1 = stage(g, t0v, yv)?;
-                let y2 = shifted(g, hh, k1)?;
-                let k2 = stage(g, tm, y2)?;
-                let y3 = shifted(g, hh, k2)?;
-                let k3 = stage(g, tm, y3)?;
-                let y4 = shifted(g, h, k3)?;
-                let k4 = stage(g, t1v, y4)?;
-                let k23 = g.add(k2, k3)?;
-                let k23 = g.scale(k23, 2.0)?;
-                let s = g.add(k1, k23)?;
-                let s = g.add(s, k4)?;
-                g.scale(s, 1.0 / 6.0)?
-            }
-        };
-        Ok(StepVars {
+        let leaves = StepLeaves {
             y: yv,
             t0: t0v,
             t1: t1v,
             h,
             params: pv,
+        };
+        let phi = map.phi(self, g, &leaves, step)?;
+        Ok(StepVars {
+            y: yv,
+            t0: t0v,
+            t1: t1v,
+            h,
+            params: leaves.params,
             phi,
         })
     }
@@ -383,6 +539,33 @@ impl Solver {
         times: &[f64],
         params: &[Tensor<B>],
     ) -> Result<Trajectory<B>> {
+        self.forward_map(g, &OdeStep(rhs), y0, times, params)
+    }
+
+    /// Integrates the SDE step map `rhs` from `y0` over the grid `times` by
+    /// Euler–Maruyama, y_{i+1} = y_i + Δ(t_i, h_i, y_i, ΔW_i; θ), with the Brownian
+    /// increments of `noise` (the solver's [`Method`] is not used). Otherwise as
+    /// [`forward`](Solver::forward): no tape across steps, only the states are stored.
+    pub fn forward_sde<B: Backend, S: SdeRhs<B> + ?Sized>(
+        &self,
+        g: &mut Graph<B>,
+        rhs: &S,
+        noise: &BrownianNoise,
+        y0: &Tensor<B>,
+        times: &[f64],
+        params: &[Tensor<B>],
+    ) -> Result<Trajectory<B>> {
+        self.forward_map(g, &SdeStep { rhs, noise }, y0, times, params)
+    }
+
+    fn forward_map<B: Backend, M: StepMap<B> + ?Sized>(
+        &self,
+        g: &mut Graph<B>,
+        map: &M,
+        y0: &Tensor<B>,
+        times: &[f64],
+        params: &[Tensor<B>],
+    ) -> Result<Trajectory<B>> {
         self.policy.validate()?;
         Self::validate_times(times)?;
         let (hi, st) = (self.policy.state, self.policy.storage);
@@ -392,9 +575,9 @@ impl Solver {
         let mut states = Vec::with_capacity(times.len());
         states.push(y.cast(g.backend(), st)?);
         let mut max_tape = 0;
-        for w in times.windows(2) {
+        for (i, w) in times.windows(2).enumerate() {
             g.clear();
-            let sv = self.build_step(g, rhs, y, w[0], w[1], &params_low, false, false)?;
+            let sv = self.build_step(g, map, y, i, w[0], w[1], &params_low, false, false)?;
             let hphi = g.mul(sv.phi, sv.h)?;
             let next = g.add(sv.y, hphi)?;
             max_tape = max_tape.max(g.bytes());
@@ -447,6 +630,45 @@ impl Solver {
         &self,
         g: &mut Graph<B>,
         rhs: &R,
+        trajectory: &Trajectory<B>,
+        params: &[Tensor<B>],
+        cotangents: &Cotangents<B>,
+        time_gradient: bool,
+    ) -> Result<Gradient<B>> {
+        self.backward_map(
+            g,
+            &OdeStep(rhs),
+            trajectory,
+            params,
+            cotangents,
+            time_gradient,
+        )
+    }
+
+    /// The discrete adjoint of [`forward_sde`](Solver::forward_sde): as
+    /// [`backward`](Solver::backward), with each step rebuilt from the stored y_i and the
+    /// same Brownian increments, regenerated from `noise` (which must be the forward
+    /// pass's), so the gradient is that of the loss on the very paths the forward pass
+    /// took.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_sde<B: Backend, S: SdeRhs<B> + ?Sized>(
+        &self,
+        g: &mut Graph<B>,
+        rhs: &S,
+        noise: &BrownianNoise,
+        trajectory: &Trajectory<B>,
+        params: &[Tensor<B>],
+        cotangents: &Cotangents<B>,
+        time_gradient: bool,
+    ) -> Result<Gradient<B>> {
+        let map = SdeStep { rhs, noise };
+        self.backward_map(g, &map, trajectory, params, cotangents, time_gradient)
+    }
+
+    fn backward_map<B: Backend, M: StepMap<B> + ?Sized>(
+        &self,
+        g: &mut Graph<B>,
+        map: &M,
         trajectory: &Trajectory<B>,
         params: &[Tensor<B>],
         cotangents: &Cotangents<B>,
@@ -515,7 +737,7 @@ impl Solver {
                 g.clear();
                 let y = trajectory.states[i].cast(g.backend(), hi)?;
                 let (t0, t1) = (trajectory.times[i], trajectory.times[i + 1]);
-                let sv = self.build_step(g, rhs, y, t0, t1, &params_low, true, time_gradient)?;
+                let sv = self.build_step(g, map, y, i, t0, t1, &params_low, true, time_gradient)?;
                 stats.max_step_tape_bytes = stats.max_step_tape_bytes.max(g.bytes());
                 let h = g.to_f64(sv.h)?[0];
 
