@@ -7,6 +7,11 @@
 //! row-major, each row with its own time (adaptive solvers step rows independently).
 //! Blocks are evaluated on the calling thread; samplers split a batch into blocks and
 //! spread the blocks over rayon threads.
+//!
+//! Besides f, a field gives its exact divergence tr(∂f/∂x) (log-densities) and,
+//! optionally, Jacobian–vector products (∂f/∂x)·u ([`Field::eval_jvp`],
+//! [`Field::eval_block_jvp`]: Hutchinson's divergence estimate). The networks have
+//! both; a field without a JVP answers [`Error::Unsupported`](crate::Error::Unsupported).
 
 use crate::error::{check_len, Result};
 use crate::Real;
@@ -25,6 +30,35 @@ pub trait Field<T: Real>: Send + Sync {
 
     /// Writes f(t, x) into `v` and returns its divergence tr(∂f/∂x), computed exactly.
     fn eval_div(&self, t: T, x: &[T], v: &mut [T], scratch: &mut [T]) -> Result<T>;
+
+    /// Number of scratch elements [`eval_jvp`](Field::eval_jvp) needs (by default
+    /// [`scratch_len`](Field::scratch_len)).
+    fn jvp_scratch_len(&self) -> usize {
+        self.scratch_len()
+    }
+
+    /// Writes f(t, x) into `v` and the Jacobian–vector product (∂f/∂x)(t, x)·`dx` (the
+    /// directional derivative of f along `dx`, time held fixed) into `jv`. `x`, `dx`,
+    /// `v` and `jv` have length [`dim`](Field::dim), `scratch` at least
+    /// [`jvp_scratch_len`](Field::jvp_scratch_len). Does not allocate.
+    ///
+    /// The product is what Hutchinson's divergence estimate εᵀ(∂f/∂x)ε needs: one
+    /// forward-mode pass instead of the d of the exact trace. Fields without one (the
+    /// default, e.g. a [`FnField`]) return [`Error::Unsupported`](crate::Error::Unsupported).
+    fn eval_jvp(
+        &self,
+        t: T,
+        x: &[T],
+        dx: &[T],
+        v: &mut [T],
+        jv: &mut [T],
+        scratch: &mut [T],
+    ) -> Result<()> {
+        let _ = (t, x, dx, v, jv, scratch);
+        Err(crate::Error::Unsupported(
+            "this field has no Jacobian-vector product (Hutchinson's divergence estimate needs one); use the exact divergence".into(),
+        ))
+    }
 
     /// The block size (rows) at which [`eval_block`](Field::eval_block) runs best:
     /// samplers split batches into blocks of this many rows. Large enough to amortize
@@ -78,6 +112,44 @@ pub trait Field<T: Real>: Send + Sync {
         }
         Ok(())
     }
+
+    /// Number of scratch elements [`eval_block_jvp`](Field::eval_block_jvp) needs for
+    /// `rows` rows (by default [`jvp_scratch_len`](Field::jvp_scratch_len)).
+    fn block_jvp_scratch_len(&self, rows: usize) -> usize {
+        let _ = rows;
+        self.jvp_scratch_len()
+    }
+
+    /// Like [`eval_block`](Field::eval_block), and writes each row's Jacobian–vector
+    /// product (∂f/∂x)·`dx` into `jv` ([`eval_jvp`](Field::eval_jvp)): `dx` and `jv`
+    /// are row-major `rows × d` like `x`. The default loops over
+    /// [`eval_jvp`](Field::eval_jvp); each row's result must not depend on the other
+    /// rows of the block.
+    fn eval_block_jvp(
+        &self,
+        t: &[T],
+        x: &[T],
+        dx: &[T],
+        v: &mut [T],
+        jv: &mut [T],
+        scratch: &mut [T],
+    ) -> Result<()> {
+        let d = self.dim();
+        check_block(d, t.len(), x, v)?;
+        check_block(d, t.len(), dx, jv)?;
+        let need = self.jvp_scratch_len();
+        check_len("scratch", scratch.len().min(need), need)?;
+        for ((((ti, xi), ui), vi), ji) in t
+            .iter()
+            .zip(x.chunks_exact(d))
+            .zip(dx.chunks_exact(d))
+            .zip(v.chunks_exact_mut(d))
+            .zip(jv.chunks_exact_mut(d))
+        {
+            self.eval_jvp(*ti, xi, ui, vi, ji, &mut scratch[..need])?;
+        }
+        Ok(())
+    }
 }
 
 /// Checks the lengths of a block call: `x` and `v` must hold `rows × d` values.
@@ -104,6 +176,14 @@ macro_rules! forward_field {
             }
             fn eval_block_div(&self, t: &[T], x: &[T], v: &mut [T], dv: &mut [T], s: &mut [T]) -> Result<()> {
                 (**self).eval_block_div(t, x, v, dv, s)
+            }
+            fn jvp_scratch_len(&self) -> usize { (**self).jvp_scratch_len() }
+            fn eval_jvp(&self, t: T, x: &[T], dx: &[T], v: &mut [T], jv: &mut [T], s: &mut [T]) -> Result<()> {
+                (**self).eval_jvp(t, x, dx, v, jv, s)
+            }
+            fn block_jvp_scratch_len(&self, rows: usize) -> usize { (**self).block_jvp_scratch_len(rows) }
+            fn eval_block_jvp(&self, t: &[T], x: &[T], dx: &[T], v: &mut [T], jv: &mut [T], s: &mut [T]) -> Result<()> {
+                (**self).eval_block_jvp(t, x, dx, v, jv, s)
             }
         }
     )*};

@@ -2,8 +2,9 @@
 //!
 //! [`Mlp`] implements [`Field`]: a single-state path with caller scratch and no
 //! allocation (axpy-form products over stored Wᵀ), the exact divergence tr(∂v/∂x) by
-//! forward mode over the d input directions, and block paths that run every layer as
-//! one GEMM over a chunk of rows (the throughput path of batch sampling).
+//! forward mode over the d input directions, Jacobian–vector products (∂v/∂x)·u by
+//! forward mode with one tangent, and block paths that run every layer as one GEMM
+//! over a chunk of rows (the throughput path of batch sampling).
 //!
 //! Block results are independent of the other rows of a block, bitwise: blocks are cut
 //! into chunks of a fixed number of rows ([`Field::preferred_block_rows`]; the last one
@@ -361,6 +362,87 @@ fn single_body<T: Real, const F: bool, const V: bool>(
     tr
 }
 
+simd_fn! {
+    /// Single state: v = f(t, x) and jv = (∂v/∂x)·dx, by forward mode with one
+    /// tangent (the time's tangent is zero). The primal products are those of
+    /// [`single`], so `v` is bitwise the one [`Field::eval`] gives.
+    fn single_jvp<T: Real>(
+        net: &Mlp<T>,
+        t: T,
+        x: &[T],
+        dx: &[T],
+        v: &mut [T],
+        jv: &mut [T],
+        scratch: &mut [T],
+    ) {
+        single_jvp_body::<T, { fma!() }, { wide!() }>(net, t, x, dx, v, jv, scratch)
+    }
+}
+
+#[inline(always)]
+fn single_jvp_body<T: Real, const F: bool, const V: bool>(
+    net: &Mlp<T>,
+    t: T,
+    x: &[T],
+    dx: &[T],
+    v: &mut [T],
+    jv: &mut [T],
+    scratch: &mut [T],
+) {
+    let (d, mp) = (net.d, net.max_pad);
+    let mut sc = scratch;
+    let mut h = take(&mut sc, mp);
+    let mut a = take(&mut sc, mp);
+    let mut th = take(&mut sc, mp);
+    let mut ta = take(&mut sc, mp);
+    let dh = take(&mut sc, mp);
+    let in0 = net.layers[0].in_pad;
+    h[..d].copy_from_slice(x);
+    h[d] = t;
+    h[d + 1..in0].fill(T::zero());
+    th[..d].copy_from_slice(dx);
+    th[d..in0].fill(T::zero());
+    let nl = net.layers.len();
+    for (l, layer) in net.layers.iter().enumerate() {
+        let op = layer.out_pad;
+        let out = &mut a[..op];
+        out.copy_from_slice(&layer.b);
+        let tout = &mut ta[..op];
+        tout.fill(T::zero());
+        // The same product form as `single` for the primal (bitwise the same v), and
+        // for the tangent (padded entries stay zero: W's padded rows and columns are).
+        if op < NARROW {
+            dot_rows::<T, F>(
+                &layer.w,
+                layer.in_pad,
+                &h[..layer.in_pad],
+                &mut out[..layer.n_out],
+            );
+            dot_rows::<T, F>(
+                &layer.w,
+                layer.in_pad,
+                &th[..layer.in_pad],
+                &mut tout[..layer.n_out],
+            );
+        } else {
+            axpy_rows::<T, F, V>(&layer.wt, op, &h[..layer.n_in], out);
+            axpy_rows::<T, F, V>(&layer.wt, op, &th[..layer.n_in], tout);
+        }
+        if l + 1 == nl {
+            v.copy_from_slice(&out[..d]);
+            jv.copy_from_slice(&tout[..d]);
+            break;
+        }
+        let dhl = &mut dh[..op];
+        activate_body::<T, F>(net.activation, out, Some(&mut *dhl));
+        for (tv, &dv) in tout.iter_mut().zip(dhl.iter()) {
+            *tv *= dv;
+        }
+        std::mem::swap(&mut h, &mut a);
+        std::mem::swap(&mut th, &mut ta);
+    }
+}
+
 /// `a ← σ(a)` (and `da ← σ'(a)`), inside a dispatched function.
 #[inline(always)]
 fn activate_body<T: Real, const F: bool>(act: Activation, a: &mut [T], da: Option<&mut [T]>) {
@@ -513,6 +595,87 @@ fn block_chunk<T: Real>(
     Ok(())
 }
 
+simd_fn! {
+    /// `tg[r, :n] ⊙= dh[r, :n]` for the `rows` rows (stride `ld`).
+    fn scale_rows<T: Real>(ld: usize, n: usize, rows: usize, dh: &[T], tg: &mut [T]) {
+        for (trow, drow) in tg.chunks_exact_mut(ld).zip(dh.chunks_exact(ld)).take(rows) {
+            for (tv, &dv) in trow[..n].iter_mut().zip(&drow[..n]) {
+                *tv *= dv;
+            }
+        }
+    }
+}
+
+/// One chunk of the JVP block path: like [`block_chunk`] (the same GEMM shapes, so
+/// `v` is bitwise the one [`Field::eval_block`] gives), with one tangent row per state
+/// pushed forward beside it.
+#[allow(clippy::too_many_arguments)] // private: a chunk's inputs and outputs
+fn jvp_chunk<T: Real>(
+    net: &Mlp<T>,
+    rows: usize,
+    t: &[T],
+    x: &[T],
+    dx: &[T],
+    v: &mut [T],
+    jv: &mut [T],
+    scratch: &mut [T],
+) -> Result<()> {
+    let (d, mp) = (net.d, net.max_pad);
+    let n = t.len();
+    let mut sc = scratch;
+    let mut h = take(&mut sc, rows * mp);
+    let mut a = take(&mut sc, rows * mp);
+    let mut th = take(&mut sc, rows * mp);
+    let mut ta = take(&mut sc, rows * mp);
+    let dh = take(&mut sc, rows * mp);
+    for (i, (row, trow)) in h
+        .chunks_exact_mut(mp)
+        .zip(th.chunks_exact_mut(mp))
+        .enumerate()
+    {
+        if i < n {
+            row[..d].copy_from_slice(&x[i * d..(i + 1) * d]);
+            row[d] = t[i];
+            trow[..d].copy_from_slice(&dx[i * d..(i + 1) * d]);
+        } else {
+            row[..=d].fill(T::zero());
+            trow[..d].fill(T::zero());
+        }
+        // The time's tangent is zero.
+        trow[d] = T::zero();
+    }
+    let nl = net.layers.len();
+    for (l, layer) in net.layers.iter().enumerate() {
+        let w = MatRef::new(&layer.w[..], layer.n_out, layer.n_in, layer.in_pad);
+        gemm_xwt(
+            MatRef::new(h, rows, layer.n_in, mp),
+            w,
+            Some(&layer.b[..layer.n_out]),
+            a,
+            mp,
+        )?;
+        gemm_xwt(MatRef::new(th, rows, layer.n_in, mp), w, None, ta, mp)?;
+        if l + 1 == nl {
+            for (i, (vrow, jrow)) in v
+                .chunks_exact_mut(d)
+                .zip(jv.chunks_exact_mut(d))
+                .enumerate()
+                .take(n)
+            {
+                vrow.copy_from_slice(&a[i * mp..i * mp + d]);
+                jrow.copy_from_slice(&ta[i * mp..i * mp + d]);
+            }
+            break;
+        }
+        let no = layer.n_out;
+        activate_rows(net.activation, a, Some(&mut *dh), mp, no);
+        scale_rows(mp, no, rows, dh, ta);
+        std::mem::swap(&mut h, &mut a);
+        std::mem::swap(&mut th, &mut ta);
+    }
+    Ok(())
+}
+
 impl<T: Real> Mlp<T> {
     fn block(
         &self,
@@ -605,5 +768,70 @@ impl<T: Real> Field<T> for Mlp<T> {
         scratch: &mut [T],
     ) -> Result<()> {
         self.block(t, x, v, Some(div), scratch)
+    }
+
+    fn jvp_scratch_len(&self) -> usize {
+        5 * self.max_pad
+    }
+
+    /// Forward mode with one tangent beside the primal pass (about two forward
+    /// passes); `v` is bitwise the one [`Field::eval`] gives.
+    fn eval_jvp(
+        &self,
+        t: T,
+        x: &[T],
+        dx: &[T],
+        v: &mut [T],
+        jv: &mut [T],
+        scratch: &mut [T],
+    ) -> Result<()> {
+        check_len("state", x.len(), self.d)?;
+        check_len("tangent", dx.len(), self.d)?;
+        check_len("output", v.len(), self.d)?;
+        check_len("Jacobian-vector product", jv.len(), self.d)?;
+        let need = Field::jvp_scratch_len(self);
+        check_len("scratch", scratch.len().min(need), need)?;
+        single_jvp(self, t, x, dx, v, jv, &mut scratch[..need]);
+        Ok(())
+    }
+
+    fn block_jvp_scratch_len(&self, rows: usize) -> usize {
+        let _ = rows;
+        5 * BLOCK_ROWS * self.max_pad
+    }
+
+    /// GEMM chunks of [`BLOCK_ROWS`] rows, the tangents beside the states; `v` is
+    /// bitwise the one [`Field::eval_block`] gives.
+    fn eval_block_jvp(
+        &self,
+        t: &[T],
+        x: &[T],
+        dx: &[T],
+        v: &mut [T],
+        jv: &mut [T],
+        scratch: &mut [T],
+    ) -> Result<()> {
+        let d = self.d;
+        check_block(d, t.len(), x, v)?;
+        check_block(d, t.len(), dx, jv)?;
+        let need = Field::block_jvp_scratch_len(self, t.len());
+        check_len("scratch", scratch.len().min(need), need)?;
+        let mut start = 0;
+        while start < t.len() {
+            let n = BLOCK_ROWS.min(t.len() - start);
+            let (lo, hi) = (start * d, (start + n) * d);
+            jvp_chunk(
+                self,
+                BLOCK_ROWS,
+                &t[start..start + n],
+                &x[lo..hi],
+                &dx[lo..hi],
+                &mut v[lo..hi],
+                &mut jv[lo..hi],
+                &mut scratch[..need],
+            )?;
+            start += n;
+        }
+        Ok(())
     }
 }

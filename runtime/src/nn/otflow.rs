@@ -6,8 +6,9 @@
 //! N a ResNet of `n_th` layers of width m with activation σ(u) = log(2 cosh u).
 //!
 //! [`OtFlow`] implements [`Potential`] (single state, caller scratch, no allocation) and
-//! [`Field`] as the velocity v = −∇ₓΦ with divergence −ΔₓΦ. Its block paths (and
-//! [`OtFlow::grad_block`]) evaluate many states with GEMMs.
+//! [`Field`] as the velocity v = −∇ₓΦ with divergence −ΔₓΦ and Jacobian–vector
+//! products −(∇ₓ²Φ)·u ([`OtFlow::grad_hvp`], single state; the block JVP loops over
+//! it). Its block paths (and [`OtFlow::grad_block`]) evaluate many states with GEMMs.
 //!
 //! Layout: the weights are stored in the compute type, zero-padded to multiples of
 //! [`PAD`](crate::linalg::PAD) so that every kernel runs on whole vectors, and each
@@ -340,6 +341,38 @@ impl<T: Real> OtFlow<T> {
         self.ns_pad * 2 + self.m_pad * (2 * self.n_th + 3) + padded(self.r)
     }
 
+    /// Scratch elements [`grad_hvp`](OtFlow::grad_hvp) needs.
+    pub fn hvp_scratch_len(&self) -> usize {
+        4 * self.ns_pad + self.m_pad * (2 * self.n_th + 7) + 2 * self.r_pad
+    }
+
+    /// Writes ∇ₓΦ(t, x) into `grad` and the Hessian–vector product (∇ₓ²Φ)·`dx` into
+    /// `hv` (all of length d), and returns (Φ, ∂ₜΦ). `scratch` needs
+    /// [`hvp_scratch_len`](OtFlow::hvp_scratch_len) elements; no allocation.
+    ///
+    /// Forward mode over the gradient's sweeps (MATH.md §1): the tangents of the
+    /// ResNet's pre-activations δa_i along s = (dx, 0), then of the backward sweep,
+    /// δz_i = δz_{i+1} + η K_iᵀ(σ''(a_i) ⊙ δa_i ⊙ z_{i+1} + tanh(a_i) ⊙ δz_{i+1}),
+    /// and (AᵀA)(dx, 0) for the quadratic term: about two gradients' work, against
+    /// the exact Laplacian's O(m²d). The gradient is bitwise the one
+    /// [`Potential::grad`] gives.
+    pub fn grad_hvp(
+        &self,
+        t: T,
+        x: &[T],
+        dx: &[T],
+        grad: &mut [T],
+        hv: &mut [T],
+        scratch: &mut [T],
+    ) -> Result<(T, T)> {
+        let need = self.hvp_scratch_len();
+        self.check_single(x, scratch, need)?;
+        check_len("tangent", dx.len(), self.d)?;
+        check_len("gradient", grad.len(), self.d)?;
+        check_len("Hessian-vector product", hv.len(), self.d)?;
+        Ok(single_hvp(self, t, x, dx, grad, hv, &mut scratch[..need]))
+    }
+
     fn lap_scratch_len(&self) -> usize {
         self.grad_scratch_len() + 2 * self.m_pad * self.d_pad
     }
@@ -557,6 +590,114 @@ fn single<T: Real>(
         }
     }
     (phi, dt, tr + net.tr_a)
+}
+
+/// Single-state gradient and Hessian–vector product ([`OtFlow::grad_hvp`]): the
+/// sweeps of [`single`] (same kernels, same order, so the same gradient bits) with a
+/// tangent beside each. Returns (Φ, ∂ₜΦ).
+fn single_hvp<T: Real>(
+    net: &OtFlow<T>,
+    t: T,
+    x: &[T],
+    dx: &[T],
+    grad: &mut [T],
+    hv: &mut [T],
+    scratch: &mut [T],
+) -> (T, T) {
+    let (d, ns, nsp, mp, nth) = (net.d, net.ns, net.ns_pad, net.m_pad, net.n_th);
+    let eta = net.eta;
+    let mm = mp * mp;
+    let mut sc = scratch;
+    let s = take(&mut sc, nsp);
+    let gs = take(&mut sc, nsp);
+    let ds = take(&mut sc, nsp);
+    let dgs = take(&mut sc, nsp);
+    let ts = take(&mut sc, nth * mp);
+    let das = take(&mut sc, nth * mp);
+    let u = take(&mut sc, mp);
+    let a = take(&mut sc, mp);
+    let du = take(&mut sc, mp);
+    let z = take(&mut sc, mp);
+    let dz = take(&mut sc, mp);
+    let g = take(&mut sc, mp);
+    let dg = take(&mut sc, mp);
+    let q = take(&mut sc, net.r_pad);
+    let dq = take(&mut sc, net.r_pad);
+    q.fill(T::zero());
+    dq.fill(T::zero());
+
+    s[..d].copy_from_slice(x);
+    s[d] = t;
+    s[ns..].fill(T::zero());
+    ds[..d].copy_from_slice(dx);
+    ds[d..].fill(T::zero());
+
+    // Forward with tangents: δa₀ = K₀δs, δu₀ = tanh(a₀) ⊙ δa₀; δa_i = K_i δu_{i−1},
+    // δu_i = δu_{i−1} + η tanh(a_i) ⊙ δa_i.
+    a.copy_from_slice(&net.b[..mp]);
+    k_axpy(&net.k0t, mp, &s[..ns], a);
+    k_resnet_act(true, eta, a, u, &mut ts[..mp]);
+    let da0 = &mut das[..mp];
+    da0.fill(T::zero());
+    k_axpy(&net.k0t, mp, &ds[..ns], da0);
+    for ((duv, &tv), &dav) in du.iter_mut().zip(&ts[..mp]).zip(da0.iter()) {
+        *duv = tv * dav;
+    }
+    for i in 1..nth {
+        a.copy_from_slice(&net.b[i * mp..(i + 1) * mp]);
+        k_axpy(&net.kht[(i - 1) * mm..i * mm], mp, u, a);
+        k_resnet_act(false, eta, a, u, &mut ts[i * mp..(i + 1) * mp]);
+        let dai = &mut das[i * mp..(i + 1) * mp];
+        dai.fill(T::zero());
+        k_axpy(&net.kht[(i - 1) * mm..i * mm], mp, du, dai);
+        for ((duv, &tv), &dav) in du.iter_mut().zip(&ts[i * mp..(i + 1) * mp]).zip(dai.iter()) {
+            *duv += eta * tv * dav;
+        }
+    }
+    // Φ = wᵀu + ½|As|² + c_wᵀs + c_b.
+    k_axpy(&net.at, net.r_pad, &s[..ns], q);
+    let quad_lin = T::of(0.5) * k_dot(q, q) + k_dot(&net.cw, s) + net.cb;
+    let phi = k_dot(&net.w, u) + quad_lin;
+
+    // Backward with tangents, z and δz in place (z_{nTh} = w, δz_{nTh} = 0).
+    z.copy_from_slice(&net.w);
+    dz.fill(T::zero());
+    for i in (1..nth).rev() {
+        let ti = &ts[i * mp..(i + 1) * mp];
+        let dai = &das[i * mp..(i + 1) * mp];
+        for ((gv, &tv), &zv) in g.iter_mut().zip(ti).zip(z.iter()) {
+            *gv = eta * tv * zv;
+        }
+        for ((((dgv, &tv), &zv), &dzv), &dav) in
+            dg.iter_mut().zip(ti).zip(z.iter()).zip(dz.iter()).zip(dai)
+        {
+            *dgv = eta * ((T::one() - tv * tv) * dav * zv + tv * dzv);
+        }
+        k_axpy(&net.kh[(i - 1) * mm..i * mm], mp, g, z);
+        k_axpy(&net.kh[(i - 1) * mm..i * mm], mp, dg, dz);
+    }
+    // z₀ = K₀ᵀ(tanh(a₀) ⊙ z₁), δz₀ = K₀ᵀ(σ''(a₀) ⊙ δa₀ ⊙ z₁ + tanh(a₀) ⊙ δz₁);
+    // ∇_sΦ = z₀ + AᵀAs + c_w, its tangent δz₀ + AᵀAδs.
+    for ((((gv, dgv), &tv), &zv), (&dzv, &dav)) in g
+        .iter_mut()
+        .zip(dg.iter_mut())
+        .zip(&ts[..mp])
+        .zip(z.iter())
+        .zip(dz.iter().zip(&das[..mp]))
+    {
+        *gv = tv * zv;
+        *dgv = (T::one() - tv * tv) * dav * zv + tv * dzv;
+    }
+    gs.copy_from_slice(&net.cw);
+    k_axpy(&net.a, nsp, &q[..net.r], gs);
+    k_axpy(&net.k0, nsp, g, gs);
+    k_axpy(&net.at, net.r_pad, &ds[..ns], dq);
+    dgs.fill(T::zero());
+    k_axpy(&net.a, nsp, &dq[..net.r], dgs);
+    k_axpy(&net.k0, nsp, dg, dgs);
+    grad[..d].copy_from_slice(&gs[..d]);
+    hv[..d].copy_from_slice(&dgs[..d]);
+    (phi, gs[d])
 }
 
 /// Per-chunk outputs of the block path.
@@ -916,6 +1057,28 @@ impl<T: Real> Field<T> for OtFlow<T> {
             *vi = -*vi;
         }
         Ok(-lap)
+    }
+
+    fn jvp_scratch_len(&self) -> usize {
+        self.hvp_scratch_len()
+    }
+
+    /// v = −∇ₓΦ and (∂v/∂x)·dx = −(∇ₓ²Φ)·dx, through [`OtFlow::grad_hvp`]; `v` is
+    /// bitwise the one [`Field::eval`] gives.
+    fn eval_jvp(
+        &self,
+        t: T,
+        x: &[T],
+        dx: &[T],
+        v: &mut [T],
+        jv: &mut [T],
+        scratch: &mut [T],
+    ) -> Result<()> {
+        self.grad_hvp(t, x, dx, v, jv, scratch)?;
+        for vi in v.iter_mut().chain(jv.iter_mut()) {
+            *vi = -*vi;
+        }
+        Ok(())
     }
 
     /// Rows per GEMM chunk of the block paths: a block of any size is evaluated in
