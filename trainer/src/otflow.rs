@@ -144,7 +144,7 @@ impl OtFlowRhs {
         }
     }
 
-    fn vars(&self, params: &[Var]) -> autodiff::Result<OtFlowVars> {
+    pub(crate) fn vars(&self, params: &[Var]) -> autodiff::Result<OtFlowVars> {
         let n = self.n_th;
         if params.len() != 2 * n + 4 {
             return Err(autodiff::Error::InvalidArgument(format!(
@@ -425,7 +425,7 @@ fn nll_of_row(r: &[f64], d: usize) -> f64 {
 
 /// Rebuilds an [`OtFlowParams`] of `like`'s sizes from arrays in the order of
 /// [`OtFlowVars::all`].
-fn params_from_flat(like: &OtFlowParams, mut v: Vec<Vec<f64>>) -> Result<OtFlowParams> {
+pub(crate) fn params_from_flat(like: &OtFlowParams, mut v: Vec<Vec<f64>>) -> Result<OtFlowParams> {
     let n = like.n_th;
     if v.len() != 2 * n + 4 || v[2 * n + 3].len() != 1 {
         return Err(Error::InvalidArgument(format!(

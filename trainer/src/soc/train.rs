@@ -1,0 +1,743 @@
+//! NeuralSOC training (MATH.md §5): Φ_θ(t, x) with the OT-Flow potential architecture,
+//! learned on Euler–Maruyama roll-outs of the PMP-driven SDE
+//! dz = f(z, u*(t, z, ∇Φ_θ))ds + σdW, differentiated through the discrete steps with the
+//! discretize-then-optimize solver ([`Solver::forward_sde`]) under a precision policy.
+//!
+//! The augmented state of a path is [z, ℓ, c_HJ, c_BSDE] (B × (d + 3)); one step from
+//! (s_i, z_i) with ΔW_i records, with u_i = u*(s_i, z_i, ∇Φ_i) and f_i, L_i at u_i,
+//!
+//! ```text
+//! z_{i+1}      = z_i + b_i h + σΔW_i       b_i = f_i (PMP) or 0 (Brownian sampling)
+//! ℓ_{i+1}      = ℓ_i + L_i h
+//! c_HJ,i+1     = c_HJ,i + h·|−∂ₛΦ_i − (σ²/2)ΔΦ_i + H(s_i, z_i, −∇Φ_i, u_i)|
+//! c_BSDE,i+1   = c_BSDE,i + h·|Φ(s_{i+1}, z_{i+1}) − Φ_i − (∇Φ_iᵀ(b_i − f_i) − L_i)h − ∇Φ_iᵀσΔW_i|
+//! ```
+//!
+//! (the BSDE residual is Itô's formula for Φ along the sampled path with the HJB
+//! equation substituted: for PMP sampling it is MATH.md §5's
+//! Φ_{i+1} − Φ_i + L_i h − ∇Φ_iᵀσΔW_i). The loss is the batch mean of
+//!
+//! ```text
+//! α(ℓ_N + g(z_N)) + β_HJ c_HJ,N + β_T |Φ(T, z_N) − g(z_N)| + β_∇ ‖∇Φ(T, z_N) − ∇g(z_N)‖ + β_BSDE c_BSDE,N
+//! ```
+//!
+//! The Laplacian is only built when β_HJ > 0 (the 100-D runs rely on the BSDE and
+//! terminal terms instead, as the original code does). The Brownian increments come
+//! from the runtime's counter-based generator: iteration `it` uses samples
+//! `it·B … it·B + B − 1`, and validation paths a disjoint range, so a run is a pure
+//! function of its config and a resumed run continues bitwise.
+
+use serde::{Deserialize, Serialize};
+use socflow_runtime::artifact::{Artifact, Provenance};
+use socflow_runtime::brownian::Brownian;
+use socflow_runtime::nn::OtFlowParams;
+
+use super::problem::ControlProblem;
+use crate::autodiff::{self, otflow::potential, Backend, Cpu, DType, Graph, Tensor, Var};
+use crate::checkpoint::Checkpointing;
+use crate::dto::{BrownianNoise, Cotangents, SdeRhs, Solver};
+use crate::optim::{clip_grad_norm, Adam, AdamConfig, Schedule, Scheduler};
+use crate::otflow::{
+    init_params, params_from_flat, to_param_set, OtFlowProblem, OtFlowRhs, Precision,
+};
+use crate::{Error, Result};
+
+/// First sample index of the validation paths (training iterations use indices below).
+pub const VALIDATION_FIRST_SAMPLE: u64 = 1 << 46;
+
+/// How the training roll-outs are sampled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sampling {
+    /// The PMP-driven SDE dz = f(z, u*)ds + σdW (NeuralSOC).
+    Pmp,
+    /// Pure Brownian roll-outs dz = σdW (the paths never see the control; shows why
+    /// the PMP drift matters).
+    Brownian,
+}
+
+/// The loss weights (α, β_HJ, β_T, β_∇, β_BSDE) of the module docs.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LossWeights {
+    /// α: the control objective ℓ(T) + g(z(T)).
+    pub control: f64,
+    /// β_HJ: the HJB residual along the paths (needs the Laplacian).
+    pub hjb: f64,
+    /// β_T: |Φ(T, z_T) − g(z_T)|.
+    pub terminal: f64,
+    /// β_∇: ‖∇Φ(T, z_T) − ∇g(z_T)‖.
+    pub terminal_gradient: f64,
+    /// β_BSDE: the discrete BSDE consistency term.
+    pub bsde: f64,
+}
+
+impl Default for LossWeights {
+    fn default() -> Self {
+        LossWeights {
+            control: 1.0,
+            hjb: 0.0,
+            terminal: 1.0,
+            terminal_gradient: 1.0,
+            bsde: 1.0,
+        }
+    }
+}
+
+/// Settings of a NeuralSOC run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocConfig {
+    /// OT-Flow ResNet width m.
+    pub m: usize,
+    /// OT-Flow ResNet layers nTh (≥ 2).
+    pub n_th: usize,
+    /// Euler–Maruyama steps on [0, T].
+    pub steps: usize,
+    /// Paths per iteration.
+    pub batch_size: usize,
+    /// Optimizer steps.
+    pub iterations: u64,
+    /// Adam settings.
+    pub optimizer: AdamConfig,
+    /// Learning-rate schedule (a plateau schedule observes the validation cost).
+    pub schedule: Schedule,
+    /// Clip the gradient's global norm to this value.
+    pub clip_norm: Option<f64>,
+    /// Seed of the initialization, the initial states and the Brownian paths.
+    pub seed: u64,
+    /// Precision policy of the roll-outs.
+    pub precision: Precision,
+    /// Loss weights.
+    pub weights: LossWeights,
+    /// PMP-driven or pure Brownian roll-outs.
+    pub sampling: Sampling,
+    /// Validate every this many iterations (and before the first and after the last);
+    /// 0: only before the first and after the last.
+    pub validate_every: u64,
+    /// Paths of the validation estimate (closed-loop PMP roll-outs on fixed noise).
+    pub validation_paths: usize,
+}
+
+impl Default for SocConfig {
+    fn default() -> Self {
+        SocConfig {
+            m: 64,
+            n_th: 2,
+            steps: 20,
+            batch_size: 64,
+            iterations: 1000,
+            optimizer: AdamConfig::adam(0.01),
+            schedule: Schedule::Constant,
+            clip_norm: None,
+            seed: 0,
+            precision: Precision::F64,
+            weights: LossWeights::default(),
+            sampling: Sampling::Pmp,
+            validate_every: 100,
+            validation_paths: 256,
+        }
+    }
+}
+
+impl SocConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<()> {
+        if self.m == 0 || self.n_th < 2 || self.steps == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "SOC: m = {}, nTh = {}, steps = {} (need m ≥ 1, nTh ≥ 2, steps ≥ 1)",
+                self.m, self.n_th, self.steps
+            )));
+        }
+        let w = self.weights;
+        let all = [w.control, w.hjb, w.terminal, w.terminal_gradient, w.bsde];
+        if all.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
+            return Err(Error::InvalidArgument(format!(
+                "SOC: loss weights {all:?} must be finite and ≥ 0"
+            )));
+        }
+        if all.iter().all(|v| *v == 0.0) {
+            return Err(Error::InvalidArgument("SOC: every loss weight is 0".into()));
+        }
+        if self.validation_paths == 0 {
+            return Err(Error::InvalidArgument(
+                "SOC: validation_paths must be ≥ 1".into(),
+            ));
+        }
+        crate::optim::validate_run(
+            self.batch_size,
+            self.iterations,
+            &self.optimizer,
+            self.schedule,
+            self.clip_norm,
+        )
+    }
+
+    /// The config as JSON.
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_string(self).map_err(|e| Error::InvalidArgument(format!("SOC config: {e}")))
+    }
+
+    /// Parses a JSON config (unknown keys are errors).
+    pub fn from_json(text: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| Error::InvalidArgument(format!("SOC config: {e}")))
+    }
+}
+
+/// The Euler–Maruyama step map of the augmented NeuralSOC state (module docs).
+pub struct SocRhs<'a, P: ?Sized> {
+    problem: &'a P,
+    shape: OtFlowRhs,
+    sampling: Sampling,
+    laplacian: bool,
+    bsde: bool,
+}
+
+impl<'a, P: ?Sized> SocRhs<'a, P> {
+    /// The step map of `problem` for parameters of `like`'s sizes; the HJB and BSDE
+    /// columns are only computed when their weights are positive (zero otherwise).
+    pub fn new(
+        problem: &'a P,
+        like: &OtFlowParams,
+        sampling: Sampling,
+        weights: &LossWeights,
+    ) -> Self {
+        SocRhs {
+            problem,
+            shape: OtFlowRhs::new(like, 1.0),
+            sampling,
+            laplacian: weights.hjb > 0.0,
+            bsde: weights.bsde > 0.0,
+        }
+    }
+}
+
+fn zeros_col<B: Backend>(g: &mut Graph<B>, like: Var, rows: usize) -> autodiff::Result<Var> {
+    let t = Tensor::zeros(g.backend(), rows, 1, g.dtype(like)?)?;
+    Ok(g.constant(t))
+}
+
+/// The OT-Flow input rows (z, t).
+fn space_time<B: Backend>(g: &mut Graph<B>, z: Var, t: Var) -> autodiff::Result<Var> {
+    let rows = g.shape(z)?.rows;
+    let tt = g.tile_rows(t, rows)?;
+    g.concat_cols(&[z, tt])
+}
+
+impl<B: Backend, P: ControlProblem<B> + ?Sized> SdeRhs<B> for SocRhs<'_, P> {
+    fn increment(
+        &self,
+        g: &mut Graph<B>,
+        t: Var,
+        h: Var,
+        y: Var,
+        dw: Var,
+        params: &[Var],
+    ) -> autodiff::Result<Var> {
+        let vars = self.shape.vars(params)?;
+        let d = self.problem.dim();
+        let rows = g.shape(y)?.rows;
+        let z = g.slice_cols(y, 0, d)?;
+        let s = space_time(g, z, t)?;
+        let out = potential(g, &vars, s, self.laplacian)?;
+        let p = out.grad_x(g)?;
+        let u = self.problem.optimal_control(g, t, z, p)?;
+        let f = self.problem.drift(g, t, z, u)?;
+        let l = self.problem.running_cost(g, t, z, u)?;
+        let sdw = g.scale(dw, self.problem.sigma())?;
+        let dz = match self.sampling {
+            Sampling::Pmp => {
+                let fh = g.mul(f, h)?;
+                g.add(fh, sdw)?
+            }
+            Sampling::Brownian => sdw,
+        };
+        let dl = g.mul(l, h)?;
+        let dhjb = if let Some(lap) = out.lap {
+            let q = g.neg(p)?;
+            let ham = self.problem.hamiltonian(g, t, z, q, u)?;
+            let dt = out.dt(g)?;
+            let half_s2 = 0.5 * self.problem.sigma().powi(2);
+            let diff = g.scale(lap, half_s2)?;
+            let lhs = g.add(dt, diff)?;
+            let res = g.sub(ham, lhs)?;
+            let res = g.abs(res)?;
+            g.mul(res, h)?
+        } else {
+            zeros_col(g, y, rows)?
+        };
+        let dbsde = if self.bsde {
+            let z1 = g.add(z, dz)?;
+            let t1 = g.add(t, h)?;
+            let s1 = space_time(g, z1, t1)?;
+            let phi1 = potential(g, &vars, s1, false)?.phi;
+            // Φ_{i+1} − Φ_i − (pᵀ(b − f) − L)h − pᵀσΔW.
+            let mut pred = g.sub(phi1, out.phi)?;
+            let lh = g.mul(l, h)?;
+            pred = g.add(pred, lh)?;
+            if self.sampling == Sampling::Brownian {
+                let pf = g.mul(p, f)?;
+                let pf = g.sum_cols(pf)?;
+                let pfh = g.mul(pf, h)?;
+                pred = g.add(pred, pfh)?;
+            }
+            let pw = g.mul(p, sdw)?;
+            let pw = g.sum_cols(pw)?;
+            let res = g.sub(pred, pw)?;
+            let res = g.abs(res)?;
+            g.mul(res, h)?
+        } else {
+            zeros_col(g, y, rows)?
+        };
+        g.concat_cols(&[dz, dl, dhjb, dbsde])
+    }
+}
+
+/// Batch means of the loss and its parts, of one iteration's paths.
+#[derive(Clone, Copy, Debug, PartialEq, Default, Serialize, Deserialize)]
+pub struct SocCosts {
+    /// The loss.
+    pub loss: f64,
+    /// Mean ℓ(T) + g(z(T)) along the sampled paths (the closed-loop cost for PMP).
+    pub cost: f64,
+    /// Mean running cost ℓ(T).
+    pub running: f64,
+    /// Mean c_HJ(T) (0 unless β_HJ > 0).
+    pub hjb: f64,
+    /// Mean |Φ(T, z_T) − g(z_T)|.
+    pub terminal: f64,
+    /// Mean ‖∇Φ(T, z_T) − ∇g(z_T)‖.
+    pub terminal_gradient: f64,
+    /// Mean c_BSDE(T) (0 unless β_BSDE > 0).
+    pub bsde: f64,
+}
+
+/// The loss of the final augmented states `y_n` (a leaf) on `g`: its parts as batch
+/// means (handles, in the order of [`SocCosts`] after `loss`) and the loss.
+fn terminal_loss<B: Backend, P: ControlProblem<B> + ?Sized>(
+    g: &mut Graph<B>,
+    problem: &P,
+    rhs: &OtFlowRhs,
+    params: &[Var],
+    y_n: Var,
+    w: &LossWeights,
+) -> autodiff::Result<(Var, [Var; 6])> {
+    let d = problem.dim();
+    let vars = rhs.vars(params)?;
+    let z = g.slice_cols(y_n, 0, d)?;
+    let ell = g.slice_cols(y_n, d, d + 1)?;
+    let chj = g.slice_cols(y_n, d + 1, d + 2)?;
+    let cb = g.slice_cols(y_n, d + 2, d + 3)?;
+    let gz = problem.terminal_cost(g, z)?;
+    let dtype = g.dtype(z)?;
+    let tt = g.leaf_f64(1, 1, &[problem.horizon()], dtype, false)?;
+    let s = space_time(g, z, tt)?;
+    let out = potential(g, &vars, s, false)?;
+    let gx = out.grad_x(g)?;
+    let ng = problem.terminal_gradient(g, z)?;
+    let cost = g.add(ell, gz)?;
+    let mis = g.sub(out.phi, gz)?;
+    let mis = g.abs(mis)?;
+    let dg = g.sub(gx, ng)?;
+    let dg = g.square(dg)?;
+    let dg = g.sum_cols(dg)?;
+    // A floor under the square root keeps its derivative finite at a perfect match.
+    let dg = g.add_scalar(dg, 1e-12)?;
+    let dg = g.sqrt(dg)?;
+    let terms = [
+        (cost, w.control),
+        (chj, w.hjb),
+        (mis, w.terminal),
+        (dg, w.terminal_gradient),
+        (cb, w.bsde),
+    ];
+    let mut total: Option<Var> = None;
+    for (v, wt) in terms {
+        if wt == 0.0 {
+            continue;
+        }
+        let sv = g.scale(v, wt)?;
+        total = Some(match total {
+            None => sv,
+            Some(acc) => g.add(acc, sv)?,
+        });
+    }
+    let total =
+        total.ok_or_else(|| autodiff::Error::InvalidArgument("every loss weight is 0".into()))?;
+    let loss = g.mean(total)?;
+    let parts = [
+        g.mean(cost)?,
+        g.mean(ell)?,
+        g.mean(chj)?,
+        g.mean(mis)?,
+        g.mean(dg)?,
+        g.mean(cb)?,
+    ];
+    Ok((loss, parts))
+}
+
+/// A NeuralSOC objective: the problem, the step map's settings and the solver.
+pub struct SocObjective<'a, P: ?Sized> {
+    problem: &'a P,
+    config: SocConfig,
+    solver: Solver,
+    times: Vec<f64>,
+}
+
+impl<'a, P: ControlProblem<Cpu> + ?Sized> SocObjective<'a, P> {
+    /// The objective of `problem` under `config` (which it validates).
+    pub fn new(problem: &'a P, config: &SocConfig) -> Result<Self> {
+        config.validate()?;
+        let d = problem.dim();
+        if d == 0 {
+            return Err(Error::InvalidArgument("SOC: state dimension 0".into()));
+        }
+        let horizon = problem.horizon();
+        if !(horizon > 0.0 && horizon.is_finite()) {
+            return Err(Error::InvalidArgument(format!("SOC: horizon {horizon}")));
+        }
+        let n = config.steps;
+        let times = (0..=n).map(|i| horizon * i as f64 / n as f64).collect();
+        Ok(SocObjective {
+            problem,
+            config: config.clone(),
+            solver: Solver::new(crate::dto::Method::Euler, config.precision.policy()),
+            times,
+        })
+    }
+
+    /// The time grid of the roll-outs.
+    pub fn times(&self) -> &[f64] {
+        &self.times
+    }
+
+    fn initial(&self, g: &Graph<Cpu>, n: usize, first_sample: u64) -> Result<Tensor<Cpu>> {
+        let d = self.problem.dim();
+        let z0 = self
+            .problem
+            .initial_states(n, self.config.seed, first_sample)?;
+        if z0.len() != n * d {
+            return Err(Error::Length {
+                what: "initial states",
+                found: z0.len(),
+                expected: n * d,
+            });
+        }
+        let mut y = vec![0.0; n * (d + 3)];
+        for (row, zr) in y.chunks_exact_mut(d + 3).zip(z0.chunks_exact(d)) {
+            row[..d].copy_from_slice(zr);
+        }
+        Ok(Tensor::from_f64(g.backend(), n, d + 3, &y, DType::F64)?)
+    }
+
+    fn noise(&self, first_sample: u64) -> BrownianNoise {
+        BrownianNoise {
+            brownian: Brownian::new(self.config.seed),
+            first_sample,
+            dim: self.problem.dim(),
+        }
+    }
+
+    /// The costs of `n` paths starting at sample `first_sample` (no gradient).
+    pub fn costs(
+        &self,
+        g: &mut Graph<Cpu>,
+        p: &OtFlowParams,
+        n: usize,
+        first_sample: u64,
+        sampling: Sampling,
+    ) -> Result<SocCosts> {
+        Ok(self.evaluate(g, p, n, first_sample, sampling, false)?.0)
+    }
+
+    /// The costs of `n` paths from sample `first_sample` and, with `gradient`, the
+    /// loss's gradient (arrays in the order of [`crate::otflow::param_names`]).
+    pub fn evaluate(
+        &self,
+        g: &mut Graph<Cpu>,
+        p: &OtFlowParams,
+        n: usize,
+        first_sample: u64,
+        sampling: Sampling,
+        gradient: bool,
+    ) -> Result<(SocCosts, Option<Vec<Vec<f64>>>)> {
+        let params = OtFlowProblem::param_tensors(g.backend(), p)?;
+        let rhs = SocRhs::new(self.problem, p, sampling, &self.config.weights);
+        let noise = self.noise(first_sample);
+        let y0 = self.initial(g, n, first_sample)?;
+        let traj = self
+            .solver
+            .forward_sde(g, &rhs, &noise, &y0, &self.times, &params)?;
+
+        // The terminal loss at the state precision, the parameters as leaves.
+        let hi = self.solver.policy.state;
+        g.clear();
+        let yn = traj.final_state().cast(g.backend(), hi)?;
+        let yv = g.leaf(yn, gradient);
+        let mut pv = Vec::with_capacity(params.len());
+        for t in &params {
+            let c = t.cast(g.backend(), hi)?;
+            pv.push(g.leaf(c, gradient));
+        }
+        let (loss, parts) =
+            terminal_loss(g, self.problem, &rhs.shape, &pv, yv, &self.config.weights)?;
+        let scalar = |g: &Graph<Cpu>, v: Var| -> Result<f64> { Ok(g.to_f64(v)?[0]) };
+        let costs = SocCosts {
+            loss: scalar(g, loss)?,
+            cost: scalar(g, parts[0])?,
+            running: scalar(g, parts[1])?,
+            hjb: scalar(g, parts[2])?,
+            terminal: scalar(g, parts[3])?,
+            terminal_gradient: scalar(g, parts[4])?,
+            bsde: scalar(g, parts[5])?,
+        };
+        if !gradient {
+            g.clear();
+            return Ok((costs, None));
+        }
+        if !costs.loss.is_finite() {
+            return Err(Error::Numerical(format!("the SOC loss is {}", costs.loss)));
+        }
+        let mut grads = g.backward(loss, None)?;
+        let missing = || Error::InvalidArgument("SOC: a leaf lost its gradient".into());
+        let cot = grads.take(yv).ok_or_else(missing)?;
+        let mut direct = Vec::with_capacity(pv.len());
+        for &v in &pv {
+            direct.push(grads.take(v).ok_or_else(missing)?.to_f64(g.backend())?);
+        }
+        g.clear();
+        let grad = self.solver.backward_sde(
+            g,
+            &rhs,
+            &noise,
+            &traj,
+            &params,
+            &Cotangents::terminal(cot),
+            false,
+        )?;
+        for (dst, t) in direct.iter_mut().zip(&grad.params) {
+            for (a, b) in dst.iter_mut().zip(t.to_f64(g.backend())?) {
+                *a += b;
+            }
+        }
+        Ok((costs, Some(direct)))
+    }
+
+    /// Φ(0, z) at the initial states of samples `first_sample …` (`n` of them).
+    pub fn initial_values(
+        &self,
+        g: &mut Graph<Cpu>,
+        p: &OtFlowParams,
+        n: usize,
+        first_sample: u64,
+    ) -> Result<Vec<f64>> {
+        let d = self.problem.dim();
+        let z0 = self
+            .problem
+            .initial_states(n, self.config.seed, first_sample)?;
+        let mut s = vec![0.0; n * (d + 1)];
+        for (row, zr) in s.chunks_exact_mut(d + 1).zip(z0.chunks_exact(d)) {
+            row[..d].copy_from_slice(zr);
+        }
+        g.clear();
+        let vars = crate::autodiff::otflow::OtFlowVars::new(g, p, DType::F64, false)?;
+        let sv = g.leaf_f64(n, d + 1, &s, DType::F64, false)?;
+        let out = potential(g, &vars, sv, false)?;
+        let v = g.to_f64(out.phi)?;
+        g.clear();
+        Ok(v)
+    }
+}
+
+/// What [`train_soc`] reports after every iteration.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SocProgress {
+    /// Iterations completed.
+    pub iteration: u64,
+    /// Iterations in the run.
+    pub iterations: u64,
+    /// This iteration's costs (before the step).
+    pub costs: SocCosts,
+    /// The gradient's global norm before clipping.
+    pub grad_norm: f64,
+    /// The learning rate of this step.
+    pub lr: f64,
+    /// The validation result after this step, when computed.
+    pub validation: Option<SocValidation>,
+    /// Wall-clock seconds of this iteration.
+    pub seconds: f64,
+}
+
+/// A validation estimate: closed-loop PMP roll-outs on fixed noise.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SocValidation {
+    /// Iterations completed when it was taken.
+    pub iteration: u64,
+    /// The costs of the validation paths (PMP sampling).
+    pub costs: SocCosts,
+    /// Mean Φ(0, z₀) over the validation paths' initial states (the predicted cost).
+    pub initial_value: f64,
+}
+
+/// A trained NeuralSOC value function and its record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainedSoc {
+    /// The config it was trained with.
+    pub config: SocConfig,
+    /// Φ_θ.
+    pub params: OtFlowParams,
+    /// Costs of every iteration.
+    pub costs: Vec<SocCosts>,
+    /// Every validation, the first before any step.
+    pub validation: Vec<SocValidation>,
+}
+
+impl TrainedSoc {
+    /// The model file: the potential Φ_θ on [0, T] with the problem's control map
+    /// (u* = −M∇Φ, when constant), the config and problem in the provenance.
+    pub fn to_artifact<B: Backend, P: ControlProblem<B> + ?Sized>(
+        &self,
+        problem: &P,
+        problem_json: Option<&str>,
+    ) -> Result<Artifact> {
+        let mut prov = Provenance::now(concat!("socflow-trainer ", env!("CARGO_PKG_VERSION")))
+            .with_detail("problem", "NeuralSOC value function")
+            .with_detail("config", self.config.to_json()?)
+            .with_detail("sigma", problem.sigma())
+            .with_detail(
+                "convention",
+                "Phi(t,x) is the value function (optimal cost-to-go) on [0,T]; the optimal \
+                 control is u = -M grad_x Phi with the stored control map M",
+            )
+            .with_detail("iterations", self.costs.len());
+        if let Some(j) = problem_json {
+            prov = prov.with_detail("soc_problem", j);
+        }
+        if let Some(v) = self.validation.last() {
+            prov = prov
+                .with_detail("validation_cost", v.costs.cost)
+                .with_detail("validation_initial_value", v.initial_value);
+        }
+        let a = Artifact::otflow(self.params.clone(), [0.0, problem.horizon()], prov)?;
+        Ok(match problem.control_map()? {
+            Some(m) => a.with_control_map(m)?,
+            None => a,
+        })
+    }
+}
+
+/// Trains Φ_θ for `problem` (see the module docs); `progress` is called after every
+/// iteration. Deterministic for a given config and thread count.
+pub fn train_soc<P: ControlProblem<Cpu> + ?Sized>(
+    problem: &P,
+    config: &SocConfig,
+    progress: &mut dyn FnMut(&SocProgress),
+) -> Result<TrainedSoc> {
+    let mut save = |_: &crate::checkpoint::Checkpoint| Ok(());
+    let mut ckpt = Checkpointing {
+        every: 0,
+        resume: None,
+        save: &mut save,
+    };
+    train_soc_checkpointed(problem, config, &mut ckpt, progress)
+}
+
+/// [`train_soc`] with checkpoints and resumption.
+pub fn train_soc_checkpointed<P: ControlProblem<Cpu> + ?Sized>(
+    problem: &P,
+    config: &SocConfig,
+    ckpt: &mut Checkpointing<'_>,
+    progress: &mut dyn FnMut(&SocProgress),
+) -> Result<TrainedSoc> {
+    let objective = SocObjective::new(problem, config)?;
+    let config_json = config.to_json()?;
+    let d = problem.dim();
+    let b = config.batch_size;
+    if (config.iterations as u128) * (b as u128) >= VALIDATION_FIRST_SAMPLE as u128 {
+        return Err(Error::InvalidArgument(
+            "SOC: iterations × batch size exceed the generator's training range".into(),
+        ));
+    }
+    let mut params = init_params(d, config.m, config.n_th, config.seed)?;
+    let mut set = to_param_set(&params)?;
+    let mut adam = Adam::new(config.optimizer, &set)?;
+    let mut scheduler = Scheduler::new(config.schedule, config.optimizer.lr)?;
+    let start_it = ckpt.restore(
+        &config_json,
+        &mut set,
+        &mut adam,
+        &mut scheduler,
+        config.schedule,
+        config.iterations,
+    )?;
+    params = params_from_flat(&params, set.values.clone())?;
+    let mut g = Graph::new(Cpu::new());
+    let validate = |g: &mut Graph<Cpu>, p: &OtFlowParams, it: u64| -> Result<SocValidation> {
+        let n = config.validation_paths;
+        let costs = objective.costs(g, p, n, VALIDATION_FIRST_SAMPLE, Sampling::Pmp)?;
+        let v0 = objective.initial_values(g, p, n, VALIDATION_FIRST_SAMPLE)?;
+        Ok(SocValidation {
+            iteration: it,
+            costs,
+            initial_value: v0.iter().sum::<f64>() / n as f64,
+        })
+    };
+    let mut costs = Vec::with_capacity(config.iterations as usize);
+    let mut record = Vec::new();
+    if start_it == 0 {
+        record.push(validate(&mut g, &params, 0)?);
+    }
+    for it in start_it..config.iterations {
+        let start = std::time::Instant::now();
+        let (c, grad) =
+            objective.evaluate(&mut g, &params, b, it * b as u64, config.sampling, true)?;
+        let mut grad = grad.ok_or_else(|| Error::Numerical("SOC: no gradient".into()))?;
+        let grad_norm = match config.clip_norm {
+            Some(cn) => clip_grad_norm(&mut grad, cn)?,
+            None => grad.iter().flatten().map(|v| v * v).sum::<f64>().sqrt(),
+        };
+        if !grad_norm.is_finite() {
+            return Err(Error::Numerical(format!(
+                "the SOC gradient norm is {grad_norm} at iteration {it}"
+            )));
+        }
+        let lr = scheduler.lr(it);
+        adam.step(&mut set, &grad, lr)?;
+        params = params_from_flat(&params, set.values.clone())?;
+        let seconds = start.elapsed().as_secs_f64();
+        costs.push(c);
+        let done = it + 1;
+        let due = done == config.iterations
+            || (config.validate_every > 0 && done % config.validate_every == 0);
+        let mut val = None;
+        if due {
+            let v = validate(&mut g, &params, done)?;
+            scheduler.observe(v.costs.cost);
+            record.push(v);
+            val = Some(v);
+        }
+        ckpt.after_iteration(
+            done,
+            config.iterations,
+            &config_json,
+            &set,
+            &adam,
+            &scheduler,
+        )?;
+        progress(&SocProgress {
+            iteration: done,
+            iterations: config.iterations,
+            costs: c,
+            grad_norm,
+            lr,
+            validation: val,
+            seconds,
+        });
+    }
+    Ok(TrainedSoc {
+        config: config.clone(),
+        params,
+        costs,
+        validation: record,
+    })
+}

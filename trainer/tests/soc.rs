@@ -1,0 +1,275 @@
+//! NeuralSOC: the loss's gradient against finite differences of the discrete objective
+//! (every term, PMP and Brownian sampling), the problem family's closed forms, export
+//! to the runtime controller, and bad configs.
+
+use socflow_runtime::artifact::StorageDtype;
+use socflow_runtime::model::Model;
+use socflow_trainer::autodiff::{Cpu, Graph};
+use socflow_trainer::otflow::init_params;
+use socflow_trainer::soc::{
+    train_soc, ControlProblem, InitialDistribution, LossWeights, QuadraticProblem, Sampling,
+    SocConfig, SocObjective, StateCost,
+};
+
+/// A small LQR: d = 2, k = 2, a stable A, R not diagonal, noise 0.4, Gaussian z(0).
+fn small_lqr() -> QuadraticProblem {
+    let mut p = QuadraticProblem::linear_quadratic(
+        vec![-0.5, 0.3, -0.2, -0.4],
+        vec![1.0, 0.2, 0.0, 0.8],
+        vec![1.5, 0.3, 0.3, 0.9],
+        vec![1.0, 0.1, 0.1, 0.6],
+        vec![2.0, 0.0, 0.0, 1.0],
+        0.4,
+        1.0,
+        vec![0.8, -0.5],
+    )
+    .unwrap();
+    p.initial = InitialDistribution::Gaussian {
+        mean: vec![0.8, -0.5],
+        std: vec![0.3, 0.2],
+    };
+    p
+}
+
+fn small_config(sampling: Sampling) -> SocConfig {
+    SocConfig {
+        m: 5,
+        n_th: 3,
+        steps: 6,
+        batch_size: 4,
+        iterations: 1,
+        seed: 3,
+        sampling,
+        weights: LossWeights {
+            control: 1.0,
+            hjb: 0.7,
+            terminal: 0.5,
+            terminal_gradient: 0.3,
+            bsde: 2.0,
+        },
+        ..SocConfig::default()
+    }
+}
+
+/// Perturbs the initialization so no parameter (w, c) sits at an exact zero.
+fn params(p: &QuadraticProblem, cfg: &SocConfig) -> socflow_runtime::nn::OtFlowParams {
+    let mut q = init_params(p.dim, cfg.m, cfg.n_th, cfg.seed).unwrap();
+    let mut s = 0.1f64;
+    let mut bump = |v: &mut f64| {
+        s = (s * 7.13 + 0.37) % 1.0;
+        *v += 0.3 * (s - 0.5);
+    };
+    q.w.iter_mut().for_each(&mut bump);
+    q.c_weight.iter_mut().for_each(&mut bump);
+    q.a.iter_mut().for_each(&mut bump);
+    bump(&mut q.c_bias);
+    q
+}
+
+#[test]
+fn loss_gradient_matches_finite_differences() {
+    let problem = small_lqr();
+    for sampling in [Sampling::Pmp, Sampling::Brownian] {
+        let cfg = small_config(sampling);
+        let obj = SocObjective::new(&problem, &cfg).unwrap();
+        let p = params(&problem, &cfg);
+        let mut g = Graph::new(Cpu::new());
+        let (costs, grad) = obj.evaluate(&mut g, &p, 4, 10, sampling, true).unwrap();
+        let grad = grad.unwrap();
+        assert!(costs.hjb > 0.0 && costs.bsde > 0.0 && costs.terminal_gradient > 0.0);
+
+        let flat = socflow_trainer::otflow::to_param_set(&p).unwrap().values;
+        let loss_at = |vals: &[Vec<f64>]| -> f64 {
+            let q = rebuild(&p, vals);
+            let mut g = Graph::new(Cpu::new());
+            obj.costs(&mut g, &q, 4, 10, sampling).unwrap().loss
+        };
+        let mut worst: f64 = 0.0;
+        let scale = grad.iter().flatten().fold(0.0f64, |m, v| m.max(v.abs()));
+        for (k, arr) in flat.iter().enumerate() {
+            for e in 0..arr.len() {
+                let h = 1e-5;
+                let mut plus = flat.clone();
+                plus[k][e] += h;
+                let mut minus = flat.clone();
+                minus[k][e] -= h;
+                let fd = (loss_at(&plus) - loss_at(&minus)) / (2.0 * h);
+                let ad = grad[k][e];
+                let err = (ad - fd).abs() / ad.abs().max(fd.abs()).max(1e-3 * scale);
+                worst = worst.max(err);
+            }
+        }
+        eprintln!(
+            "{sampling:?}: loss {:.4}, worst rel err {worst:.2e}",
+            costs.loss
+        );
+        // Central differences with h = 1e-5 on a loss with |·| terms: 1e-6 is their
+        // truncation and rounding floor here (no kink is crossed at these points).
+        assert!(worst < 1e-6, "{sampling:?}: gradient rel err {worst:e}");
+    }
+}
+
+fn rebuild(
+    like: &socflow_runtime::nn::OtFlowParams,
+    vals: &[Vec<f64>],
+) -> socflow_runtime::nn::OtFlowParams {
+    let n = like.n_th;
+    let mut q = like.clone();
+    q.k = vals[..n].to_vec();
+    q.b = vals[n..2 * n].to_vec();
+    q.w = vals[2 * n].clone();
+    q.a = vals[2 * n + 1].clone();
+    q.c_weight = vals[2 * n + 2].clone();
+    q.c_bias = vals[2 * n + 3][0];
+    q
+}
+
+#[test]
+fn quadratic_family_closed_forms() {
+    // u* = −R⁻¹Bᵀp maximizes H(s, z, −p, u) = −pᵀ(a + Bu) − ½uᵀRu − Q: the Hamiltonian
+    // at u* exceeds it at perturbed controls, and equals −pᵀa + ½pᵀBR⁻¹Bᵀp − Q.
+    let problem = small_lqr();
+    let mut g = Graph::new(Cpu::new());
+    let dt = socflow_trainer::autodiff::DType::F64;
+    let z = g
+        .leaf_f64(3, 2, &[0.3, -0.2, 1.0, 0.5, -0.7, 0.1], dt, false)
+        .unwrap();
+    let p = g
+        .leaf_f64(3, 2, &[0.5, 1.2, -0.4, 0.3, 0.9, -1.1], dt, false)
+        .unwrap();
+    let t = g.leaf_f64(1, 1, &[0.2], dt, false).unwrap();
+    let u = problem.optimal_control(&mut g, t, z, p).unwrap();
+    let q = g.neg(p).unwrap();
+    let hv = problem.hamiltonian(&mut g, t, z, q, u).unwrap();
+    let h_star = g.to_f64(hv).unwrap();
+    let uv = g.to_f64(u).unwrap();
+    // Closed form.
+    let (zv, pv) = (
+        [0.3, -0.2, 1.0, 0.5, -0.7, 0.1],
+        [0.5, 1.2, -0.4, 0.3, 0.9, -1.1],
+    );
+    let a = [-0.5, 0.3, -0.2, -0.4];
+    let b = [1.0, 0.2, 0.0, 0.8];
+    let r = [1.5, 0.3, 0.3, 0.9];
+    let qm = [1.0, 0.1, 0.1, 0.6];
+    let det = r[0] * r[3] - r[1] * r[2];
+    let rinv = [r[3] / det, -r[1] / det, -r[2] / det, r[0] / det];
+    for i in 0..3 {
+        let (zi, pi) = (&zv[2 * i..2 * i + 2], &pv[2 * i..2 * i + 2]);
+        let az = [a[0] * zi[0] + a[1] * zi[1], a[2] * zi[0] + a[3] * zi[1]];
+        let btp = [b[0] * pi[0] + b[2] * pi[1], b[1] * pi[0] + b[3] * pi[1]];
+        let u_cf = [
+            -(rinv[0] * btp[0] + rinv[1] * btp[1]),
+            -(rinv[2] * btp[0] + rinv[3] * btp[1]),
+        ];
+        assert!((uv[2 * i] - u_cf[0]).abs() < 1e-12 && (uv[2 * i + 1] - u_cf[1]).abs() < 1e-12);
+        let quad = btp[0] * (rinv[0] * btp[0] + rinv[1] * btp[1])
+            + btp[1] * (rinv[2] * btp[0] + rinv[3] * btp[1]);
+        let qz = 0.5
+            * (zi[0] * (qm[0] * zi[0] + qm[1] * zi[1]) + zi[1] * (qm[2] * zi[0] + qm[3] * zi[1]));
+        let h_cf = -(pi[0] * az[0] + pi[1] * az[1]) + 0.5 * quad - qz;
+        assert!((h_star[i] - h_cf).abs() < 1e-12, "{} vs {h_cf}", h_star[i]);
+    }
+    // Any other control gives a smaller Hamiltonian.
+    for delta in [[0.1, 0.0], [0.0, -0.2], [0.3, 0.3]] {
+        let pert: Vec<f64> = uv
+            .chunks(2)
+            .flat_map(|c| [c[0] + delta[0], c[1] + delta[1]])
+            .collect();
+        let up = g.leaf_f64(3, 2, &pert, dt, false).unwrap();
+        let hv = problem.hamiltonian(&mut g, t, z, q, up).unwrap();
+        let hp = g.to_f64(hv).unwrap();
+        for i in 0..3 {
+            assert!(hp[i] < h_star[i], "perturbed control beats u*");
+        }
+    }
+}
+
+#[test]
+fn problems_round_trip_through_json_and_reject_bad_input() {
+    for p in [
+        small_lqr(),
+        QuadraticProblem::hjb100(),
+        QuadraticProblem::shifted_target(1000.0),
+    ] {
+        let j = p.to_json().unwrap();
+        assert_eq!(QuadraticProblem::from_json(&j).unwrap(), p);
+    }
+    let j = small_lqr().to_json().unwrap();
+    let typo = j.replacen("\"sigma\"", "\"sigmaa\"", 1);
+    let e = QuadraticProblem::from_json(&typo).unwrap_err().to_string();
+    assert!(e.contains("sigmaa"), "{e}");
+    let mut bad = small_lqr();
+    bad.control_cost = vec![1.0, 2.0, 2.0, 1.0]; // indefinite
+    assert!(bad.validate().is_err());
+    let mut bad = small_lqr();
+    bad.input.pop();
+    assert!(bad.validate().is_err());
+    let mut bad = small_lqr();
+    bad.state_cost = StateCost::Constant { value: f64::NAN };
+    assert!(bad.validate().is_err());
+
+    let mut cfg = small_config(Sampling::Pmp);
+    cfg.weights = LossWeights {
+        control: 0.0,
+        hjb: 0.0,
+        terminal: 0.0,
+        terminal_gradient: 0.0,
+        bsde: 0.0,
+    };
+    assert!(cfg.validate().is_err());
+    let mut cfg = small_config(Sampling::Pmp);
+    cfg.steps = 0;
+    assert!(cfg.validate().is_err());
+    let j = small_config(Sampling::Pmp).to_json().unwrap();
+    assert!(SocConfig::from_json(&j.replacen("\"steps\"", "\"stepz\"", 1)).is_err());
+}
+
+#[test]
+fn exported_controller_agrees_with_the_trainer() {
+    // A few training steps, export, and the runtime's Controller: u = −M∇Φ equals the
+    // trainer's u* = −R⁻¹Bᵀ∇Φ_θ, and Φ the trainer's Φ_θ.
+    let problem = small_lqr();
+    let mut cfg = small_config(Sampling::Pmp);
+    cfg.iterations = 5;
+    cfg.validation_paths = 8;
+    let trained = train_soc(&problem, &cfg, &mut |_| {}).unwrap();
+    assert_eq!(trained.costs.len(), 5);
+    let art = trained
+        .to_artifact(
+            &problem as &dyn ControlProblem<Cpu>,
+            Some(&problem.to_json().unwrap()),
+        )
+        .unwrap();
+    assert_eq!(art.card.control_dim, Some(2));
+    let bytes = art.to_bytes(StorageDtype::F64).unwrap();
+    let model = Model::<f64>::from_bytes(&bytes).unwrap();
+    let mut ctl = model.controller().unwrap();
+
+    let mut g = Graph::new(Cpu::new());
+    let dt = socflow_trainer::autodiff::DType::F64;
+    let vars =
+        socflow_trainer::autodiff::otflow::OtFlowVars::new(&mut g, &trained.params, dt, false)
+            .unwrap();
+    let states = [[0.3, -0.2, 0.1], [1.0, 0.5, 0.6], [-0.7, 0.1, 0.95]];
+    for s in states {
+        let sv = g.leaf_f64(1, 3, &s, dt, false).unwrap();
+        let out = socflow_trainer::autodiff::otflow::potential(&mut g, &vars, sv, false).unwrap();
+        let gx = out.grad_x(&mut g).unwrap();
+        let t = g.leaf_f64(1, 1, &[s[2]], dt, false).unwrap();
+        let z = g.leaf_f64(1, 2, &s[..2], dt, false).unwrap();
+        let u = problem.optimal_control(&mut g, t, z, gx).unwrap();
+        let u = g.to_f64(u).unwrap();
+        let phi = g.to_f64(out.phi).unwrap()[0];
+        let mut ur = [0.0; 2];
+        ctl.control(s[2], &s[..2], &mut ur).unwrap();
+        let vr = ctl.value(s[2], &s[..2]).unwrap();
+        for k in 0..2 {
+            assert!(
+                (ur[k] - u[k]).abs() <= 1e-10 * u[k].abs().max(1.0),
+                "{ur:?} vs {u:?}"
+            );
+        }
+        assert!((vr - phi).abs() <= 1e-10 * phi.abs().max(1.0));
+    }
+}
