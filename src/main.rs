@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod likelihood;
 mod plot;
 mod progress;
 mod train;
@@ -45,6 +46,9 @@ enum Command {
     },
     /// Draws samples from a velocity or potential model and writes them as .npy.
     Sample(SampleArgs),
+    /// Mean negative log-likelihood of a data file under a velocity or potential
+    /// model (exact divergence, or Hutchinson's estimate), with its standard error.
+    Likelihood(likelihood::LikelihoodArgs),
     /// Evaluates the feedback control u = −M∇ₓΦ(t, x) of a potential model.
     Control(ControlArgs),
     /// Rolls the closed loop dz = u dt + σ dW forward and reports its cost.
@@ -187,6 +191,7 @@ fn main() -> ExitCode {
             Precision::F64 => control::<f64>(&args),
         },
         Command::Simulate(args) => simulate(&args),
+        Command::Likelihood(args) => likelihood::run(&args),
         Command::Bench(args) => bench::run(&args),
     };
     match result {
