@@ -273,3 +273,166 @@ fn exported_controller_agrees_with_the_trainer() {
         assert!((vr - phi).abs() <= 1e-10 * phi.abs().max(1.0));
     }
 }
+
+/// Relative errors (Φ, u) of a controller against the Riccati solution along optimal
+/// trajectories (Riccati feedback, Euler–Maruyama with 100 steps, 16 paths from the
+/// training distribution on their own noise), over every (path, time) point.
+fn riccati_errors(
+    ctl: &mut socflow_runtime::controller::Controller<f64>,
+    lqr: &socflow_trainer::soc::reference::Lqr,
+    sol: &socflow_trainer::soc::reference::LqrSolution,
+    sigma: f64,
+    mean: &[f64],
+) -> (f64, f64) {
+    let d = lqr.d;
+    let gen = socflow_runtime::brownian::Brownian::new(99);
+    let (paths, steps) = (16, 100);
+    let h = lqr.horizon / steps as f64;
+    let (mut dv, mut nv, mut du, mut nu) = (0.0, 0.0, 0.0, 0.0);
+    for path in 0..paths {
+        let mut z = vec![0.0; d];
+        gen.stream_normals(socflow_runtime::brownian::Stream(9), path, 0, &mut z)
+            .unwrap();
+        for (zi, m) in z.iter_mut().zip(mean) {
+            *zi = m + 0.5 * *zi;
+        }
+        let mut dw = vec![0.0; d];
+        for k in 0..steps {
+            let t = k as f64 * h;
+            let u = sol.control(t, &z).unwrap();
+            if k % 10 == 0 {
+                let v = sol.value(t, &z).unwrap();
+                let vl = ctl.value(t, &z).unwrap();
+                let mut ul = vec![0.0; d];
+                ctl.control(t, &z, &mut ul).unwrap();
+                dv += (vl - v).powi(2);
+                nv += v * v;
+                du += ul.iter().zip(&u).map(|(a, b)| (a - b).powi(2)).sum::<f64>();
+                nu += u.iter().map(|b| b * b).sum::<f64>();
+            }
+            gen.increments(path, k as u64, h, &mut dw).unwrap();
+            let f: Vec<f64> = (0..d)
+                .map(|i| {
+                    let az: f64 = (0..d).map(|j| lqr.a[i * d + j] * z[j]).sum();
+                    let bu: f64 = (0..d).map(|j| lqr.b[i * d + j] * u[j]).sum();
+                    az + bu
+                })
+                .collect();
+            for i in 0..d {
+                z[i] += f[i] * h + sigma * dw[i];
+            }
+        }
+    }
+    ((dv / nv).sqrt(), (du / nu).sqrt())
+}
+
+/// The learned controller against the Riccati solution of a 10-D LQR along optimal
+/// trajectories. A short run (400 iterations, 20 steps): the issue's goal of 2% on
+/// both is for the long runs of the `neuralsoc` example; here the value must be within
+/// 5% (a tenth or less of the untrained network's error) and the control within 20%
+/// (a quarter or less of the untrained network's).
+#[test]
+fn lqr_value_and_control_match_riccati() {
+    use socflow_trainer::soc::reference::{Diffusion, Lqr};
+    let d = 10;
+    let lqr = Lqr::standard(d, 5).unwrap();
+    let sol = lqr.solve().unwrap();
+    let sigma = match lqr.sigma {
+        Diffusion::Scalar(s) => s,
+        Diffusion::Matrix(_) => unreachable!("the standard problem has scalar noise"),
+    };
+    let mean = vec![0.5; d];
+    let mut problem = QuadraticProblem::linear_quadratic(
+        lqr.a.clone(),
+        lqr.b.clone(),
+        lqr.r.clone(),
+        lqr.q.clone(),
+        lqr.q_terminal.clone(),
+        sigma,
+        lqr.horizon,
+        mean.clone(),
+    )
+    .unwrap();
+    problem.initial = InitialDistribution::Gaussian {
+        mean: mean.clone(),
+        std: vec![0.5; d],
+    };
+    let cfg = SocConfig {
+        m: 32,
+        steps: 20,
+        batch_size: 64,
+        iterations: 400,
+        optimizer: socflow_trainer::optim::AdamConfig::adam(0.01),
+        validate_every: 0,
+        validation_paths: 64,
+        ..SocConfig::default()
+    };
+    let controller = |params: &socflow_runtime::nn::OtFlowParams| {
+        let trained = socflow_trainer::soc::TrainedSoc {
+            config: cfg.clone(),
+            params: params.clone(),
+            costs: Vec::new(),
+            validation: Vec::new(),
+        };
+        let art = trained
+            .to_artifact(&problem as &dyn ControlProblem<Cpu>, None)
+            .unwrap();
+        let model = Model::<f64>::from_bytes(&art.to_bytes(StorageDtype::F64).unwrap()).unwrap();
+        model.controller().unwrap()
+    };
+    let obj = SocObjective::new(&problem, &cfg).unwrap();
+    let init = obj.initial_params(&mut Graph::new(Cpu::new())).unwrap();
+    let (ev0, eu0) = riccati_errors(&mut controller(&init), &lqr, &sol, sigma, &mean);
+
+    let start = std::time::Instant::now();
+    let trained = train_soc(&problem, &cfg, &mut |_| {}).unwrap();
+    let (ev, eu) = riccati_errors(&mut controller(&trained.params), &lqr, &sol, sigma, &mean);
+    eprintln!(
+        "LQR d = {d}: relative error of Φ {ev:.2e} (untrained {ev0:.2e}), of u {eu:.2e} \
+         (untrained {eu0:.2e}), {:.1} s of training",
+        start.elapsed().as_secs_f64()
+    );
+    assert!(
+        ev < 0.05 && ev < 0.1 * ev0,
+        "value error {ev} (untrained {ev0})"
+    );
+    assert!(
+        eu < 0.2 && eu < 0.25 * eu0,
+        "control error {eu} (untrained {eu0})"
+    );
+}
+
+/// The 100-D HJB benchmark (Han, Jentzen and E) against Cole–Hopf, a short run: the
+/// learned Φ(0, 0) within 1% of 4.590162 and the closed-loop cost of the learned
+/// feedback on validation paths within 1% of it (the issue's goal, 1e-3, is for the
+/// long runs of the `neuralsoc` example).
+#[test]
+fn hjb100_value_matches_cole_hopf() {
+    use socflow_trainer::soc::reference::ColeHopf;
+    let exact = ColeHopf::hjb100().value(0.0, &[0.0; 100]).unwrap();
+    assert!((exact - 4.590162).abs() < 1e-6);
+    let problem = QuadraticProblem::hjb100();
+    let cfg = SocConfig {
+        iterations: 300,
+        schedule: socflow_trainer::optim::Schedule::Step {
+            every: 100,
+            factor: 0.3,
+        },
+        validate_every: 0,
+        validation_paths: 512,
+        ..SocConfig::default()
+    };
+    let trained = train_soc(&problem, &cfg, &mut |_| {}).unwrap();
+    let v = trained.validation.last().unwrap();
+    let (ev, ec) = (
+        (v.initial_value - exact).abs() / exact,
+        (v.costs.cost - exact).abs() / exact,
+    );
+    eprintln!(
+        "HJB-100: Φ(0,0) {:.5} (rel err {ev:.2e}), closed-loop cost {:.5} (rel err {ec:.2e}); \
+         Cole–Hopf {exact:.6}",
+        v.initial_value, v.costs.cost
+    );
+    assert!(ev < 0.01, "Φ(0,0) rel err {ev}");
+    assert!(ec < 0.01, "closed-loop cost rel err {ec}");
+}

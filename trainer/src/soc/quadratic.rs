@@ -172,7 +172,7 @@ pub(crate) fn spd_inverse(a: &[f64], n: usize) -> Option<Vec<f64>> {
             let s: f64 = (0..j).map(|k| l[i * n + k] * l[j * n + k]).sum();
             if i == j {
                 let v = a[i * n + i] - s;
-                if !(v > 0.0) || !v.is_finite() {
+                if v.is_nan() || v <= 0.0 || !v.is_finite() {
                     return None;
                 }
                 l[i * n + i] = v.sqrt();
@@ -213,7 +213,7 @@ impl QuadraticProblem {
         x0: Vec<f64>,
     ) -> Result<Self> {
         let d = x0.len();
-        let k = if d == 0 { 0 } else { b.len() / d };
+        let k = b.len().checked_div(d).unwrap_or(0);
         let p = QuadraticProblem {
             name: "lqr".into(),
             dim: d,

@@ -42,6 +42,9 @@ use crate::otflow::{
 };
 use crate::{Error, Result};
 
+/// The factor on OT-Flow's initial A and w (see [`SocObjective::initial_params`]).
+pub const INIT_SHRINK: f64 = 0.1;
+
 /// First sample index of the validation paths (training iterations use indices below).
 pub const VALIDATION_FIRST_SAMPLE: u64 = 1 << 46;
 
@@ -77,9 +80,9 @@ impl Default for LossWeights {
         LossWeights {
             control: 1.0,
             hjb: 0.0,
-            terminal: 1.0,
+            terminal: 10.0,
             terminal_gradient: 1.0,
-            bsde: 1.0,
+            bsde: 50.0,
         }
     }
 }
@@ -406,6 +409,64 @@ impl<'a, P: ControlProblem<Cpu> + ?Sized> SocObjective<'a, P> {
         })
     }
 
+    /// The initial Φ_θ: OT-Flow's initialization with the quadratic part A and the
+    /// ResNet's output weights w scaled by `INIT_SHRINK` (a value function's scale is
+    /// the problem's, not a standard normal's: at the original scale ½‖As‖² and Nw
+    /// dwarf g at the states the paths reach), and the constant c_b set so that
+    /// Φ(T, ·) matches g on average over the first batch's roll-outs.
+    pub fn initial_params(&self, g: &mut Graph<Cpu>) -> Result<OtFlowParams> {
+        let c = &self.config;
+        let mut p = init_params(self.problem.dim(), c.m, c.n_th, c.seed)?;
+        p.a.iter_mut().for_each(|v| *v *= INIT_SHRINK);
+        p.w.iter_mut().for_each(|v| *v *= INIT_SHRINK);
+        let mut w = c.weights;
+        w.hjb = 0.0;
+        let objective = SocObjective {
+            problem: self.problem,
+            config: SocConfig {
+                weights: w,
+                ..c.clone()
+            },
+            solver: self.solver.clone(),
+            times: self.times.clone(),
+        };
+        let n = c.batch_size;
+        let gap = objective.terminal_gap(g, &p, n)?;
+        p.c_bias += gap;
+        Ok(p)
+    }
+
+    /// Mean g(z_T) − Φ(T, z_T) over `n` PMP paths of the first iteration.
+    fn terminal_gap(&self, g: &mut Graph<Cpu>, p: &OtFlowParams, n: usize) -> Result<f64> {
+        let params = OtFlowProblem::param_tensors(g.backend(), p)?;
+        let rhs = SocRhs::new(self.problem, p, Sampling::Pmp, &self.config.weights);
+        let noise = self.noise(0);
+        let y0 = self.initial(g, n, 0)?;
+        let traj = self
+            .solver
+            .forward_sde(g, &rhs, &noise, &y0, &self.times, &params)?;
+        g.clear();
+        let d = self.problem.dim();
+        let yn = traj.final_state().cast(g.backend(), DType::F64)?;
+        let yv = g.leaf(yn, false);
+        let z = g.slice_cols(yv, 0, d)?;
+        let gz = self.problem.terminal_cost(g, z)?;
+        let vars = crate::autodiff::otflow::OtFlowVars::new(g, p, DType::F64, false)?;
+        let tt = g.leaf_f64(1, 1, &[self.problem.horizon()], DType::F64, false)?;
+        let s = space_time(g, z, tt)?;
+        let phi = potential(g, &vars, s, false)?.phi;
+        let diff = g.sub(gz, phi)?;
+        let m = g.mean(diff)?;
+        let gap = g.to_f64(m)?[0];
+        g.clear();
+        if !gap.is_finite() {
+            return Err(Error::Numerical(format!(
+                "SOC initialization: mean g(z_T) − Φ(T, z_T) is {gap}"
+            )));
+        }
+        Ok(gap)
+    }
+
     /// The time grid of the roll-outs.
     pub fn times(&self) -> &[f64] {
         &self.times
@@ -651,14 +712,14 @@ pub fn train_soc_checkpointed<P: ControlProblem<Cpu> + ?Sized>(
 ) -> Result<TrainedSoc> {
     let objective = SocObjective::new(problem, config)?;
     let config_json = config.to_json()?;
-    let d = problem.dim();
     let b = config.batch_size;
     if (config.iterations as u128) * (b as u128) >= VALIDATION_FIRST_SAMPLE as u128 {
         return Err(Error::InvalidArgument(
             "SOC: iterations × batch size exceed the generator's training range".into(),
         ));
     }
-    let mut params = init_params(d, config.m, config.n_th, config.seed)?;
+    let mut g = Graph::new(Cpu::new());
+    let mut params = objective.initial_params(&mut g)?;
     let mut set = to_param_set(&params)?;
     let mut adam = Adam::new(config.optimizer, &set)?;
     let mut scheduler = Scheduler::new(config.schedule, config.optimizer.lr)?;
@@ -671,7 +732,6 @@ pub fn train_soc_checkpointed<P: ControlProblem<Cpu> + ?Sized>(
         config.iterations,
     )?;
     params = params_from_flat(&params, set.values.clone())?;
-    let mut g = Graph::new(Cpu::new());
     let validate = |g: &mut Graph<Cpu>, p: &OtFlowParams, it: u64| -> Result<SocValidation> {
         let n = config.validation_paths;
         let costs = objective.costs(g, p, n, VALIDATION_FIRST_SAMPLE, Sampling::Pmp)?;
