@@ -7,8 +7,8 @@
 //!
 //! [`OtFlow`] implements [`Potential`] (single state, caller scratch, no allocation) and
 //! [`Field`] as the velocity v = −∇ₓΦ with divergence −ΔₓΦ and Jacobian–vector
-//! products −(∇ₓ²Φ)·u ([`OtFlow::grad_hvp`], single state; the block JVP loops over
-//! it). Its block paths (and [`OtFlow::grad_block`]) evaluate many states with GEMMs.
+//! products −(∇ₓ²Φ)·u ([`OtFlow::grad_hvp`]). Its block paths (and
+//! [`OtFlow::grad_block`]) evaluate many states with GEMMs.
 //!
 //! Layout: the weights are stored in the compute type, zero-padded to multiples of
 //! [`PAD`](crate::linalg::PAD) so that every kernel runs on whole vectors, and each
@@ -845,6 +845,143 @@ fn block_chunk<T: Real>(
     Ok(())
 }
 
+/// Scratch elements of one chunk of the block JVP ([`jvp_chunk`]).
+fn jvp_chunk_scratch_len<T: Real>(net: &OtFlow<T>) -> usize {
+    let (r, m, ns) = (BLOCK_ROWS, net.m_pad, net.ns_pad);
+    // S, DS, GS, DGS: rows × ns; A, U, DU, Z, DZ, G, DG: rows × m; TS, DAS: n_th ×
+    // rows × m; φ, ∂ₜφ: rows.
+    4 * r * ns + 7 * r * m + 2 * net.n_th * r * m + 2 * r
+}
+
+/// One chunk of the block JVP: `t.len() ≤ BLOCK_ROWS` states computed as a
+/// `BLOCK_ROWS`-row chunk (padded with zero states), writing ∇ₓΦ into `grad` and
+/// (∇ₓ²Φ)·dx into `hv`. The primal GEMMs and maps are those of [`block_chunk`] without
+/// the Laplacian (same shapes, same order: the gradient is bitwise the block path's);
+/// the tangents are those of [`single_hvp`], each layer's as one more GEMM.
+#[allow(clippy::too_many_arguments)] // private: a chunk's inputs and outputs
+fn jvp_chunk<T: Real>(
+    net: &OtFlow<T>,
+    t: &[T],
+    x: &[T],
+    dx: &[T],
+    grad: &mut [T],
+    hv: &mut [T],
+    scratch: &mut [T],
+) -> Result<()> {
+    let rows = BLOCK_ROWS;
+    let (d, ns, nsp, mp, nth) = (net.d, net.ns, net.ns_pad, net.m_pad, net.n_th);
+    let mm = mp * mp;
+    let mut sc = scratch;
+    let s = take(&mut sc, rows * nsp);
+    let ds = take(&mut sc, rows * nsp);
+    let gs = take(&mut sc, rows * nsp);
+    let dgs = take(&mut sc, rows * nsp);
+    let a = take(&mut sc, rows * mp);
+    let u = take(&mut sc, rows * mp);
+    let du = take(&mut sc, rows * mp);
+    let z = take(&mut sc, rows * mp);
+    let dz = take(&mut sc, rows * mp);
+    let g = take(&mut sc, rows * mp);
+    let dg = take(&mut sc, rows * mp);
+    let ts = take(&mut sc, nth * rows * mp);
+    let das = take(&mut sc, nth * rows * mp);
+    let phi = take(&mut sc, rows);
+    let dt = take(&mut sc, rows);
+
+    let n = t.len();
+    for (i, (srow, drow)) in s
+        .chunks_exact_mut(nsp)
+        .zip(ds.chunks_exact_mut(nsp))
+        .enumerate()
+    {
+        srow.fill(T::zero());
+        drow.fill(T::zero());
+        if i < n {
+            srow[..d].copy_from_slice(&x[i * d..(i + 1) * d]);
+            srow[d] = t[i];
+            drow[..d].copy_from_slice(&dx[i * d..(i + 1) * d]);
+        }
+    }
+    // Forward, with δa_i = K_i δu_{i−1} (δa₀ = K₀δs) and δu_i = δu_{i−1} + η tanh(a_i) ⊙
+    // δa_i (δu₀ = tanh(a₀) ⊙ δa₀).
+    let k0 = MatRef::new(&net.k0, mp, ns, nsp);
+    gemm_xwt(MatRef::new(s, rows, ns, nsp), k0, Some(&net.b[..mp]), a, mp)?;
+    block_act(net.eta, a, u, &mut ts[..rows * mp], true);
+    gemm_xwt(
+        MatRef::new(ds, rows, ns, nsp),
+        k0,
+        None,
+        &mut das[..rows * mp],
+        mp,
+    )?;
+    for ((duv, &tv), &dav) in du.iter_mut().zip(&ts[..rows * mp]).zip(&das[..rows * mp]) {
+        *duv = tv * dav;
+    }
+    for i in 1..nth {
+        let ki = MatRef::new(&net.kh[(i - 1) * mm..i * mm], mp, mp, mp);
+        let layer = i * rows * mp..(i + 1) * rows * mp;
+        gemm_xwt(
+            MatRef::new(u, rows, mp, mp),
+            ki,
+            Some(&net.b[i * mp..(i + 1) * mp]),
+            a,
+            mp,
+        )?;
+        gemm_xwt(
+            MatRef::new(du, rows, mp, mp),
+            ki,
+            None,
+            &mut das[layer.clone()],
+            mp,
+        )?;
+        block_act(net.eta, a, u, &mut ts[layer.clone()], false);
+        for ((duv, &tv), &dav) in du.iter_mut().zip(&ts[layer.clone()]).zip(&das[layer]) {
+            *duv += net.eta * tv * dav;
+        }
+    }
+    // Backward, z and δz together (z_{nTh} = w, δz_{nTh} = 0).
+    for zrow in z.chunks_exact_mut(mp) {
+        zrow.copy_from_slice(&net.w);
+    }
+    dz.fill(T::zero());
+    for i in (1..nth).rev() {
+        let layer = i * rows * mp..(i + 1) * rows * mp;
+        let ki = MatRef::new(&net.kh[(i - 1) * mm..i * mm], mp, mp, mp);
+        scale_prod(net.eta, &ts[layer.clone()], z, g);
+        tangent_prod(net.eta, &ts[layer.clone()], &das[layer], z, dz, dg);
+        gemm_xb(MatRef::new(g, rows, mp, mp), ki, z, mp, true)?;
+        gemm_xb(MatRef::new(dg, rows, mp, mp), ki, dz, mp, true)?;
+    }
+    scale_prod(T::one(), &ts[..rows * mp], z, g);
+    tangent_prod(T::one(), &ts[..rows * mp], &das[..rows * mp], z, dz, dg);
+    let k0b = MatRef::new(&net.k0, mp, nsp, nsp);
+    gemm_xb(MatRef::new(g, rows, mp, mp), k0b, gs, nsp, false)?;
+    gemm_xb(MatRef::new(dg, rows, mp, mp), k0b, dgs, nsp, false)?;
+    block_finish(net, n, s, gs, u, grad, phi, dt);
+    // The quadratic term's tangent (AᵀA)δs, row by row.
+    for i in 0..n {
+        let drow = &ds[i * nsp..(i + 1) * nsp];
+        let hrow = &mut dgs[i * nsp..(i + 1) * nsp];
+        for k in 0..net.r {
+            let arow = &net.a[k * nsp..(k + 1) * nsp];
+            let qk = k_dot(arow, drow);
+            for (hv, &av) in hrow.iter_mut().zip(arow) {
+                *hv += qk * av;
+            }
+        }
+        hv[i * d..(i + 1) * d].copy_from_slice(&hrow[..d]);
+    }
+    Ok(())
+}
+
+/// `dg ← c · ((1 − ts²) ⊙ da ⊙ z + ts ⊙ dz)` (elementwise): the tangent of
+/// `c · tanh(a) ⊙ z`.
+fn tangent_prod<T: Real>(c: T, ts: &[T], da: &[T], z: &[T], dz: &[T], dg: &mut [T]) {
+    for ((((gv, &tv), &av), &zv), &dzv) in dg.iter_mut().zip(ts).zip(da).zip(z).zip(dz) {
+        *gv = c * ((T::one() - tv * tv) * av * zv + tv * dzv);
+    }
+}
+
 simd_fn! {
     /// `u ← σ(a)` (first layer) or `u ← u + η σ(a)`, and `ts ← tanh(a)`.
     fn block_act<T: Real>(eta: T, a: &[T], u: &mut [T], ts: &mut [T], first: bool) {
@@ -1075,6 +1212,49 @@ impl<T: Real> Field<T> for OtFlow<T> {
         scratch: &mut [T],
     ) -> Result<()> {
         self.grad_hvp(t, x, dx, v, jv, scratch)?;
+        for vi in v.iter_mut().chain(jv.iter_mut()) {
+            *vi = -*vi;
+        }
+        Ok(())
+    }
+
+    fn block_jvp_scratch_len(&self, rows: usize) -> usize {
+        let _ = rows;
+        jvp_chunk_scratch_len(self)
+    }
+
+    /// GEMM chunks of [`BLOCK_ROWS`] rows with the tangents beside the gradient's
+    /// sweeps (about three times [`Field::eval_block`]'s work); `v` is bitwise the one
+    /// [`Field::eval_block`] gives.
+    fn eval_block_jvp(
+        &self,
+        t: &[T],
+        x: &[T],
+        dx: &[T],
+        v: &mut [T],
+        jv: &mut [T],
+        scratch: &mut [T],
+    ) -> Result<()> {
+        let d = self.d;
+        check_block(d, t.len(), x, v)?;
+        check_block(d, t.len(), dx, jv)?;
+        let need = jvp_chunk_scratch_len(self);
+        check_len("scratch", scratch.len().min(need), need)?;
+        let mut start = 0;
+        while start < t.len() {
+            let n = BLOCK_ROWS.min(t.len() - start);
+            let (lo, hi) = (start * d, (start + n) * d);
+            jvp_chunk(
+                self,
+                &t[start..start + n],
+                &x[lo..hi],
+                &dx[lo..hi],
+                &mut v[lo..hi],
+                &mut jv[lo..hi],
+                &mut scratch[..need],
+            )?;
+            start += n;
+        }
         for vi in v.iter_mut().chain(jv.iter_mut()) {
             *vi = -*vi;
         }
