@@ -22,7 +22,7 @@
 //!   best any `N`-step policy can do; it lies above the continuous value.
 //! - [`quadcopter_drift`], [`quadcopter_input_matrix`], [`Quadcopter`]: the 12-D
 //!   quadcopter of Onken et al. (2022), used by NeuralSOC.
-//! - [`ControlProblem`] and [`closed_loop_cost`]: a Monte-Carlo estimate of the cost of
+//! - [`SimulationProblem`] and [`closed_loop_cost`]: a Monte-Carlo estimate of the cost of
 //!   a feedback policy under Euler–Maruyama.
 
 use crate::error::{check_len, Error, Result};
@@ -1734,9 +1734,11 @@ impl Quadcopter {
 // Closed-loop Monte Carlo.
 // ---------------------------------------------------------------------------------
 
-/// A control problem `dz = f(t,z,u)ds + σ(t,z)dW`, cost `E[∫L ds + g(z_T)]`, for
-/// [`closed_loop_cost`]. Slices have the documented lengths (implementations check).
-pub trait ControlProblem {
+/// A control problem `dz = f(t,z,u)ds + σ(t,z)dW`, cost `E[∫L ds + g(z_T)]`, in plain
+/// `f64` for [`closed_loop_cost`] (the training loop's
+/// [`ControlProblem`](crate::soc::ControlProblem) records the same on an autodiff
+/// graph). Slices have the documented lengths (implementations check).
+pub trait SimulationProblem {
     /// State dimension.
     fn state_dim(&self) -> usize;
     /// Control dimension.
@@ -1747,7 +1749,7 @@ pub trait ControlProblem {
     fn horizon(&self) -> f64;
     /// `out = f(t, z, u)`.
     fn dynamics(&self, t: f64, z: &[f64], u: &[f64], out: &mut [f64]) -> Result<()>;
-    /// `out = σ(t, z)·dw` (`dw` of length [`noise_dim`](ControlProblem::noise_dim)).
+    /// `out = σ(t, z)·dw` (`dw` of length [`noise_dim`](SimulationProblem::noise_dim)).
     fn diffusion(&self, t: f64, z: &[f64], dw: &[f64], out: &mut [f64]) -> Result<()>;
     /// `L(t, z, u)`.
     fn running_cost(&self, t: f64, z: &[f64], u: &[f64]) -> Result<f64>;
@@ -1755,7 +1757,7 @@ pub trait ControlProblem {
     fn terminal_cost(&self, z: &[f64]) -> Result<f64>;
 }
 
-impl ControlProblem for Lqr {
+impl SimulationProblem for Lqr {
     fn state_dim(&self) -> usize {
         self.d
     }
@@ -1806,7 +1808,7 @@ impl ControlProblem for Lqr {
     }
 }
 
-impl ControlProblem for ColeHopf {
+impl SimulationProblem for ColeHopf {
     fn state_dim(&self) -> usize {
         self.d
     }
@@ -1849,7 +1851,7 @@ fn as12(z: &[f64], what: &'static str) -> Result<[f64; 12]> {
     Ok(a)
 }
 
-impl ControlProblem for Quadcopter {
+impl SimulationProblem for Quadcopter {
     fn state_dim(&self) -> usize {
         12
     }
@@ -1918,7 +1920,7 @@ pub fn closed_loop_cost<P, F>(
     seed: u64,
 ) -> Result<CostEstimate>
 where
-    P: ControlProblem + ?Sized,
+    P: SimulationProblem + ?Sized,
     F: FnMut(f64, &[f64], &mut [f64]) -> Result<()>,
 {
     let (d, k, m) = (
