@@ -10,7 +10,7 @@
 //! ```
 //!
 //! (the change of variables of MATH.md §2 plus the normalization recorded in the
-//! artifact), with the exact divergence of the network ([`Field::eval_block_div`](socflow_runtime::Field::eval_block_div):
+//! artifact), with the exact divergence of the network ([`Field::eval_block_div`]:
 //! the MLP's forward-mode Jacobian, the OT-Flow potential's closed-form Laplacian) and
 //! any runtime ODE method: fixed RK4 steps or adaptive Dopri5 (where l is part of the
 //! error norm, so the log-density meets the tolerances too). This is the inverse of the
@@ -20,11 +20,10 @@
 //! # Hutchinson's estimator
 //!
 //! The exact trace costs about d forward passes per evaluation (the MLP's forward-mode
-//! Jacobian; the OT-Flow Laplacian's O(m²d) sweep). With
-//! [`Divergence::Hutchinson`], l' is instead the unbiased estimate
-//! (1/K) Σ_k ε_kᵀ(∂f/∂z)ε_k from K probes, each a Jacobian–vector product
-//! ([`Field::eval_block_jvp`](socflow_runtime::Field::eval_block_jvp): about one more
-//! forward pass), and log p(x) is an unbiased estimate whose variance falls as 1/K. As
+//! Jacobian; the OT-Flow Laplacian's O(m²d) sweep). With [`Divergence::Hutchinson`],
+//! l' is instead the unbiased estimate (1/K) Σ_k ε_kᵀ(∂f/∂z)ε_k from K probes, each a
+//! Jacobian–vector product ([`Field::eval_block_jvp`]: about one more forward pass),
+//! and log p(x) is an unbiased estimate whose variance falls as 1/K. As
 //! in FFJORD the probes of a data point are drawn once and held fixed for its whole
 //! solve (every step and stage), so l(t1) is the integral of one smooth function and
 //! adaptive steps see no noise. The probe k of the data point with index i is drawn

@@ -1223,9 +1223,9 @@ impl<T: Real> Field<T> for OtFlow<T> {
         jvp_chunk_scratch_len(self)
     }
 
-    /// GEMM chunks of [`BLOCK_ROWS`] rows with the tangents beside the gradient's
-    /// sweeps (about three times [`Field::eval_block`]'s work); `v` is bitwise the one
-    /// [`Field::eval_block`] gives.
+    /// GEMM chunks of [`Field::preferred_block_rows`] rows with the tangents beside the
+    /// gradient's sweeps (about two to three times [`Field::eval_block`]'s work); `v` is
+    /// bitwise the one [`Field::eval_block`] gives.
     fn eval_block_jvp(
         &self,
         t: &[T],
