@@ -124,6 +124,16 @@ fn reference(op: UnaryOp, x: f64) -> f64 {
         }
         UnaryOp::Softplus => (1.0 + x.exp()).ln(),
         UnaryOp::LogCosh => (x.exp() + (-x).exp()).ln(),
+        // Through e^{ix} = cos x + i sin x would need complex numbers; the half-angle
+        // forms are independent of std's sin and cos.
+        UnaryOp::Sin => {
+            let t = (0.5 * x).tan();
+            2.0 * t / (1.0 + t * t)
+        }
+        UnaryOp::Cos => {
+            let t = (0.5 * x).tan();
+            (1.0 - t * t) / (1.0 + t * t)
+        }
     }
 }
 
@@ -221,6 +231,7 @@ fn derivative_maps_are_the_vjps() {
         (UnaryOp::Softplus, UnaryOp::Sigmoid),
         (UnaryOp::Silu, UnaryOp::SiluPrime),
         (UnaryOp::SiluPrime, UnaryOp::SiluSecond),
+        (UnaryOp::Sin, UnaryOp::Cos),
     ];
     for (f, df) in pairs {
         let mut g = Graph::new(Cpu::new());
@@ -687,6 +698,346 @@ fn composite_models() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Fused ops: add_scaled, mul_add, matmul_add, unary_many; the accumulation kernels
+// ---------------------------------------------------------------------------------------
+
+const BROADCASTS: [Broadcast; 4] = [
+    Broadcast::None,
+    Broadcast::Row,
+    Broadcast::Col,
+    Broadcast::Scalar,
+];
+
+fn covering(bc: Broadcast, r: usize, n: usize) -> Shape {
+    match bc {
+        Broadcast::None => Shape::new(r, n),
+        Broadcast::Row => Shape::new(1, n),
+        Broadcast::Col => Shape::new(r, 1),
+        Broadcast::Scalar => Shape::SCALAR,
+    }
+}
+
+fn at(v: &[f64], bc: Broadcast, n: usize, i: usize) -> f64 {
+    match bc {
+        Broadcast::None => v[i],
+        Broadcast::Row => v[i % n],
+        Broadcast::Col => v[i / n],
+        Broadcast::Scalar => v[0],
+    }
+}
+
+#[test]
+fn add_scaled_and_mul_add_with_every_broadcast() {
+    let mut rng = Rng(21);
+    let (r, n) = (4, 3);
+    for bc in BROADCASTS {
+        let sc = covering(bc, r, n);
+        let (a, b, c) = (
+            rng.vec(r * n, 1.0),
+            rng.vec(r * n, 1.0),
+            rng.vec(sc.len(), 1.0),
+        );
+        let mut g = Graph::new(Cpu::new());
+        let av = g.leaf(t64(r, n, &a), false);
+        let bv = g.leaf(t64(r, n, &b), false);
+        let cv = g.leaf(t64(sc.rows, sc.cols, &c), false);
+        // Each product rounded before the sum, as the unfused ops round.
+        let y = g.add_scaled(av, cv, -0.7).unwrap();
+        let want: Vec<f64> = (0..r * n).map(|i| a[i] + -0.7 * at(&c, bc, n, i)).collect();
+        assert_eq!(g.to_f64(y).unwrap(), want, "add_scaled {bc:?}");
+        let y = g.mul_add(av, bv, cv, 1.3).unwrap();
+        let want: Vec<f64> = (0..r * n)
+            .map(|i| a[i] + 1.3 * (b[i] * at(&c, bc, n, i)))
+            .collect();
+        assert_eq!(g.to_f64(y).unwrap(), want, "mul_add {bc:?}");
+        let leaves = [t64(r, n, &a), t64(r, n, &b), t64(sc.rows, sc.cols, &c)];
+        check(&format!("add_scaled {bc:?}"), &leaves, |g, v| {
+            let y = g.add_scaled(v[0], v[2], -0.7)?;
+            probe(g, y)
+        });
+        check(&format!("mul_add {bc:?}"), &leaves, |g, v| {
+            let y = g.mul_add(v[0], v[1], v[2], 1.3)?;
+            probe(g, y)
+        });
+    }
+    // Operands that are the same value (a sum of squares s + v ⊙ v, x + α·x).
+    let x = rng.vec(6, 1.0);
+    check("mul_add(x, x, x)", &[t64(2, 3, &x)], |g, v| {
+        let y = g.mul_add(v[0], v[0], v[0], 0.5)?;
+        probe(g, y)
+    });
+    check("add_scaled(x, x)", &[t64(2, 3, &x)], |g, v| {
+        let y = g.add_scaled(v[0], v[0], 2.5)?;
+        let y2 = g.square(y)?;
+        probe(g, y2)
+    });
+}
+
+#[test]
+fn matmul_add_forward_and_gradients() {
+    let mut rng = Rng(22);
+    let (m, k, n) = (4, 3, 5);
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        let sa = if ta {
+            Shape::new(k, m)
+        } else {
+            Shape::new(m, k)
+        };
+        let sb = if tb {
+            Shape::new(n, k)
+        } else {
+            Shape::new(k, n)
+        };
+        let prod = |a: &[f64], b: &[f64]| naive_matmul(a, sa, ta, b, sb, tb);
+        for bc in BROADCASTS {
+            let sc = covering(bc, m, n);
+            let (a, b, c) = (
+                rng.vec(sa.len(), 1.0),
+                rng.vec(sb.len(), 1.0),
+                rng.vec(sc.len(), 1.0),
+            );
+            let mut g = Graph::new(Cpu::new());
+            let av = g.leaf(t64(sa.rows, sa.cols, &a), false);
+            let bv = g.leaf(t64(sb.rows, sb.cols, &b), false);
+            let cv = g.leaf(t64(sc.rows, sc.cols, &c), false);
+            let y = g.matmul_add(cv, av, bv, ta, tb, -0.5).unwrap();
+            assert_eq!(g.shape(y).unwrap(), Shape::new(m, n));
+            let p = prod(&a, &b);
+            let want: Vec<f64> = (0..m * n).map(|i| at(&c, bc, n, i) - 0.5 * p[i]).collect();
+            assert_all_close(
+                &format!("matmul_add {ta} {tb} {bc:?}"),
+                &g.to_f64(y).unwrap(),
+                &want,
+                1e-14,
+            );
+            let leaves = [
+                t64(sa.rows, sa.cols, &a),
+                t64(sb.rows, sb.cols, &b),
+                t64(sc.rows, sc.cols, &c),
+            ];
+            check(&format!("matmul_add {ta} {tb} {bc:?}"), &leaves, |g, v| {
+                let y = g.matmul_add(v[2], v[0], v[1], ta, tb, -0.5)?;
+                probe(g, y)
+            });
+        }
+    }
+}
+
+/// The maps computed together are the maps computed one by one, bit for bit, in every
+/// precision; so are the gradients through the linked derivative values.
+#[test]
+fn unary_many_is_unary_bitwise() {
+    let be = Cpu::new();
+    let mut rng = Rng(23);
+    // Long enough for the vectorized loops' bodies and tails, and far-out values.
+    let mut x = rng.range(1000, -6.0, 6.0);
+    x.extend_from_slice(&[0.0, -0.0, 1e-30, -40.0, 40.0, 1000.0, -1000.0]);
+    let sets: [&[UnaryOp]; 6] = [
+        &[UnaryOp::LogCosh, UnaryOp::Tanh, UnaryOp::Sech2],
+        &[UnaryOp::Sech2, UnaryOp::LogCosh],
+        &[UnaryOp::Tanh, UnaryOp::Sech2],
+        &[UnaryOp::LogCosh, UnaryOp::Tanh],
+        &[
+            UnaryOp::Softplus,
+            UnaryOp::Sigmoid,
+            UnaryOp::Silu,
+            UnaryOp::SiluPrime,
+        ],
+        &[UnaryOp::Sin, UnaryOp::Cos, UnaryOp::Exp],
+    ];
+    for dtype in DType::ALL {
+        let xb = be.upload(&x, dtype).unwrap();
+        for ops in sets {
+            let many = be.unary_many(ops, &xb).unwrap();
+            assert_eq!(many.len(), ops.len());
+            for (&op, y) in ops.iter().zip(&many) {
+                assert_eq!(
+                    *y,
+                    be.unary(op, &xb).unwrap(),
+                    "{dtype} {} in {ops:?}",
+                    op.name()
+                );
+            }
+        }
+    }
+    // Gradients of Σ_j w_j·Σ ops_j(x): linked (one unary_many) and unlinked (separate
+    // unary calls) agree bitwise, and the checker agrees with both.
+    let xs = rng.range(24, -3.0, 3.0);
+    for dtype in DType::ALL {
+        for ops in sets {
+            let grad = |linked: bool| {
+                let mut g = Graph::new(Cpu::new());
+                let xv = g.leaf_f64(4, 6, &xs, dtype, true).unwrap();
+                let ys = if linked {
+                    g.unary_many(xv, ops).unwrap()
+                } else {
+                    ops.iter().map(|&op| g.unary(op, xv).unwrap()).collect()
+                };
+                let mut total: Option<Var> = None;
+                for (j, y) in ys.into_iter().enumerate() {
+                    let s = g.sum(y).unwrap();
+                    let s = g.scale(s, 1.0 + j as f64).unwrap();
+                    total = Some(match total {
+                        None => s,
+                        Some(t) => g.add(t, s).unwrap(),
+                    });
+                }
+                let grads = g.backward(total.unwrap(), None).unwrap();
+                grads.get(xv).unwrap().to_f64(g.backend()).unwrap()
+            };
+            assert_eq!(grad(true), grad(false), "{dtype} {ops:?}");
+        }
+    }
+    for ops in sets {
+        check(&format!("unary_many {ops:?}"), &[t64(4, 6, &xs)], |g, v| {
+            let ys = g.unary_many(v[0], ops)?;
+            let mut total = probe(g, ys[0])?;
+            for &y in &ys[1..] {
+                let p = probe(g, y)?;
+                total = g.add(total, p)?;
+            }
+            Ok(total)
+        });
+    }
+    let mut g = Graph::new(Cpu::new());
+    let xv = g.leaf(t64(1, 2, &[0.5, 1.0]), true);
+    assert!(g.unary_many(xv, &[]).unwrap().is_empty());
+}
+
+#[test]
+fn in_place_accumulation_kernels() {
+    let be = Cpu::new();
+    let mut rng = Rng(24);
+    let (d, s) = (rng.vec(12, 1.0), rng.vec(12, 1.0));
+    // dst + α·src, the product rounded before the sum; src of another precision is
+    // read exactly.
+    for (dd, sd) in [
+        (DType::F64, DType::F64),
+        (DType::F32, DType::F32),
+        (DType::F32, DType::F16),
+        (DType::F32, DType::Bf16),
+        (DType::F64, DType::F32),
+        (DType::F16, DType::F16),
+    ] {
+        let mut dst = be.upload(&d, dd).unwrap();
+        let src = be.upload(&s, sd).unwrap();
+        let (dv, sv) = (be.download(&dst).unwrap(), be.download(&src).unwrap());
+        be.axpy(&mut dst, -0.375, &src).unwrap();
+        let got = be.download(&dst).unwrap();
+        for i in 0..12 {
+            let want = match dd {
+                DType::F64 => dv[i] + -0.375 * sv[i],
+                DType::F32 => f64::from(dv[i] as f32 + -0.375f32 * sv[i] as f32),
+                _ => f16::from_f32(dv[i] as f32 + -0.375f32 * sv[i] as f32).to_f64(),
+            };
+            assert_eq!(got[i], want, "axpy {dd} += {sd}");
+        }
+    }
+    let mut short = be.upload(&d[..3], DType::F64).unwrap();
+    assert!(matches!(
+        be.axpy(&mut short, 1.0, &be.upload(&s, DType::F64).unwrap()),
+        Err(Error::Length { .. })
+    ));
+    // dst + β·A·Bᵀ against the naive product, and a 16-bit destination rounded once
+    // from its f32 update.
+    let (sa, sb) = (Shape::new(3, 4), Shape::new(5, 4));
+    let (a, b, c) = (rng.vec(12, 1.0), rng.vec(20, 1.0), rng.vec(15, 1.0));
+    let p = naive_matmul(&a, sa, false, &b, sb, true);
+    for dtype in DType::ALL {
+        let up = |v: &[f64]| be.upload(v, dtype).unwrap();
+        let (ab, bb, mut cb) = (up(&a), up(&b), up(&c));
+        let (ae, be_, ce) = (
+            be.download(&ab).unwrap(),
+            be.download(&bb).unwrap(),
+            be.download(&cb).unwrap(),
+        );
+        be.matmul_acc(&mut cb, &ab, sa, false, &bb, sb, true, 2.0)
+            .unwrap();
+        let pe = naive_matmul(&ae, sa, false, &be_, sb, true);
+        let got = be.download(&cb).unwrap();
+        for i in 0..15 {
+            let want = ce[i] + 2.0 * pe[i];
+            let tol = match dtype {
+                DType::F64 => 1e-14,
+                DType::F32 => 1e-5,
+                _ => 4.0 * dtype.unit_roundoff() * (1.0 + want.abs()),
+            };
+            assert!(
+                (got[i] - want).abs() <= tol,
+                "{dtype} [{i}]: {} vs {want}",
+                got[i]
+            );
+        }
+        if dtype == DType::F64 {
+            assert_all_close(
+                "matmul_acc",
+                &got,
+                &(0..15).map(|i| c[i] + 2.0 * p[i]).collect::<Vec<_>>(),
+                1e-13,
+            );
+        }
+    }
+    let mut wrong = be.upload(&c[..14], DType::F64).unwrap();
+    let up = |v: &[f64]| be.upload(v, DType::F64).unwrap();
+    assert!(matches!(
+        be.matmul_acc(&mut wrong, &up(&a), sa, false, &up(&b), sb, true, 1.0),
+        Err(Error::Length { .. })
+    ));
+    assert!(matches!(
+        be.matmul_acc(&mut up(&c), &up(&a), sa, false, &up(&b), sb, false, 1.0),
+        Err(Error::Shape { .. })
+    ));
+}
+
+/// Gradients summed into a value used many times, through every VJP path that sums in
+/// place (a sum that exists: axpy, the fused product-and-sum, the accumulating GEMM)
+/// and the one that moves the incoming gradient into an empty sum, with and without an
+/// accumulation precision.
+#[test]
+fn reused_values_sum_their_gradients() {
+    let mut rng = Rng(25);
+    let x = rng.vec(12, 1.0);
+    let w = rng.vec(16, 1.0);
+    let build = |g: &mut Graph<Cpu>, v: &[Var]| -> R<Var> {
+        let (x, w) = (v[0], v[1]);
+        let a = g.add(x, x)?;
+        let b = g.sub(a, x)?;
+        let c = g.mul(b, x)?;
+        let d = g.matmul(x, w, false, false)?;
+        let e = g.matmul_add(d, c, w, false, false, 0.5)?;
+        let t = g.unary_many(x, &[UnaryOp::LogCosh, UnaryOp::Tanh, UnaryOp::Sech2])?;
+        let f = g.mul_add(t[0], t[1], t[2], -1.0)?;
+        let f = g.add_scaled(f, x, 3.0)?;
+        let h = g.matmul_add(e, f, w, false, false, 1.0)?;
+        let k = g.scale(h, 0.25)?;
+        let k = g.add(k, h)?;
+        probe(g, k)
+    };
+    check("reused values", &[t64(3, 4, &x), t64(4, 4, &w)], build);
+    // The same in f32 with sums at f64: gradients of f32 precision.
+    let mut g = Graph::new(Cpu::new());
+    let xv = g.leaf_f64(3, 4, &x, DType::F32, true).unwrap();
+    let wv = g.leaf_f64(4, 4, &w, DType::F32, true).unwrap();
+    let y = build(&mut g, &[xv, wv]).unwrap();
+    let lo = g.backward_with(y, None, Some(DType::F64)).unwrap();
+    let mut g64 = Graph::new(Cpu::new());
+    let xv64 = g64.leaf(t64(3, 4, &x), true);
+    let wv64 = g64.leaf(t64(4, 4, &w), true);
+    let y64 = build(&mut g64, &[xv64, wv64]).unwrap();
+    let hi = g64.backward(y64, None).unwrap();
+    for (a, b) in [(xv, xv64), (wv, wv64)] {
+        let got = lo.get(a).unwrap();
+        assert_eq!(got.dtype(), DType::F64);
+        let got = got.to_f64(g.backend()).unwrap();
+        let want = hi.get(b).unwrap().to_f64(g64.backend()).unwrap();
+        let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        for (p, q) in got.iter().zip(&want) {
+            assert!((p - q).abs() <= 1e-5 * scale, "{p} vs {q}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------------------
 
@@ -754,6 +1105,49 @@ fn shape_errors_are_typed() {
     assert!(matches!(
         g.mean(e),
         Err(Error::InvalidShape { op: "mean", .. })
+    ));
+    // The fused ops: b of a's shape in mul_add, c covering the product in matmul_add,
+    // finite constants.
+    assert!(matches!(
+        g.mul_add(a, c, b, 1.0),
+        Err(Error::Shape { op: "mul_add", .. })
+    ));
+    assert!(matches!(
+        g.mul_add(a, b, c, 1.0),
+        Err(Error::Shape { op: "mul_add", .. })
+    ));
+    assert!(matches!(
+        g.add_scaled(a, c, 1.0),
+        Err(Error::Shape {
+            op: "add_scaled",
+            ..
+        })
+    ));
+    assert!(matches!(
+        g.matmul_add(c, a, b, false, true, 1.0),
+        Err(Error::Shape {
+            op: "matmul_add",
+            ..
+        })
+    ));
+    assert!(matches!(
+        g.matmul_add(a, a, b, false, false, 1.0),
+        Err(Error::Shape {
+            op: "matmul_add",
+            ..
+        })
+    ));
+    assert!(matches!(
+        g.add_scaled(a, b, f64::INFINITY),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        g.mul_add(a, b, b, f64::NAN),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        g.matmul_add(a, a, c, false, false, f64::NAN),
+        Err(Error::InvalidArgument(_))
     ));
     // Failed ops record nothing: two products and two leaves were added.
     assert_eq!(g.len(), n + 4);
@@ -841,6 +1235,15 @@ fn dtype_errors_are_typed() {
         Err(Error::DType { op: "matmul", .. })
     ));
     assert!(matches!(g.concat_cols(&[a, h]), Err(Error::DType { .. })));
+    for r in [
+        g.add_scaled(a, b, 1.0),
+        g.mul_add(a, a, h, 1.0),
+        g.mul_add(a, b, a, 1.0),
+        g.matmul_add(a, a, b, false, false, 1.0),
+        g.matmul_add(h, a, a, false, false, 1.0),
+    ] {
+        assert!(matches!(r, Err(Error::DType { .. })), "{r:?}");
+    }
     // Through a cast it works.
     let b64 = g.cast(b, DType::F64).unwrap();
     let s = g.add(a, b64).unwrap();
@@ -864,6 +1267,19 @@ fn dtype_errors_are_typed() {
     let mut xm = x.clone();
     assert!(matches!(
         be.add_assign(&mut xm, &y),
+        Err(Error::DType { .. })
+    ));
+    let s4 = Shape::new(2, 2);
+    assert!(matches!(
+        be.mul_add(&x, &x, s4, &y, Broadcast::None, 1.0),
+        Err(Error::DType { .. })
+    ));
+    assert!(matches!(
+        be.add_scaled(&x, s4, &y, Broadcast::None, 1.0),
+        Err(Error::DType { .. })
+    ));
+    assert!(matches!(
+        be.matmul_acc(&mut xm, &x, s4, false, &y, s4, false, 1.0),
         Err(Error::DType { .. })
     ));
     // The checker wants f64 leaves.
@@ -1070,7 +1486,7 @@ fn half_elementwise_kernels_round_the_f32_result_once() {
     ];
     for (op, f) in ops {
         let c = be.binary(op, &ah, s, &bh, Broadcast::None).unwrap();
-        let CpuBuffer::F16(cv) = c else {
+        let CpuBuffer::F16(cv) = &c else {
             panic!("f16 result expected")
         };
         for i in 0..100 {
@@ -1080,7 +1496,7 @@ fn half_elementwise_kernels_round_the_f32_result_once() {
     }
     // α·x + β in f32.
     let c = be.affine(&ah, 0.3, -1.7).unwrap();
-    let CpuBuffer::F16(cv) = c else {
+    let CpuBuffer::F16(cv) = &c else {
         panic!("f16 result expected")
     };
     for i in 0..100 {

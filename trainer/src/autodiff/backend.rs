@@ -69,11 +69,15 @@ pub enum UnaryOp {
     Softplus,
     /// σ(x) = log(2 cosh x), computed stably as |x| + ln(1 + e^{−2|x|}).
     LogCosh,
+    /// sin x.
+    Sin,
+    /// cos x.
+    Cos,
 }
 
 impl UnaryOp {
     /// Every map.
-    pub const ALL: [UnaryOp; 16] = [
+    pub const ALL: [UnaryOp; 18] = [
         UnaryOp::Neg,
         UnaryOp::Square,
         UnaryOp::Abs,
@@ -90,6 +94,8 @@ impl UnaryOp {
         UnaryOp::SiluSecond,
         UnaryOp::Softplus,
         UnaryOp::LogCosh,
+        UnaryOp::Sin,
+        UnaryOp::Cos,
     ];
 
     /// Name, as in messages and kernel names ("logcosh", "sech2", …).
@@ -111,6 +117,25 @@ impl UnaryOp {
             UnaryOp::SiluSecond => "silu_second",
             UnaryOp::Softplus => "softplus",
             UnaryOp::LogCosh => "logcosh",
+            UnaryOp::Sin => "sin",
+            UnaryOp::Cos => "cos",
+        }
+    }
+
+    /// The map whose value the VJP of `self` multiplies the incoming gradient by,
+    /// where that is one of the maps: log cosh → tanh, tanh → sech², softplus →
+    /// sigmoid, silu → silu', silu' → silu'', sin → cos.
+    /// [`Graph::unary_many`](crate::autodiff::Graph::unary_many) links such pairs
+    /// computed together, so that the VJP reuses the value instead of recomputing it.
+    pub fn derivative(self) -> Option<UnaryOp> {
+        match self {
+            UnaryOp::LogCosh => Some(UnaryOp::Tanh),
+            UnaryOp::Tanh => Some(UnaryOp::Sech2),
+            UnaryOp::Softplus => Some(UnaryOp::Sigmoid),
+            UnaryOp::Silu => Some(UnaryOp::SiluPrime),
+            UnaryOp::SiluPrime => Some(UnaryOp::SiluSecond),
+            UnaryOp::Sin => Some(UnaryOp::Cos),
+            _ => None,
         }
     }
 }
@@ -251,6 +276,14 @@ pub trait Backend: Debug + Send + Sync + 'static {
     /// `y = op(x)` elementwise.
     fn unary(&self, op: UnaryOp, x: &Self::Buffer) -> Result<Self::Buffer>;
 
+    /// `ys[j] = ops[j](x)`: several maps of one input, each result exactly what
+    /// [`unary`](Backend::unary) returns. A backend may compute them in one pass
+    /// sharing their common work (log cosh, tanh and sech² all come from e^{−2|x|});
+    /// the default calls [`unary`](Backend::unary) once per map.
+    fn unary_many(&self, ops: &[UnaryOp], x: &Self::Buffer) -> Result<Vec<Self::Buffer>> {
+        ops.iter().map(|&op| self.unary(op, x)).collect()
+    }
+
     /// `y = α·x + β` elementwise (α, β rounded to the compute type).
     fn affine(&self, x: &Self::Buffer, alpha: f64, beta: f64) -> Result<Self::Buffer>;
 
@@ -266,6 +299,56 @@ pub trait Backend: Debug + Send + Sync + 'static {
 
     /// `dst ← dst + src` in place (same dtype and length): gradient accumulation.
     fn add_assign(&self, dst: &mut Self::Buffer, src: &Self::Buffer) -> Result<()>;
+
+    /// `c = a + α·b` with `b` covering `a` (shape `a_shape`) as `broadcast` says: the
+    /// product is formed and rounded in the compute type, then added (as
+    /// [`affine`](Backend::affine) then [`binary`](Backend::binary) would in f32 and
+    /// f64, in one pass; a 16-bit result is rounded once).
+    fn add_scaled(
+        &self,
+        a: &Self::Buffer,
+        a_shape: Shape,
+        b: &Self::Buffer,
+        broadcast: Broadcast,
+        alpha: f64,
+    ) -> Result<Self::Buffer>;
+
+    /// `d = a + α·(b ⊙ c)` with `a` and `b` of shape `shape` and `c` covering them as
+    /// `broadcast` says, computed as a + (α·(b·c)) in the compute type and rounded once.
+    #[allow(clippy::too_many_arguments)]
+    fn mul_add(
+        &self,
+        a: &Self::Buffer,
+        b: &Self::Buffer,
+        shape: Shape,
+        c: &Self::Buffer,
+        broadcast: Broadcast,
+        alpha: f64,
+    ) -> Result<Self::Buffer>;
+
+    /// `dst ← dst + α·src` in place: gradient accumulation without a scaled copy.
+    /// `src` may be of another precision than `dst` (the one exception to equal
+    /// dtypes besides [`cast`](Backend::cast)): it is read exactly and the update is
+    /// computed in `dst`'s compute type, so a 16-bit contribution is summed at f32
+    /// without a cast pass.
+    fn axpy(&self, dst: &mut Self::Buffer, alpha: f64, src: &Self::Buffer) -> Result<()>;
+
+    /// `dst ← dst + β·op(A)·op(B)` in place (`dst` of the product's shape, all three of
+    /// one dtype); as [`matmul`](Backend::matmul) otherwise (cuBLAS with β = 1 on the
+    /// product and 1 on `dst`). A 16-bit `dst` is read exactly, updated in f32 and
+    /// rounded once.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_acc(
+        &self,
+        dst: &mut Self::Buffer,
+        a: &Self::Buffer,
+        a_shape: Shape,
+        ta: bool,
+        b: &Self::Buffer,
+        b_shape: Shape,
+        tb: bool,
+        beta: f64,
+    ) -> Result<()>;
 
     /// `alpha · Σ` of `x` (shape `shape`) along `axis`, accumulated in the compute type
     /// and rounded once.

@@ -10,8 +10,11 @@
 
 use half::{bf16, f16};
 use rayon::prelude::*;
-use socflow_runtime::linalg::{map_act, Act};
+use socflow_runtime::linalg::{exp_em1_full, log1p_unit, map_act, Act};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
+use std::thread::LocalKey;
 
 use super::backend::{Backend, BinaryOp, Broadcast, Reduction, Storage, UnaryOp};
 use super::error::{Error, Result};
@@ -56,10 +59,43 @@ impl Cpu {
     pub fn is_parallel(&self) -> bool {
         self.parallel
     }
+
+    /// Bytes of dropped buffers the calling thread keeps for reuse (see [`CpuBuffer`]).
+    pub fn cached_bytes() -> usize {
+        fn k<E: Elem>() -> usize {
+            E::pool()
+                .try_with(|p| p.try_borrow().map_or(0, |p| p.bytes))
+                .unwrap_or(0)
+        }
+        k::<f64>() + k::<f32>() + k::<bf16>() + k::<f16>()
+    }
+
+    /// Returns the calling thread's cached buffers to the allocator (a long-lived
+    /// program can call this after training; the cache refills on use).
+    pub fn release_cached() {
+        fn k<E: Elem>() {
+            let _ = E::pool().try_with(|p| {
+                if let Ok(mut p) = p.try_borrow_mut() {
+                    *p = Pool::default();
+                }
+            });
+        }
+        k::<f64>();
+        k::<f32>();
+        k::<bf16>();
+        k::<f16>();
+    }
 }
 
 /// A CPU buffer: a host vector of one precision.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// A dropped buffer of at least [`POOL_MIN_BYTES`] goes to a per-thread cache (at most
+/// [`POOL_MAX_BYTES`] per precision) from which kernels take their outputs of the same
+/// length. A tape holds every intermediate until it is cleared, and an OT-Flow step's
+/// tape is ~80 MB: from the allocator, every new output was fresh memory (page faults
+/// and cold cache lines, a 160k-element product 5× slower than into a reused buffer).
+/// [`Cpu::release_cached`] empties the cache.
+#[derive(Debug, PartialEq)]
 pub enum CpuBuffer {
     /// f64 elements.
     F64(Vec<f64>),
@@ -89,6 +125,114 @@ impl Storage for CpuBuffer {
             CpuBuffer::F16(v) => v.len(),
         }
     }
+}
+
+impl Clone for CpuBuffer {
+    fn clone(&self) -> Self {
+        fn k<E: Elem>(v: &[E]) -> Vec<E> {
+            let mut out = alloc(v.len());
+            out.extend_from_slice(v);
+            out
+        }
+        match self {
+            CpuBuffer::F64(v) => CpuBuffer::F64(k(v)),
+            CpuBuffer::F32(v) => CpuBuffer::F32(k(v)),
+            CpuBuffer::Bf16(v) => CpuBuffer::Bf16(k(v)),
+            CpuBuffer::F16(v) => CpuBuffer::F16(k(v)),
+        }
+    }
+}
+
+impl Drop for CpuBuffer {
+    fn drop(&mut self) {
+        match self {
+            CpuBuffer::F64(v) => recycle(std::mem::take(v)),
+            CpuBuffer::F32(v) => recycle(std::mem::take(v)),
+            CpuBuffer::Bf16(v) => recycle(std::mem::take(v)),
+            CpuBuffer::F16(v) => recycle(std::mem::take(v)),
+        }
+    }
+}
+
+/// Vectors of fewer bytes than this are left to the allocator, which serves small
+/// sizes from warm free lists anyway.
+pub const POOL_MIN_BYTES: usize = 1 << 16;
+/// Bytes of free vectors kept per thread and precision at most (a dropped buffer that
+/// would exceed it goes back to the allocator).
+pub const POOL_MAX_BYTES: usize = 1 << 30;
+
+/// Free vectors by capacity (outputs of one shape reuse each other exactly).
+struct Pool<E> {
+    free: HashMap<usize, Vec<Vec<E>>>,
+    bytes: usize,
+}
+
+impl<E> Default for Pool<E> {
+    fn default() -> Self {
+        Pool {
+            free: HashMap::new(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<E> Pool<E> {
+    fn take(&mut self, capacity: usize) -> Option<Vec<E>> {
+        let v = self.free.get_mut(&capacity)?.pop()?;
+        self.bytes -= capacity * std::mem::size_of::<E>();
+        Some(v)
+    }
+
+    fn put(&mut self, mut v: Vec<E>) {
+        let bytes = v.capacity() * std::mem::size_of::<E>();
+        if bytes < POOL_MIN_BYTES || self.bytes + bytes > POOL_MAX_BYTES {
+            return;
+        }
+        v.clear();
+        self.bytes += bytes;
+        self.free.entry(v.capacity()).or_default().push(v);
+    }
+}
+
+thread_local! {
+    static POOL_F64: RefCell<Pool<f64>> = RefCell::new(Pool::default());
+    static POOL_F32: RefCell<Pool<f32>> = RefCell::new(Pool::default());
+    static POOL_BF16: RefCell<Pool<bf16>> = RefCell::new(Pool::default());
+    static POOL_F16: RefCell<Pool<f16>> = RefCell::new(Pool::default());
+}
+
+/// An empty vector with room for exactly `len` elements, reused from the calling
+/// thread's cache when one of that capacity is there.
+fn alloc<E: Elem>(len: usize) -> Vec<E> {
+    if len * std::mem::size_of::<E>() >= POOL_MIN_BYTES {
+        let reused = E::pool()
+            .try_with(|p| p.try_borrow_mut().ok().and_then(|mut p| p.take(len)))
+            .ok()
+            .flatten();
+        if let Some(v) = reused {
+            return v;
+        }
+    }
+    Vec::with_capacity(len)
+}
+
+/// `len` zeros (a reused vector when possible).
+fn zeros<E: Elem>(len: usize) -> Vec<E> {
+    let mut v = alloc(len);
+    v.resize(len, E::from_acc(E::Acc::of(0.0)));
+    v
+}
+
+/// Gives a vector back to the calling thread's cache (or to the allocator).
+fn recycle<E: Elem>(v: Vec<E>) {
+    if v.capacity() * std::mem::size_of::<E>() < POOL_MIN_BYTES {
+        return;
+    }
+    let _ = E::pool().try_with(|p| {
+        if let Ok(mut p) = p.try_borrow_mut() {
+            p.put(v);
+        }
+    });
 }
 
 impl CpuBuffer {
@@ -166,6 +310,8 @@ trait Acc:
     fn exp(self) -> Self;
     fn ln(self) -> Self;
     fn sqrt(self) -> Self;
+    fn sin(self) -> Self;
+    fn cos(self) -> Self;
 }
 
 macro_rules! impl_acc {
@@ -195,6 +341,14 @@ macro_rules! impl_acc {
             fn sqrt(self) -> Self {
                 <$t>::sqrt(self)
             }
+            #[inline(always)]
+            fn sin(self) -> Self {
+                <$t>::sin(self)
+            }
+            #[inline(always)]
+            fn cos(self) -> Self {
+                <$t>::cos(self)
+            }
         }
     };
 }
@@ -213,6 +367,11 @@ trait Elem: Copy + Send + Sync + 'static {
     /// `out[i] = act(x[i])` with the vectorized kernels (`out.len() == x.len()`),
     /// computed in the compute type and rounded once.
     fn act(act: Act, x: &[Self], out: &mut [Self]);
+    /// log cosh, tanh and sech² of `x` in one pass (equal lengths), each bitwise what
+    /// [`act`](Elem::act) gives.
+    fn act3(x: &[Self], lc: &mut [Self], th: &mut [Self], s2: &mut [Self]);
+    /// The calling thread's cache of free vectors of this type.
+    fn pool() -> &'static LocalKey<RefCell<Pool<Self>>>;
 }
 
 /// The vectorized maps on a compute-type slice (equal lengths by construction).
@@ -234,6 +393,54 @@ fn act_half<E: Elem<Acc = f32>>(act: Act, x: &[E], out: &mut [E]) {
         act_native(act, &a[..n], &mut b[..n]);
         for (o, &v) in oc.iter_mut().zip(&b[..n]) {
             *o = E::from_acc(v);
+        }
+    }
+}
+
+/// log cosh, tanh and sech² from one e^{−2|a|}: the formulas of the runtime's
+/// `logcosh_full`, `tanh_full` and `sech2_full`, compiled for the same targets (so the
+/// same target is picked, with the same fused multiply-adds), hence the same bits as
+/// three separate [`map_act`] calls.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx512dq+avx512bw+avx2+fma",
+    "x86_64+avx2+fma",
+    "aarch64+neon"
+))]
+fn k_logcosh_family<T: socflow_runtime::Real>(x: &[T], lc: &mut [T], th: &mut [T], s2: &mut [T]) {
+    const F: bool =
+        multiversion::target::target_cfg_f!(any(target_feature = "fma", target_arch = "aarch64"));
+    for (((&a, l), t), q) in x.iter().zip(lc.iter_mut()).zip(th.iter_mut()).zip(s2) {
+        let y = a.abs();
+        let (e, em1) = exp_em1_full::<T, F>(T::of(-2.0) * y);
+        let tv = (-em1 / (T::of(2.0) + em1)).abs();
+        *t = if a.is_sign_negative() { -tv } else { tv };
+        let d = T::one() + e;
+        *q = T::of(4.0) * e / (d * d);
+        *l = y + log1p_unit::<T, F>(e, em1);
+    }
+}
+
+/// [`k_logcosh_family`] on a 16-bit slice: widened to f32 a block at a time, each result
+/// rounded once.
+fn act3_half<E: Elem<Acc = f32>>(x: &[E], lc: &mut [E], th: &mut [E], s2: &mut [E]) {
+    const BLOCK: usize = 256;
+    let mut a = [0.0f32; BLOCK];
+    let mut o = [[0.0f32; BLOCK]; 3];
+    let outs = lc
+        .chunks_mut(BLOCK)
+        .zip(th.chunks_mut(BLOCK))
+        .zip(s2.chunks_mut(BLOCK));
+    for (xc, ((l, t), q)) in x.chunks(BLOCK).zip(outs) {
+        let n = xc.len();
+        for (w, &v) in a[..n].iter_mut().zip(xc) {
+            *w = v.to_acc();
+        }
+        let [o0, o1, o2] = &mut o;
+        k_logcosh_family(&a[..n], &mut o0[..n], &mut o1[..n], &mut o2[..n]);
+        for (dst, src) in [(l, &o[0]), (t, &o[1]), (q, &o[2])] {
+            for (d, &v) in dst.iter_mut().zip(&src[..n]) {
+                *d = E::from_acc(v);
+            }
         }
     }
 }
@@ -260,6 +467,14 @@ impl Elem for f64 {
     fn act(act: Act, x: &[Self], out: &mut [Self]) {
         act_native(act, x, out)
     }
+    #[inline(always)]
+    fn act3(x: &[Self], lc: &mut [Self], th: &mut [Self], s2: &mut [Self]) {
+        k_logcosh_family(x, lc, th, s2)
+    }
+    #[inline(always)]
+    fn pool() -> &'static LocalKey<RefCell<Pool<Self>>> {
+        &POOL_F64
+    }
 }
 
 impl Elem for f32 {
@@ -283,6 +498,14 @@ impl Elem for f32 {
     #[inline(always)]
     fn act(act: Act, x: &[Self], out: &mut [Self]) {
         act_native(act, x, out)
+    }
+    #[inline(always)]
+    fn act3(x: &[Self], lc: &mut [Self], th: &mut [Self], s2: &mut [Self]) {
+        k_logcosh_family(x, lc, th, s2)
+    }
+    #[inline(always)]
+    fn pool() -> &'static LocalKey<RefCell<Pool<Self>>> {
+        &POOL_F32
     }
 }
 
@@ -308,6 +531,14 @@ impl Elem for f16 {
     fn act(act: Act, x: &[Self], out: &mut [Self]) {
         act_half(act, x, out)
     }
+    #[inline(always)]
+    fn act3(x: &[Self], lc: &mut [Self], th: &mut [Self], s2: &mut [Self]) {
+        act3_half(x, lc, th, s2)
+    }
+    #[inline(always)]
+    fn pool() -> &'static LocalKey<RefCell<Pool<Self>>> {
+        &POOL_F16
+    }
 }
 
 impl Elem for bf16 {
@@ -331,6 +562,14 @@ impl Elem for bf16 {
     #[inline(always)]
     fn act(act: Act, x: &[Self], out: &mut [Self]) {
         act_half(act, x, out)
+    }
+    #[inline(always)]
+    fn act3(x: &[Self], lc: &mut [Self], th: &mut [Self], s2: &mut [Self]) {
+        act3_half(x, lc, th, s2)
+    }
+    #[inline(always)]
+    fn pool() -> &'static LocalKey<RefCell<Pool<Self>>> {
+        &POOL_BF16
     }
 }
 
@@ -377,6 +616,16 @@ fn check_len(what: &'static str, found: usize, expected: usize) -> Result<()> {
     }
 }
 
+/// Elements of a right operand covering `shape` as `bc` says.
+fn rhs_len(shape: Shape, bc: Broadcast) -> usize {
+    match bc {
+        Broadcast::None => shape.len(),
+        Broadcast::Row => shape.cols,
+        Broadcast::Col => shape.rows,
+        Broadcast::Scalar => 1,
+    }
+}
+
 fn checked_len(op: &'static str, shape: Shape) -> Result<usize> {
     shape.checked_len().ok_or_else(|| Error::InvalidShape {
         op,
@@ -413,14 +662,16 @@ where
     if par && x.len() >= PAR_ELEMS {
         x.par_iter().map(|&v| E::from_acc(f(v.to_acc()))).collect()
     } else {
-        x.iter().map(|&v| E::from_acc(f(v.to_acc()))).collect()
+        let mut out = alloc(x.len());
+        out.extend(x.iter().map(|&v| E::from_acc(f(v.to_acc()))));
+        out
     }
 }
 
 /// A vectorized map over `x`, split over rayon threads when large.
 fn act_k<E: Elem>(par: bool, act: Act, x: &[E]) -> Vec<E> {
     if par && x.len() >= PAR_ELEMS {
-        let mut out = vec![E::from_acc(E::Acc::of(0.0)); x.len()];
+        let mut out = zeros(x.len());
         out.par_chunks_mut(PAR_CHUNK)
             .zip(x.par_chunks(PAR_CHUNK))
             .for_each(|(o, x)| E::act(act, x, o));
@@ -431,7 +682,7 @@ fn act_k<E: Elem>(par: bool, act: Act, x: &[E]) -> Vec<E> {
     const BLOCK: usize = 256;
     let zero = E::from_acc(E::Acc::of(0.0));
     let mut buf = [zero; BLOCK];
-    let mut out = Vec::with_capacity(x.len());
+    let mut out = alloc(x.len());
     for xc in x.chunks(BLOCK) {
         let b = &mut buf[..xc.len()];
         E::act(act, xc, b);
@@ -458,7 +709,47 @@ fn unary_k<E: Elem>(par: bool, op: UnaryOp, x: &[E]) -> Vec<E> {
         UnaryOp::SiluSecond => act_k(par, Act::SiluSecond, x),
         UnaryOp::Softplus => act_k(par, Act::Softplus, x),
         UnaryOp::LogCosh => act_k(par, Act::LogCosh, x),
+        UnaryOp::Sin => map_k(par, x, |v| v.sin()),
+        UnaryOp::Cos => map_k(par, x, |v| v.cos()),
     }
+}
+
+/// Which of log cosh, tanh, sech² a set of maps asks for, if it asks only for those,
+/// each at most once, and for at least two of them.
+fn logcosh_family(ops: &[UnaryOp]) -> Option<[Option<usize>; 3]> {
+    let mut at = [None; 3];
+    for (j, op) in ops.iter().enumerate() {
+        let slot = match op {
+            UnaryOp::LogCosh => 0,
+            UnaryOp::Tanh => 1,
+            UnaryOp::Sech2 => 2,
+            _ => return None,
+        };
+        if at[slot].replace(j).is_some() {
+            return None;
+        }
+    }
+    (ops.len() >= 2).then_some(at)
+}
+
+/// log cosh, tanh and sech² of `x` in one pass (on the calling thread), the ones
+/// `want` names appended to fresh vectors.
+fn logcosh_family_k<E: Elem>(x: &[E], want: [bool; 3]) -> [Option<Vec<E>>; 3] {
+    const BLOCK: usize = 256;
+    let zero = E::from_acc(E::Acc::of(0.0));
+    let mut bufs = [[zero; BLOCK]; 3];
+    let mut outs = want.map(|w| w.then(|| alloc(x.len())));
+    for xc in x.chunks(BLOCK) {
+        let n = xc.len();
+        let [l, t, q] = &mut bufs;
+        E::act3(xc, &mut l[..n], &mut t[..n], &mut q[..n]);
+        for (out, b) in outs.iter_mut().zip(&bufs) {
+            if let Some(o) = out {
+                o.extend_from_slice(&b[..n]);
+            }
+        }
+    }
+    outs
 }
 
 fn affine_k<E: Elem>(par: bool, x: &[E], alpha: f64, beta: f64) -> Vec<E> {
@@ -510,7 +801,7 @@ where
     if !par {
         return zip_serial(a, n, b, bc, &f);
     }
-    let mut out = vec![E::from_acc(E::Acc::of(0.0)); a.len()];
+    let mut out = zeros(a.len());
     {
         let rows = PAR_CHUNK.div_ceil(n);
         out.par_chunks_mut(rows * n)
@@ -526,7 +817,7 @@ fn zip_serial<E: Elem, F>(a: &[E], n: usize, b: &[E], bc: Broadcast, f: F) -> Ve
 where
     F: Fn(E::Acc, E::Acc) -> E::Acc,
 {
-    let mut out = Vec::with_capacity(a.len());
+    let mut out = alloc(a.len());
     match bc {
         Broadcast::None => {
             out.extend(
@@ -580,6 +871,72 @@ fn add_assign_k<E: Elem>(dst: &mut [E], src: &[E]) {
     }
 }
 
+/// `dst ← dst + α·src`, one precision.
+fn axpy_k<E: Elem>(dst: &mut [E], alpha: f64, src: &[E]) {
+    if alpha == 1.0 {
+        return add_assign_k(dst, src);
+    }
+    let a = E::Acc::of(alpha);
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = E::from_acc(d.to_acc() + a * s.to_acc());
+    }
+}
+
+/// `dst ← dst + α·src` with `src` of another precision, read exactly (through f64,
+/// which holds every element exactly) into `dst`'s compute type.
+fn axpy_mixed_k<D: Elem, S: Elem>(dst: &mut [D], alpha: f64, src: &[S]) {
+    let a = D::Acc::of(alpha);
+    for (d, &s) in dst.iter_mut().zip(src) {
+        let s = D::Acc::of(s.to_f64());
+        let v = if alpha == 1.0 { s } else { a * s };
+        *d = D::from_acc(d.to_acc() + v);
+    }
+}
+
+/// `a + α·(b ⊙ c)`, `a`, `b` of shape `shape` and `c` broadcast.
+fn mul_add_k<E: Elem>(
+    a: &[E],
+    b: &[E],
+    shape: Shape,
+    c: &[E],
+    bc: Broadcast,
+    alpha: f64,
+) -> Vec<E> {
+    let al = E::Acc::of(alpha);
+    let n = shape.cols.max(1);
+    let f = |x: E, y: E, z: E::Acc| E::from_acc(x.to_acc() + al * (y.to_acc() * z));
+    let mut out = alloc(a.len());
+    match bc {
+        Broadcast::None => out.extend(
+            a.iter()
+                .zip(b)
+                .zip(c)
+                .map(|((&x, &y), &z)| f(x, y, z.to_acc())),
+        ),
+        Broadcast::Row => {
+            for (ar, br) in a.chunks(n).zip(b.chunks(n)) {
+                out.extend(
+                    ar.iter()
+                        .zip(br)
+                        .zip(c)
+                        .map(|((&x, &y), &z)| f(x, y, z.to_acc())),
+                );
+            }
+        }
+        Broadcast::Col => {
+            for ((ar, br), &z) in a.chunks(n).zip(b.chunks(n)).zip(c) {
+                let z = z.to_acc();
+                out.extend(ar.iter().zip(br).map(|(&x, &y)| f(x, y, z)));
+            }
+        }
+        Broadcast::Scalar => {
+            let z = c[0].to_acc();
+            out.extend(a.iter().zip(b).map(|(&x, &y)| f(x, y, z)));
+        }
+    }
+    out
+}
+
 fn reduce_k<E: Elem>(x: &[E], shape: Shape, axis: Reduction, alpha: f64) -> Vec<E> {
     let alpha = E::Acc::of(alpha);
     let zero = E::Acc::of(0.0);
@@ -621,7 +978,7 @@ fn broadcast_k<E: Elem>(x: &[E], from: Shape, to: Shape, alpha: f64) -> Vec<E> {
             E::from_acc(a * v.to_acc())
         }
     };
-    let mut out = Vec::with_capacity(to.len());
+    let mut out = alloc(to.len());
     match (from.rows == 1, from.cols == 1) {
         (true, true) => out.resize(to.len(), scaled(x[0])),
         (true, false) => {
@@ -641,7 +998,7 @@ fn broadcast_k<E: Elem>(x: &[E], from: Shape, to: Shape, alpha: f64) -> Vec<E> {
 }
 
 fn slice_cols_k<E: Elem>(x: &[E], shape: Shape, c0: usize, c1: usize) -> Vec<E> {
-    let mut out = Vec::with_capacity(shape.rows * (c1 - c0));
+    let mut out = alloc(shape.rows * (c1 - c0));
     if shape.cols > 0 {
         for row in x.chunks(shape.cols) {
             out.extend_from_slice(&row[c0..c1]);
@@ -651,8 +1008,7 @@ fn slice_cols_k<E: Elem>(x: &[E], shape: Shape, c0: usize, c1: usize) -> Vec<E> 
 }
 
 fn embed_cols_k<E: Elem>(x: &[E], shape: Shape, c0: usize, total: usize) -> Vec<E> {
-    let zero = E::from_acc(E::Acc::of(0.0));
-    let mut out = vec![zero; shape.rows * total];
+    let mut out = zeros(shape.rows * total);
     if shape.cols > 0 {
         for (dst, src) in out.chunks_mut(total).zip(x.chunks(shape.cols)) {
             dst[c0..c0 + shape.cols].copy_from_slice(src);
@@ -662,7 +1018,7 @@ fn embed_cols_k<E: Elem>(x: &[E], shape: Shape, c0: usize, total: usize) -> Vec<
 }
 
 fn repeat_rows_k<E: Elem>(x: &[E], shape: Shape, k: usize) -> Vec<E> {
-    let mut out = Vec::with_capacity(x.len() * k);
+    let mut out = alloc(x.len() * k);
     if shape.cols > 0 {
         for row in x.chunks(shape.cols) {
             for _ in 0..k {
@@ -677,7 +1033,7 @@ fn sum_row_groups_k<E: Elem>(x: &[E], shape: Shape, k: usize) -> Vec<E> {
     let n = shape.cols;
     let groups = shape.rows / k;
     let zero = E::Acc::of(0.0);
-    let mut out = Vec::with_capacity(groups * n);
+    let mut out = alloc(groups * n);
     let mut acc = vec![zero; n];
     for g in 0..groups {
         acc.fill(zero);
@@ -693,7 +1049,7 @@ fn sum_row_groups_k<E: Elem>(x: &[E], shape: Shape, k: usize) -> Vec<E> {
 }
 
 fn tile_rows_k<E: Elem>(x: &[E], times: usize) -> Vec<E> {
-    let mut out = Vec::with_capacity(x.len() * times);
+    let mut out = alloc(x.len() * times);
     for _ in 0..times {
         out.extend_from_slice(x);
     }
@@ -713,7 +1069,9 @@ fn sum_tiles_k<E: Elem>(x: &[E], times: usize) -> Vec<E> {
 }
 
 fn convert_k<S: Elem, D: Elem>(x: &[S]) -> Vec<D> {
-    x.iter().map(|&v| D::from_f64(v.to_f64())).collect()
+    let mut out = alloc(x.len());
+    out.extend(x.iter().map(|&v| D::from_f64(v.to_f64())));
+    out
 }
 
 fn cast_to<E: Elem>(x: &CpuBuffer) -> Vec<E> {
@@ -725,8 +1083,23 @@ fn cast_to<E: Elem>(x: &CpuBuffer) -> Vec<E> {
     }
 }
 
+fn narrow<E: Elem<Acc = f32>>(x: &[f32]) -> Vec<E> {
+    let mut out = alloc(x.len());
+    out.extend(x.iter().map(|&v| E::from_acc(v)));
+    out
+}
+
+/// `len` copies of `value` rounded once.
+fn filled<E: Elem>(len: usize, value: f64) -> Vec<E> {
+    let mut v = alloc(len);
+    v.resize(len, E::from_f64(value));
+    v
+}
+
 fn widen<E: Elem<Acc = f32>>(x: &[E]) -> Vec<f32> {
-    x.iter().map(|&v| v.to_acc()).collect()
+    let mut out = alloc(x.len());
+    out.extend(x.iter().map(|&v| v.to_acc()));
+    out
 }
 
 // ---------------------------------------------------------------------------------------
@@ -734,7 +1107,7 @@ fn widen<E: Elem<Acc = f32>>(x: &[E]) -> Vec<f32> {
 // ---------------------------------------------------------------------------------------
 
 /// The two types `gemm::gemm` is called with here.
-trait GemmFloat: Copy + Send + Sync + 'static {
+trait GemmFloat: Elem + Copy + Send + Sync + 'static {
     const ZERO: Self;
     const ONE: Self;
 }
@@ -804,10 +1177,11 @@ fn check_extent<T>(
     Ok(())
 }
 
-/// `dst = lhs · rhs` (`m × k` times `k × n`, `dst` row-major `m × n`), through the
-/// `gemm` crate, whose entry point is an `unsafe fn` on raw pointers and strides; every
-/// extent is checked against its slice first.
-#[allow(unsafe_code)]
+/// `dst = lhs · rhs`, or with `acc = Some(β)` `dst ← dst + β·lhs·rhs` (`m × k` times
+/// `k × n`, `dst` row-major `m × n`), through the `gemm` crate, whose entry point is an
+/// `unsafe fn` on raw pointers and strides; every extent is checked against its slice
+/// first.
+#[allow(unsafe_code, clippy::too_many_arguments)]
 fn gemm_into<T: GemmFloat>(
     par: bool,
     m: usize,
@@ -816,15 +1190,23 @@ fn gemm_into<T: GemmFloat>(
     dst: &mut [T],
     lhs: Operand<'_, T>,
     rhs: Operand<'_, T>,
+    acc: Option<T>,
 ) -> Result<()> {
     check_len("matmul output", dst.len(), m * n)?;
     if m == 0 || n == 0 {
         return Ok(());
     }
     if k == 0 {
-        dst.fill(T::ZERO);
+        if acc.is_none() {
+            dst.fill(T::ZERO);
+        }
         return Ok(());
     }
+    // dst ← α·dst + β·lhs·rhs, `dst` read only when accumulating.
+    let (read_dst, alpha, beta) = match acc {
+        None => (false, T::ZERO, T::ONE),
+        Some(b) => (true, T::ONE, b),
+    };
     check_extent("matmul lhs", &lhs, m, k)?;
     check_extent("matmul rhs", &rhs, k, n)?;
     let to_isize = |v: usize| {
@@ -846,7 +1228,7 @@ fn gemm_into<T: GemmFloat>(
     // i·n + j (i < m, j < n); `lhs` and `rhs` are shared borrows whose largest addressed
     // index, (rows−1)·rs + (cols−1)·cs with non-negative strides, was checked to lie
     // inside them; a mutable and a shared borrow cannot alias. `T` is f32 or f64, both
-    // supported by `gemm`; `read_dst = false`, so `dst`'s prior contents are not read.
+    // supported by `gemm`; `dst` is initialized, so reading it (`read_dst`) is sound.
     unsafe {
         gemm::gemm(
             m,
@@ -855,15 +1237,15 @@ fn gemm_into<T: GemmFloat>(
             dst.as_mut_ptr(),
             1,
             dst_rs,
-            false,
+            read_dst,
             lhs.data.as_ptr(),
             lhs_cs,
             lhs_rs,
             rhs.data.as_ptr(),
             rhs_cs,
             rhs_rs,
-            T::ZERO,
-            T::ONE,
+            alpha,
+            beta,
             false,
             false,
             false,
@@ -871,6 +1253,26 @@ fn gemm_into<T: GemmFloat>(
         );
     }
     Ok(())
+}
+
+/// A 16-bit product: both operands widened to f32 (exactly), the f32 product rounded
+/// once.
+fn matmul_half<E: Elem<Acc = f32>>(
+    par: bool,
+    a: &[E],
+    a_shape: Shape,
+    ta: bool,
+    b: &[E],
+    b_shape: Shape,
+    tb: bool,
+) -> Result<Vec<E>> {
+    let (wa, wb) = (widen(a), widen(b));
+    let c = matmul_k(par, &wa, a_shape, ta, &wb, b_shape, tb)?;
+    let out = narrow(&c);
+    recycle(wa);
+    recycle(wb);
+    recycle(c);
+    Ok(out)
 }
 
 fn matmul_k<T: GemmFloat>(
@@ -896,9 +1298,65 @@ fn matmul_k<T: GemmFloat>(
         shape: Shape::new(m, n),
         message: "element count overflows".into(),
     })?;
-    let mut out = vec![T::ZERO; len];
-    gemm_into(par, m, n, k, &mut out, lhs, rhs)?;
+    let mut out = zeros(len);
+    gemm_into(par, m, n, k, &mut out, lhs, rhs, None)?;
     Ok(out)
+}
+
+/// `dst ← dst + β·op(a)·op(b)` in f32 or f64.
+#[allow(clippy::too_many_arguments)]
+fn matmul_acc_k<T: GemmFloat>(
+    par: bool,
+    dst: &mut [T],
+    a: &[T],
+    a_shape: Shape,
+    ta: bool,
+    b: &[T],
+    b_shape: Shape,
+    tb: bool,
+    beta: f64,
+) -> Result<()> {
+    let (m, k, lhs) = operand(a, a_shape, ta);
+    let (k2, n, rhs) = operand(b, b_shape, tb);
+    if k != k2 {
+        return Err(Error::Shape {
+            op: "matmul_acc",
+            lhs: a_shape,
+            rhs: b_shape,
+        });
+    }
+    let len = m.checked_mul(n).ok_or_else(|| Error::InvalidShape {
+        op: "matmul_acc",
+        shape: Shape::new(m, n),
+        message: "element count overflows".into(),
+    })?;
+    check_len("matmul_acc destination", dst.len(), len)?;
+    gemm_into(par, m, n, k, dst, lhs, rhs, Some(T::from_f64(beta)))
+}
+
+/// [`matmul_acc_k`] for 16-bit buffers: everything widened to f32, the updated f32
+/// destination rounded once.
+#[allow(clippy::too_many_arguments)]
+fn matmul_acc_half<E: Elem<Acc = f32>>(
+    par: bool,
+    dst: &mut [E],
+    a: &[E],
+    a_shape: Shape,
+    ta: bool,
+    b: &[E],
+    b_shape: Shape,
+    tb: bool,
+    beta: f64,
+) -> Result<()> {
+    let (mut wd, wa, wb) = (widen(dst), widen(a), widen(b));
+    matmul_acc_k(par, &mut wd, &wa, a_shape, ta, &wb, b_shape, tb, beta)?;
+    for (d, &v) in dst.iter_mut().zip(&wd) {
+        *d = E::from_acc(v);
+    }
+    recycle(wd);
+    recycle(wa);
+    recycle(wb);
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -932,10 +1390,10 @@ impl Backend for Cpu {
 
     fn full(&self, len: usize, value: f64, dtype: DType) -> Result<CpuBuffer> {
         Ok(match dtype {
-            DType::F64 => CpuBuffer::F64(vec![value; len]),
-            DType::F32 => CpuBuffer::F32(vec![Elem::from_f64(value); len]),
-            DType::Bf16 => CpuBuffer::Bf16(vec![Elem::from_f64(value); len]),
-            DType::F16 => CpuBuffer::F16(vec![Elem::from_f64(value); len]),
+            DType::F64 => CpuBuffer::F64(filled(len, value)),
+            DType::F32 => CpuBuffer::F32(filled(len, value)),
+            DType::Bf16 => CpuBuffer::Bf16(filled(len, value)),
+            DType::F16 => CpuBuffer::F16(filled(len, value)),
         })
     }
 
@@ -975,12 +1433,10 @@ impl Backend for Cpu {
                 CpuBuffer::F32(matmul_k(par, x, a_shape, ta, y, b_shape, tb)?)
             }
             (CpuBuffer::F16(x), CpuBuffer::F16(y)) => {
-                let c = matmul_k(par, &widen(x), a_shape, ta, &widen(y), b_shape, tb)?;
-                CpuBuffer::F16(c.into_iter().map(f16::from_f32).collect())
+                CpuBuffer::F16(matmul_half(par, x, a_shape, ta, y, b_shape, tb)?)
             }
             (CpuBuffer::Bf16(x), CpuBuffer::Bf16(y)) => {
-                let c = matmul_k(par, &widen(x), a_shape, ta, &widen(y), b_shape, tb)?;
-                CpuBuffer::Bf16(c.into_iter().map(bf16::from_f32).collect())
+                CpuBuffer::Bf16(matmul_half(par, x, a_shape, ta, y, b_shape, tb)?)
             }
             (x, y) => {
                 return Err(Error::DType {
@@ -995,6 +1451,35 @@ impl Backend for Cpu {
     fn unary(&self, op: UnaryOp, x: &CpuBuffer) -> Result<CpuBuffer> {
         let par = self.parallel;
         Ok(dispatch1!(x, |v| unary_k(par, op, v)))
+    }
+
+    fn unary_many(&self, ops: &[UnaryOp], x: &CpuBuffer) -> Result<Vec<CpuBuffer>> {
+        let family = logcosh_family(ops).filter(|_| !(self.parallel && x.len() >= PAR_ELEMS));
+        let Some(at) = family else {
+            return ops.iter().map(|&op| self.unary(op, x)).collect();
+        };
+        fn k<E: Elem>(
+            x: &[E],
+            at: [Option<usize>; 3],
+            n: usize,
+            wrap: fn(Vec<E>) -> CpuBuffer,
+        ) -> Vec<CpuBuffer> {
+            let outs = logcosh_family_k(x, at.map(|a| a.is_some()));
+            let mut slots: Vec<Option<CpuBuffer>> = (0..n).map(|_| None).collect();
+            for (a, o) in at.into_iter().zip(outs) {
+                if let (Some(j), Some(o)) = (a, o) {
+                    slots[j] = Some(wrap(o));
+                }
+            }
+            slots.into_iter().flatten().collect()
+        }
+        let n = ops.len();
+        Ok(match x {
+            CpuBuffer::F64(v) => k(v, at, n, CpuBuffer::F64),
+            CpuBuffer::F32(v) => k(v, at, n, CpuBuffer::F32),
+            CpuBuffer::Bf16(v) => k(v, at, n, CpuBuffer::Bf16),
+            CpuBuffer::F16(v) => k(v, at, n, CpuBuffer::F16),
+        })
     }
 
     fn affine(&self, x: &CpuBuffer, alpha: f64, beta: f64) -> Result<CpuBuffer> {
@@ -1012,13 +1497,7 @@ impl Backend for Cpu {
     ) -> Result<CpuBuffer> {
         let len = checked_len(op.name(), a_shape)?;
         check_len("binary lhs", a.len(), len)?;
-        let b_len = match broadcast {
-            Broadcast::None => len,
-            Broadcast::Row => a_shape.cols,
-            Broadcast::Col => a_shape.rows,
-            Broadcast::Scalar => 1,
-        };
-        check_len("binary rhs", b.len(), b_len)?;
+        check_len("binary rhs", b.len(), rhs_len(a_shape, broadcast))?;
         let par = self.parallel;
         Ok(dispatch2!(op.name(), a, b, |x, y| binary_k(
             par, op, x, a_shape, y, broadcast
@@ -1041,6 +1520,138 @@ impl Backend for Cpu {
             }
         }
         Ok(())
+    }
+
+    fn add_scaled(
+        &self,
+        a: &CpuBuffer,
+        a_shape: Shape,
+        b: &CpuBuffer,
+        broadcast: Broadcast,
+        alpha: f64,
+    ) -> Result<CpuBuffer> {
+        let len = checked_len("add_scaled", a_shape)?;
+        check_len("add_scaled lhs", a.len(), len)?;
+        check_len("add_scaled rhs", b.len(), rhs_len(a_shape, broadcast))?;
+        let par = self.parallel;
+        fn k<E: Elem>(par: bool, a: &[E], s: Shape, b: &[E], bc: Broadcast, al: f64) -> Vec<E> {
+            let al = E::Acc::of(al);
+            zip_k(par, a, s, b, bc, move |x, y| x + al * y)
+        }
+        Ok(dispatch2!("add_scaled", a, b, |x, y| k(
+            par, x, a_shape, y, broadcast, alpha
+        )))
+    }
+
+    fn mul_add(
+        &self,
+        a: &CpuBuffer,
+        b: &CpuBuffer,
+        shape: Shape,
+        c: &CpuBuffer,
+        broadcast: Broadcast,
+        alpha: f64,
+    ) -> Result<CpuBuffer> {
+        let len = checked_len("mul_add", shape)?;
+        check_len("mul_add a", a.len(), len)?;
+        check_len("mul_add b", b.len(), len)?;
+        check_len("mul_add c", c.len(), rhs_len(shape, broadcast))?;
+        let dtype_err = |x: &CpuBuffer, y: &CpuBuffer| Error::DType {
+            op: "mul_add",
+            lhs: x.dtype(),
+            rhs: y.dtype(),
+        };
+        Ok(match (a, b, c) {
+            (CpuBuffer::F64(a), CpuBuffer::F64(b), CpuBuffer::F64(c)) => {
+                CpuBuffer::F64(mul_add_k(a, b, shape, c, broadcast, alpha))
+            }
+            (CpuBuffer::F32(a), CpuBuffer::F32(b), CpuBuffer::F32(c)) => {
+                CpuBuffer::F32(mul_add_k(a, b, shape, c, broadcast, alpha))
+            }
+            (CpuBuffer::Bf16(a), CpuBuffer::Bf16(b), CpuBuffer::Bf16(c)) => {
+                CpuBuffer::Bf16(mul_add_k(a, b, shape, c, broadcast, alpha))
+            }
+            (CpuBuffer::F16(a), CpuBuffer::F16(b), CpuBuffer::F16(c)) => {
+                CpuBuffer::F16(mul_add_k(a, b, shape, c, broadcast, alpha))
+            }
+            (x, y, z) => {
+                return Err(if x.dtype() != y.dtype() {
+                    dtype_err(x, y)
+                } else {
+                    dtype_err(x, z)
+                })
+            }
+        })
+    }
+
+    fn axpy(&self, dst: &mut CpuBuffer, alpha: f64, src: &CpuBuffer) -> Result<()> {
+        check_len("axpy source", src.len(), dst.len())?;
+        fn mixed<D: Elem>(d: &mut [D], alpha: f64, src: &CpuBuffer) {
+            match src {
+                CpuBuffer::F64(s) => axpy_mixed_k(d, alpha, s),
+                CpuBuffer::F32(s) => axpy_mixed_k(d, alpha, s),
+                CpuBuffer::Bf16(s) => axpy_mixed_k(d, alpha, s),
+                CpuBuffer::F16(s) => axpy_mixed_k(d, alpha, s),
+            }
+        }
+        match (dst, src) {
+            (CpuBuffer::F64(d), CpuBuffer::F64(s)) => axpy_k(d, alpha, s),
+            (CpuBuffer::F32(d), CpuBuffer::F32(s)) => axpy_k(d, alpha, s),
+            (CpuBuffer::Bf16(d), CpuBuffer::Bf16(s)) => axpy_k(d, alpha, s),
+            (CpuBuffer::F16(d), CpuBuffer::F16(s)) => axpy_k(d, alpha, s),
+            (CpuBuffer::F64(d), s) => mixed(d, alpha, s),
+            (CpuBuffer::F32(d), s) => mixed(d, alpha, s),
+            (CpuBuffer::Bf16(d), s) => mixed(d, alpha, s),
+            (CpuBuffer::F16(d), s) => mixed(d, alpha, s),
+        }
+        Ok(())
+    }
+
+    fn matmul_acc(
+        &self,
+        dst: &mut CpuBuffer,
+        a: &CpuBuffer,
+        a_shape: Shape,
+        ta: bool,
+        b: &CpuBuffer,
+        b_shape: Shape,
+        tb: bool,
+        beta: f64,
+    ) -> Result<()> {
+        check_len(
+            "matmul_acc lhs",
+            a.len(),
+            checked_len("matmul_acc", a_shape)?,
+        )?;
+        check_len(
+            "matmul_acc rhs",
+            b.len(),
+            checked_len("matmul_acc", b_shape)?,
+        )?;
+        let par = self.parallel;
+        match (dst, a, b) {
+            (CpuBuffer::F64(d), CpuBuffer::F64(x), CpuBuffer::F64(y)) => {
+                matmul_acc_k(par, d, x, a_shape, ta, y, b_shape, tb, beta)
+            }
+            (CpuBuffer::F32(d), CpuBuffer::F32(x), CpuBuffer::F32(y)) => {
+                matmul_acc_k(par, d, x, a_shape, ta, y, b_shape, tb, beta)
+            }
+            (CpuBuffer::Bf16(d), CpuBuffer::Bf16(x), CpuBuffer::Bf16(y)) => {
+                matmul_acc_half(par, d, x, a_shape, ta, y, b_shape, tb, beta)
+            }
+            (CpuBuffer::F16(d), CpuBuffer::F16(x), CpuBuffer::F16(y)) => {
+                matmul_acc_half(par, d, x, a_shape, ta, y, b_shape, tb, beta)
+            }
+            (d, x, y) => Err(Error::DType {
+                op: "matmul_acc",
+                lhs: d.dtype(),
+                rhs: if d.dtype() != x.dtype() {
+                    x.dtype()
+                } else {
+                    y.dtype()
+                },
+            }),
+        }
     }
 
     fn reduce(

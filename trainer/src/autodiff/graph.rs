@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::backend::{Backend, BinaryOp, Broadcast, Reduction, UnaryOp};
+use super::backend::{Backend, BinaryOp, Broadcast, Reduction, Storage, UnaryOp};
 use super::error::{Error, Result};
 use super::tensor::{DType, Shape, Tensor};
 
@@ -40,9 +40,12 @@ enum Op {
         ta: bool,
         tb: bool,
     },
+    /// `deriv`: a node holding the value the VJP multiplies by (see
+    /// [`UnaryOp::derivative`]; for sech², the tanh of the same input).
     Unary {
         op: UnaryOp,
         x: usize,
+        deriv: Option<usize>,
     },
     Affine {
         x: usize,
@@ -53,6 +56,31 @@ enum Op {
         a: usize,
         b: usize,
         bc: Broadcast,
+    },
+    /// a + α·b.
+    AddScaled {
+        a: usize,
+        b: usize,
+        bc: Broadcast,
+        alpha: f64,
+    },
+    /// a + α·(b ⊙ c).
+    MulAdd {
+        a: usize,
+        b: usize,
+        c: usize,
+        bc: Broadcast,
+        alpha: f64,
+    },
+    /// c + β·op(a)·op(b).
+    MatmulAdd {
+        c: usize,
+        a: usize,
+        b: usize,
+        ta: bool,
+        tb: bool,
+        bc: Broadcast,
+        beta: f64,
     },
     Reduce {
         x: usize,
@@ -407,6 +435,172 @@ impl<B: Backend> Graph<B> {
         self.binary(BinaryOp::Div, a, b)
     }
 
+    /// `a + α·b` for a constant α, `b` broadcast as in [`add`](Graph::add): one pass
+    /// instead of a [`scale`](Graph::scale) and an [`add`](Graph::add) (a ResNet
+    /// step u + η·σ(·)).
+    pub fn add_scaled(&mut self, a: Var, b: Var, alpha: f64) -> Result<Var> {
+        if !alpha.is_finite() {
+            return Err(Error::InvalidArgument(format!(
+                "add_scaled with a non-finite factor α = {alpha}"
+            )));
+        }
+        let (ia, ib) = (self.index(a)?, self.index(b)?);
+        self.same_dtype("add_scaled", ia, ib)?;
+        let (sa, sb) = (self.nodes[ia].value.shape(), self.nodes[ib].value.shape());
+        let bc = Broadcast::infer(sa, sb).ok_or(Error::Shape {
+            op: "add_scaled",
+            lhs: sa,
+            rhs: sb,
+        })?;
+        let buf = self.backend.add_scaled(
+            self.nodes[ia].value.buffer(),
+            sa,
+            self.nodes[ib].value.buffer(),
+            bc,
+            alpha,
+        )?;
+        let value = self.tensor(sa, buf)?;
+        let rg = self.nodes[ia].requires_grad || self.nodes[ib].requires_grad;
+        Ok(self.push(
+            value,
+            Op::AddScaled {
+                a: ia,
+                b: ib,
+                bc,
+                alpha,
+            },
+            rg,
+        ))
+    }
+
+    /// `a + α·(b ⊙ c)` for a constant α: `a` and `b` of one shape, `c` of that shape or
+    /// broadcast as in [`add`](Graph::add). One pass for what would be a
+    /// [`mul`](Graph::mul), a [`scale`](Graph::scale) and an [`add`](Graph::add) (a
+    /// Jacobian update J + η·(KJ ⊙ tanh), a sum of squares s + v ⊙ v).
+    pub fn mul_add(&mut self, a: Var, b: Var, c: Var, alpha: f64) -> Result<Var> {
+        if !alpha.is_finite() {
+            return Err(Error::InvalidArgument(format!(
+                "mul_add with a non-finite factor α = {alpha}"
+            )));
+        }
+        let (ia, ib, ic) = (self.index(a)?, self.index(b)?, self.index(c)?);
+        self.same_dtype("mul_add", ia, ib)?;
+        self.same_dtype("mul_add", ia, ic)?;
+        let sa = self.nodes[ia].value.shape();
+        let (sb, sc) = (self.nodes[ib].value.shape(), self.nodes[ic].value.shape());
+        if sb != sa {
+            return Err(Error::Shape {
+                op: "mul_add",
+                lhs: sa,
+                rhs: sb,
+            });
+        }
+        let bc = Broadcast::infer(sa, sc).ok_or(Error::Shape {
+            op: "mul_add",
+            lhs: sa,
+            rhs: sc,
+        })?;
+        let buf = self.backend.mul_add(
+            self.nodes[ia].value.buffer(),
+            self.nodes[ib].value.buffer(),
+            sa,
+            self.nodes[ic].value.buffer(),
+            bc,
+            alpha,
+        )?;
+        let value = self.tensor(sa, buf)?;
+        let rg = [ia, ib, ic].iter().any(|&j| self.nodes[j].requires_grad);
+        Ok(self.push(
+            value,
+            Op::MulAdd {
+                a: ia,
+                b: ib,
+                c: ic,
+                bc,
+                alpha,
+            },
+            rg,
+        ))
+    }
+
+    /// `c + β·op(A)·op(B)` for a constant β, `c` of the product's shape or broadcast
+    /// as in [`add`](Graph::add): a layer x·Kᵀ + b (`matmul_add(b, x, k, false, true,
+    /// 1.0)`) or an update z + η·(v·K) in one product, with no separate pass for the
+    /// sum (the product accumulates onto `c`).
+    pub fn matmul_add(
+        &mut self,
+        c: Var,
+        a: Var,
+        b: Var,
+        ta: bool,
+        tb: bool,
+        beta: f64,
+    ) -> Result<Var> {
+        if !beta.is_finite() {
+            return Err(Error::InvalidArgument(format!(
+                "matmul_add with a non-finite factor β = {beta}"
+            )));
+        }
+        let (ic, ia, ib) = (self.index(c)?, self.index(a)?, self.index(b)?);
+        self.same_dtype("matmul_add", ia, ib)?;
+        self.same_dtype("matmul_add", ia, ic)?;
+        let (sa, sb) = (self.nodes[ia].value.shape(), self.nodes[ib].value.shape());
+        let (m, k) = if ta {
+            (sa.cols, sa.rows)
+        } else {
+            (sa.rows, sa.cols)
+        };
+        let (k2, n) = if tb {
+            (sb.cols, sb.rows)
+        } else {
+            (sb.rows, sb.cols)
+        };
+        if k != k2 {
+            return Err(Error::Shape {
+                op: "matmul_add",
+                lhs: sa,
+                rhs: sb,
+            });
+        }
+        let out = Shape::new(m, n);
+        let sc = self.nodes[ic].value.shape();
+        let bc = Broadcast::infer(out, sc).ok_or(Error::Shape {
+            op: "matmul_add",
+            lhs: out,
+            rhs: sc,
+        })?;
+        let cb = self.nodes[ic].value.buffer();
+        let mut buf = match bc {
+            Broadcast::None => self.backend.copy(cb)?,
+            _ => self.backend.broadcast(cb, sc, out, 1.0)?,
+        };
+        self.backend.matmul_acc(
+            &mut buf,
+            self.nodes[ia].value.buffer(),
+            sa,
+            ta,
+            self.nodes[ib].value.buffer(),
+            sb,
+            tb,
+            beta,
+        )?;
+        let value = self.tensor(out, buf)?;
+        let rg = [ia, ib, ic].iter().any(|&j| self.nodes[j].requires_grad);
+        Ok(self.push(
+            value,
+            Op::MatmulAdd {
+                c: ic,
+                a: ia,
+                b: ib,
+                ta,
+                tb,
+                bc,
+                beta,
+            },
+            rg,
+        ))
+    }
+
     /// `α·x + β` for constants α, β.
     pub fn affine(&mut self, x: Var, alpha: f64, beta: f64) -> Result<Var> {
         if !alpha.is_finite() || !beta.is_finite() {
@@ -439,7 +633,54 @@ impl<B: Backend> Graph<B> {
         let buf = self.backend.unary(op, self.nodes[ix].value.buffer())?;
         let value = self.tensor(self.nodes[ix].value.shape(), buf)?;
         let rg = self.nodes[ix].requires_grad;
-        Ok(self.push(value, Op::Unary { op, x: ix }, rg))
+        Ok(self.push(
+            value,
+            Op::Unary {
+                op,
+                x: ix,
+                deriv: None,
+            },
+            rg,
+        ))
+    }
+
+    /// Several maps of one input, `[ops[0](x), ops[1](x), …]`, computed together (the
+    /// CPU backend computes log cosh, tanh and sech² in one pass from one exponential).
+    /// Each result is an ordinary map value, equal to what [`unary`](Graph::unary)
+    /// gives; where one result is the derivative map of another (log cosh → tanh,
+    /// tanh → sech², and the others [`UnaryOp::derivative`] names) or, for sech²,
+    /// the tanh its derivative −2·tanh·sech² needs, the VJP reads that value instead
+    /// of recomputing it. OT-Flow's layers take σ(u), σ'(u) = tanh u and σ''(u) =
+    /// sech² u of every pre-activation this way.
+    pub fn unary_many(&mut self, x: Var, ops: &[UnaryOp]) -> Result<Vec<Var>> {
+        let ix = self.index(x)?;
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let bufs = self
+            .backend
+            .unary_many(ops, self.nodes[ix].value.buffer())?;
+        if bufs.len() != ops.len() {
+            return Err(Error::InvalidArgument(format!(
+                "backend unary_many returned {} results for {} maps",
+                bufs.len(),
+                ops.len()
+            )));
+        }
+        let shape = self.nodes[ix].value.shape();
+        let rg = self.nodes[ix].requires_grad;
+        let first = self.nodes.len();
+        let position = |want: UnaryOp| ops.iter().position(|&o| o == want).map(|j| first + j);
+        let mut vars = Vec::with_capacity(ops.len());
+        for (&op, buf) in ops.iter().zip(bufs) {
+            let value = self.tensor(shape, buf)?;
+            let deriv = match op {
+                UnaryOp::Sech2 => position(UnaryOp::Tanh),
+                _ => op.derivative().and_then(position),
+            };
+            vars.push(self.push(value, Op::Unary { op, x: ix, deriv }, rg));
+        }
+        Ok(vars)
     }
 
     /// −x.
@@ -520,6 +761,16 @@ impl<B: Backend> Graph<B> {
     /// σ(x) = log(2 cosh x), stable (OT-Flow's activation; σ' = tanh, σ'' = sech²).
     pub fn logcosh(&mut self, x: Var) -> Result<Var> {
         self.unary(UnaryOp::LogCosh, x)
+    }
+
+    /// sin x.
+    pub fn sin(&mut self, x: Var) -> Result<Var> {
+        self.unary(UnaryOp::Sin, x)
+    }
+
+    /// cos x.
+    pub fn cos(&mut self, x: Var) -> Result<Var> {
+        self.unary(UnaryOp::Cos, x)
     }
 
     fn reduce(&mut self, x: Var, axis: Reduction, mean: bool) -> Result<Var> {
@@ -826,7 +1077,7 @@ impl<B: Backend> Graph<B> {
             } else {
                 g.cast(&self.backend, node.value.dtype())?
             };
-            self.vjp(i, &g, &mut grads, accumulate)?;
+            self.vjp(i, g, &mut grads, accumulate)?;
         }
 
         for (i, node) in self.nodes.iter().enumerate() {
@@ -849,120 +1100,336 @@ impl<B: Backend> Graph<B> {
         })
     }
 
+    /// Adds the owned contribution `c` to `slot`: moved in when the slot is empty (cast
+    /// to the accumulation precision), summed in place otherwise.
     fn accumulate(
         &self,
         slot: &mut Option<Tensor<B>>,
-        contribution: Tensor<B>,
-        accumulate: Option<DType>,
+        c: Tensor<B>,
+        acc: Option<DType>,
     ) -> Result<()> {
-        let c = match accumulate {
-            Some(h) if contribution.dtype() != h => contribution.cast(&self.backend, h)?,
-            _ => contribution,
-        };
         match slot {
-            None => *slot = Some(c),
-            Some(sum) => {
-                if sum.dtype() != c.dtype() {
-                    // Without an accumulation precision a value's contributions all
-                    // arrive in its own precision; this guards a backend bug.
-                    return Err(Error::DType {
-                        op: "gradient accumulation",
-                        lhs: sum.dtype(),
-                        rhs: c.dtype(),
-                    });
-                }
-                self.backend.add_assign(sum.buffer_mut(), c.buffer())?;
+            None => {
+                let c = match acc {
+                    Some(h) if c.dtype() != h => c.cast(&self.backend, h)?,
+                    _ => c,
+                };
+                *slot = Some(c);
+                Ok(())
             }
+            Some(sum) => {
+                Self::check_sum(sum, c.dtype(), acc)?;
+                self.backend.axpy(sum.buffer_mut(), 1.0, c.buffer())
+            }
+        }
+    }
+
+    /// Without an accumulation precision a value's contributions all arrive in its own
+    /// precision; this guards a backend bug.
+    fn check_sum(sum: &Tensor<B>, dtype: DType, acc: Option<DType>) -> Result<()> {
+        if acc.is_none() && sum.dtype() != dtype {
+            return Err(Error::DType {
+                op: "gradient accumulation",
+                lhs: sum.dtype(),
+                rhs: dtype,
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds `α·c` for a borrowed `c` (of shape `shape`): in place when the slot holds a
+    /// sum, else as a scaled copy.
+    fn accumulate_ref(
+        &self,
+        slot: &mut Option<Tensor<B>>,
+        c: &B::Buffer,
+        shape: Shape,
+        alpha: f64,
+        acc: Option<DType>,
+    ) -> Result<()> {
+        let be = &self.backend;
+        match slot {
+            Some(sum) => {
+                Self::check_sum(sum, c.dtype(), acc)?;
+                be.axpy(sum.buffer_mut(), alpha, c)
+            }
+            None => {
+                let target = acc.unwrap_or(c.dtype());
+                let buf = if alpha == 1.0 {
+                    be.cast(c, target)?
+                } else {
+                    let scaled = be.affine(c, alpha, 0.0)?;
+                    if scaled.dtype() == target {
+                        scaled
+                    } else {
+                        be.cast(&scaled, target)?
+                    }
+                };
+                *slot = Some(Tensor::from_parts(shape, buf)?);
+                Ok(())
+            }
+        }
+    }
+
+    /// Adds `α·c` for an owned `c`.
+    fn accumulate_scaled(
+        &self,
+        slot: &mut Option<Tensor<B>>,
+        c: Tensor<B>,
+        alpha: f64,
+        acc: Option<DType>,
+    ) -> Result<()> {
+        if alpha == 1.0 {
+            return self.accumulate(slot, c, acc);
+        }
+        if slot.is_some() {
+            return self.accumulate_ref(slot, c.buffer(), c.shape(), alpha, acc);
+        }
+        let scaled = self.backend.affine(c.buffer(), alpha, 0.0)?;
+        self.accumulate(slot, Tensor::from_parts(c.shape(), scaled)?, acc)
+    }
+
+    /// Adds `α·(g ⊙ f)` (`f` covering g's shape `gs` as `bc` says): one fused pass
+    /// into an existing sum of g's precision, else the product as a new contribution.
+    #[allow(clippy::too_many_arguments)]
+    fn accumulate_mul(
+        &self,
+        slot: &mut Option<Tensor<B>>,
+        g: &B::Buffer,
+        gs: Shape,
+        f: &B::Buffer,
+        bc: Broadcast,
+        alpha: f64,
+        acc: Option<DType>,
+    ) -> Result<()> {
+        let be = &self.backend;
+        if let Some(sum) = slot {
+            if sum.dtype() == g.dtype() && sum.shape() == gs {
+                let next = be.mul_add(sum.buffer(), g, gs, f, bc, alpha)?;
+                *sum = Tensor::from_parts(gs, next)?;
+                return Ok(());
+            }
+        }
+        let mut p = be.binary(BinaryOp::Mul, g, gs, f, bc)?;
+        if alpha != 1.0 {
+            p = be.affine(&p, alpha, 0.0)?;
+        }
+        self.accumulate(slot, Tensor::from_parts(gs, p)?, acc)
+    }
+
+    /// Adds the product `β·op(x)·op(y)` (of shape `shape`): accumulated by the GEMM
+    /// into an existing sum of the same precision, else a new contribution.
+    fn accumulate_product(
+        &self,
+        slot: &mut Option<Tensor<B>>,
+        shape: Shape,
+        (x, xs, tx): (&B::Buffer, Shape, bool),
+        (y, ys, ty): (&B::Buffer, Shape, bool),
+        beta: f64,
+        acc: Option<DType>,
+    ) -> Result<()> {
+        let be = &self.backend;
+        if let Some(sum) = slot {
+            if sum.dtype() == x.dtype() {
+                return be.matmul_acc(sum.buffer_mut(), x, xs, tx, y, ys, ty, beta);
+            }
+        }
+        let p = if beta == 1.0 {
+            be.matmul(x, xs, tx, y, ys, ty)?
+        } else {
+            let mut p = be.full(shape.len(), 0.0, x.dtype())?;
+            be.matmul_acc(&mut p, x, xs, tx, y, ys, ty, beta)?;
+            p
+        };
+        self.accumulate(slot, Tensor::from_parts(shape, p)?, acc)
+    }
+
+    /// The operand gradients of `β·op(a)·op(b)` for the incoming gradient `g`.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_vjp(
+        &self,
+        grads: &mut [Option<Tensor<B>>],
+        g: &Tensor<B>,
+        a: usize,
+        b: usize,
+        ta: bool,
+        tb: bool,
+        beta: f64,
+        acc: Option<DType>,
+    ) -> Result<()> {
+        let (av, bv) = (&self.nodes[a].value, &self.nodes[b].value);
+        let (gb, gs) = (g.buffer(), g.shape());
+        if self.nodes[a].requires_grad {
+            let (x, y) = if ta {
+                ((bv.buffer(), bv.shape(), tb), (gb, gs, true))
+            } else {
+                ((gb, gs, false), (bv.buffer(), bv.shape(), !tb))
+            };
+            self.accumulate_product(&mut grads[a], av.shape(), x, y, beta, acc)?;
+        }
+        if self.nodes[b].requires_grad {
+            let (x, y) = if tb {
+                ((gb, gs, true), (av.buffer(), av.shape(), ta))
+            } else {
+                ((av.buffer(), av.shape(), !ta), (gb, gs, false))
+            };
+            self.accumulate_product(&mut grads[b], bv.shape(), x, y, beta, acc)?;
+        }
+        Ok(())
+    }
+
+    /// The gradients of `a + α·b` (`b` broadcast as `bc` says), consuming `g`: where
+    /// both need it, the one whose sum is empty takes `g` itself if it can, so that `g`
+    /// is copied only when both sums are empty.
+    #[allow(clippy::too_many_arguments)]
+    fn add_vjp(
+        &self,
+        grads: &mut [Option<Tensor<B>>],
+        g: Tensor<B>,
+        a: usize,
+        b: usize,
+        bc: Broadcast,
+        alpha: f64,
+        acc: Option<DType>,
+    ) -> Result<()> {
+        let (need_a, need_b) = (self.nodes[a].requires_grad, self.nodes[b].requires_grad);
+        let gs = g.shape();
+        if need_b {
+            if let Some(axis) = Reduction::of_broadcast(bc) {
+                let r = self.backend.reduce(g.buffer(), gs, axis, alpha)?;
+                let rs = self.nodes[b].value.shape();
+                self.accumulate(&mut grads[b], Tensor::from_parts(rs, r)?, acc)?;
+            } else if !need_a {
+                return self.accumulate_scaled(&mut grads[b], g, alpha, acc);
+            } else if alpha == 1.0 && grads[b].is_none() && grads[a].is_some() {
+                self.accumulate_ref(&mut grads[a], g.buffer(), gs, 1.0, acc)?;
+                return self.accumulate(&mut grads[b], g, acc);
+            } else {
+                self.accumulate_ref(&mut grads[b], g.buffer(), gs, alpha, acc)?;
+            }
+        }
+        if need_a {
+            self.accumulate(&mut grads[a], g, acc)?;
         }
         Ok(())
     }
 
     /// Pulls `g` (the gradient of node `i`, in its precision) through node `i`'s op,
     /// accumulating into its inputs that require gradients. Every VJP is made of
-    /// backend kernels.
+    /// backend kernels; `g` is consumed (moved into an input's empty sum where the VJP
+    /// is the identity).
     fn vjp(
         &self,
         i: usize,
-        g: &Tensor<B>,
+        g: Tensor<B>,
         grads: &mut [Option<Tensor<B>>],
         acc: Option<DType>,
     ) -> Result<()> {
         let be = &self.backend;
         let node = &self.nodes[i];
         let gs = g.shape();
-        let gb = g.buffer();
         let val = |j: usize| &self.nodes[j].value;
         let needs = |j: usize| self.nodes[j].requires_grad;
-        let mut give = |j: usize, shape: Shape, buf: B::Buffer| -> Result<()> {
-            let t = Tensor::from_parts(shape, buf)?;
-            self.accumulate(&mut grads[j], t, acc)
+        let give = |grads: &mut [Option<Tensor<B>>], j: usize, shape: Shape, buf: B::Buffer| {
+            self.accumulate(&mut grads[j], Tensor::from_parts(shape, buf)?, acc)
         };
         match node.op {
             Op::Leaf => {}
-            Op::Matmul { a, b, ta, tb } => {
-                let (av, bv) = (val(a), val(b));
-                if needs(a) {
-                    let da = if ta {
-                        be.matmul(bv.buffer(), bv.shape(), tb, gb, gs, true)?
-                    } else {
-                        be.matmul(gb, gs, false, bv.buffer(), bv.shape(), !tb)?
-                    };
-                    give(a, av.shape(), da)?;
-                }
-                if needs(b) {
-                    let db = if tb {
-                        be.matmul(gb, gs, true, av.buffer(), av.shape(), ta)?
-                    } else {
-                        be.matmul(av.buffer(), av.shape(), !ta, gb, gs, false)?
-                    };
-                    give(b, bv.shape(), db)?;
+            Op::Matmul { a, b, ta, tb } => self.matmul_vjp(grads, &g, a, b, ta, tb, 1.0, acc)?,
+            Op::MatmulAdd {
+                c,
+                a,
+                b,
+                ta,
+                tb,
+                bc,
+                beta,
+            } => {
+                self.matmul_vjp(grads, &g, a, b, ta, tb, beta, acc)?;
+                if needs(c) {
+                    match Reduction::of_broadcast(bc) {
+                        None => self.accumulate(&mut grads[c], g, acc)?,
+                        Some(axis) => {
+                            let r = be.reduce(g.buffer(), gs, axis, 1.0)?;
+                            give(grads, c, val(c).shape(), r)?;
+                        }
+                    }
                 }
             }
-            Op::Unary { op, x } => {
+            Op::Unary { op, x, deriv } => {
                 if needs(x) {
-                    let dx = self.unary_vjp(op, val(x), &node.value, g)?;
-                    give(x, gs, dx)?;
+                    let gb = g.buffer();
+                    match self.unary_vjp(op, i, x, deriv, &g)? {
+                        UnaryVjp::Gradient(d) => give(grads, x, gs, d)?,
+                        UnaryVjp::Factor(f) => self.accumulate_mul(
+                            &mut grads[x],
+                            gb,
+                            gs,
+                            &f,
+                            Broadcast::None,
+                            1.0,
+                            acc,
+                        )?,
+                        UnaryVjp::Value(j) => self.accumulate_mul(
+                            &mut grads[x],
+                            gb,
+                            gs,
+                            val(j).buffer(),
+                            Broadcast::None,
+                            1.0,
+                            acc,
+                        )?,
+                    }
                 }
             }
             Op::Affine { x, alpha } => {
                 if needs(x) {
-                    give(x, gs, be.affine(gb, alpha, 0.0)?)?;
+                    self.accumulate_scaled(&mut grads[x], g, alpha, acc)?;
                 }
             }
+            Op::AddScaled { a, b, bc, alpha } => self.add_vjp(grads, g, a, b, bc, alpha, acc)?,
             Op::Binary { op, a, b, bc } => {
                 let (av, bv) = (val(a), val(b));
-                // Undo the broadcast of `b`: sum `t` (shape gs) down to b's shape,
-                // times `alpha`.
-                let reduce_to_b = |t: &B::Buffer, alpha: f64| -> Result<B::Buffer> {
-                    match Reduction::of_broadcast(bc) {
-                        None if alpha == 1.0 => be.copy(t),
-                        None => be.affine(t, alpha, 0.0),
-                        Some(axis) => be.reduce(t, gs, axis, alpha),
-                    }
-                };
+                let gb = g.buffer();
                 match op {
-                    BinaryOp::Add | BinaryOp::Sub => {
-                        if needs(a) {
-                            give(a, gs, be.copy(gb)?)?;
-                        }
-                        if needs(b) {
-                            let sign = if op == BinaryOp::Add { 1.0 } else { -1.0 };
-                            give(b, bv.shape(), reduce_to_b(gb, sign)?)?;
-                        }
-                    }
+                    BinaryOp::Add => self.add_vjp(grads, g, a, b, bc, 1.0, acc)?,
+                    BinaryOp::Sub => self.add_vjp(grads, g, a, b, bc, -1.0, acc)?,
                     BinaryOp::Mul => {
-                        if needs(a) {
-                            give(a, gs, be.binary(BinaryOp::Mul, gb, gs, bv.buffer(), bc)?)?;
-                        }
                         if needs(b) {
-                            let ga =
-                                be.binary(BinaryOp::Mul, gb, gs, av.buffer(), Broadcast::None)?;
-                            give(b, bv.shape(), reduce_to_b(&ga, 1.0)?)?;
+                            match Reduction::of_broadcast(bc) {
+                                None => self.accumulate_mul(
+                                    &mut grads[b],
+                                    gb,
+                                    gs,
+                                    av.buffer(),
+                                    Broadcast::None,
+                                    1.0,
+                                    acc,
+                                )?,
+                                Some(axis) => {
+                                    let ga = be.binary(
+                                        BinaryOp::Mul,
+                                        gb,
+                                        gs,
+                                        av.buffer(),
+                                        Broadcast::None,
+                                    )?;
+                                    give(grads, b, bv.shape(), be.reduce(&ga, gs, axis, 1.0)?)?;
+                                }
+                            }
+                        }
+                        if needs(a) {
+                            self.accumulate_mul(&mut grads[a], gb, gs, bv.buffer(), bc, 1.0, acc)?;
                         }
                     }
                     BinaryOp::Div => {
                         if needs(a) {
-                            give(a, gs, be.binary(BinaryOp::Div, gb, gs, bv.buffer(), bc)?)?;
+                            give(
+                                grads,
+                                a,
+                                gs,
+                                be.binary(BinaryOp::Div, gb, gs, bv.buffer(), bc)?,
+                            )?;
                         }
                         if needs(b) {
                             // ∂(a/b)/∂b = −(a/b)/b = −y/b.
@@ -974,21 +1441,53 @@ impl<B: Backend> Graph<B> {
                                 Broadcast::None,
                             )?;
                             let gyb = be.binary(BinaryOp::Div, &gy, gs, bv.buffer(), bc)?;
-                            give(b, bv.shape(), reduce_to_b(&gyb, -1.0)?)?;
+                            let db = match Reduction::of_broadcast(bc) {
+                                None => be.affine(&gyb, -1.0, 0.0)?,
+                                Some(axis) => be.reduce(&gyb, gs, axis, -1.0)?,
+                            };
+                            give(grads, b, bv.shape(), db)?;
                         }
                     }
+                }
+            }
+            Op::MulAdd { a, b, c, bc, alpha } => {
+                let (bv, cv) = (val(b), val(c));
+                let gb = g.buffer();
+                if needs(c) {
+                    match Reduction::of_broadcast(bc) {
+                        None => self.accumulate_mul(
+                            &mut grads[c],
+                            gb,
+                            gs,
+                            bv.buffer(),
+                            Broadcast::None,
+                            alpha,
+                            acc,
+                        )?,
+                        Some(axis) => {
+                            let gbv =
+                                be.binary(BinaryOp::Mul, gb, gs, bv.buffer(), Broadcast::None)?;
+                            give(grads, c, cv.shape(), be.reduce(&gbv, gs, axis, alpha)?)?;
+                        }
+                    }
+                }
+                if needs(b) {
+                    self.accumulate_mul(&mut grads[b], gb, gs, cv.buffer(), bc, alpha, acc)?;
+                }
+                if needs(a) {
+                    self.accumulate(&mut grads[a], g, acc)?;
                 }
             }
             Op::Reduce { x, alpha, .. } => {
                 if needs(x) {
                     let xs = val(x).shape();
-                    give(x, xs, be.broadcast(gb, gs, xs, alpha)?)?;
+                    give(grads, x, xs, be.broadcast(g.buffer(), gs, xs, alpha)?)?;
                 }
             }
             Op::SliceCols { x, c0 } => {
                 if needs(x) {
                     let xs = val(x).shape();
-                    give(x, xs, be.embed_cols(gb, gs, c0, xs.cols)?)?;
+                    give(grads, x, xs, be.embed_cols(g.buffer(), gs, c0, xs.cols)?)?;
                 }
             }
             Op::ConcatCols { start, len } => {
@@ -996,80 +1495,115 @@ impl<B: Backend> Graph<B> {
                 for &p in &self.concat_inputs[start..start + len] {
                     let ps = val(p).shape();
                     if needs(p) {
-                        give(p, ps, be.slice_cols(gb, gs, c0, c0 + ps.cols)?)?;
+                        give(
+                            grads,
+                            p,
+                            ps,
+                            be.slice_cols(g.buffer(), gs, c0, c0 + ps.cols)?,
+                        )?;
                     }
                     c0 += ps.cols;
                 }
             }
             Op::RepeatRows { x, k } => {
                 if needs(x) {
-                    give(x, val(x).shape(), be.sum_row_groups(gb, gs, k)?)?;
+                    give(
+                        grads,
+                        x,
+                        val(x).shape(),
+                        be.sum_row_groups(g.buffer(), gs, k)?,
+                    )?;
                 }
             }
             Op::SumRowGroups { x, k } => {
                 if needs(x) {
-                    give(x, val(x).shape(), be.repeat_rows(gb, gs, k)?)?;
+                    give(grads, x, val(x).shape(), be.repeat_rows(g.buffer(), gs, k)?)?;
                 }
             }
             Op::TileRows { x, times } => {
                 if needs(x) {
-                    give(x, val(x).shape(), be.sum_tiles(gb, gs, times)?)?;
+                    give(
+                        grads,
+                        x,
+                        val(x).shape(),
+                        be.sum_tiles(g.buffer(), gs, times)?,
+                    )?;
                 }
             }
             Op::SumTiles { x, times } => {
                 if needs(x) {
-                    give(x, val(x).shape(), be.tile_rows(gb, gs, times)?)?;
+                    give(
+                        grads,
+                        x,
+                        val(x).shape(),
+                        be.tile_rows(g.buffer(), gs, times)?,
+                    )?;
                 }
             }
             Op::Cast { x } => {
                 if needs(x) {
-                    give(x, gs, be.cast(gb, val(x).dtype())?)?;
+                    give(grads, x, gs, be.cast(g.buffer(), val(x).dtype())?)?;
                 }
             }
         }
         Ok(())
     }
 
-    /// g ⊙ f'(x) for y = f(x), from backend kernels (reusing y where that is exact and
-    /// stable). Each derivative is itself a map with a VJP of its own, so a gradient or
-    /// Laplacian built from these maps is differentiable once more.
+    /// The VJP of y = f(x) (node `i`, input node `x`) for the gradient `g`: mostly
+    /// g ⊙ f'(x) with f'(x) from backend kernels (reusing y where that is exact and
+    /// stable), or read from a linked node ([`Graph::unary_many`]). Each derivative is
+    /// itself a map with a VJP of its own, so a gradient or Laplacian built from these
+    /// maps is differentiable once more.
     fn unary_vjp(
         &self,
         op: UnaryOp,
-        x: &Tensor<B>,
-        y: &Tensor<B>,
+        i: usize,
+        x: usize,
+        deriv: Option<usize>,
         g: &Tensor<B>,
-    ) -> Result<B::Buffer> {
+    ) -> Result<UnaryVjp<B::Buffer>> {
+        use UnaryVjp::{Factor, Gradient, Value};
         let be = &self.backend;
         let s = g.shape();
-        let (xb, yb, gb) = (x.buffer(), y.buffer(), g.buffer());
+        let (xb, yb, gb) = (
+            self.nodes[x].value.buffer(),
+            self.nodes[i].value.buffer(),
+            g.buffer(),
+        );
         let mul = |a: &B::Buffer, b: &B::Buffer| be.binary(BinaryOp::Mul, a, s, b, Broadcast::None);
         let div = |a: &B::Buffer, b: &B::Buffer| be.binary(BinaryOp::Div, a, s, b, Broadcast::None);
-        match op {
-            UnaryOp::Neg => be.affine(gb, -1.0, 0.0),
-            UnaryOp::Square => mul(gb, &be.affine(xb, 2.0, 0.0)?),
-            UnaryOp::Abs => mul(gb, &be.unary(UnaryOp::Sign, xb)?),
-            UnaryOp::Sign => be.full(s.len(), 0.0, g.dtype()),
+        // (sech²)' = −2 tanh·sech², with tanh from `t`.
+        let sech2_factor = |t: &B::Buffer| mul(&be.affine(t, -2.0, 0.0)?, yb);
+        if let Some(d) = deriv {
+            let db = self.nodes[d].value.buffer();
+            return Ok(match op {
+                UnaryOp::Sech2 => Factor(sech2_factor(db)?),
+                _ => Value(d),
+            });
+        }
+        Ok(match op {
+            UnaryOp::Neg => Gradient(be.affine(gb, -1.0, 0.0)?),
+            UnaryOp::Square => Factor(be.affine(xb, 2.0, 0.0)?),
+            UnaryOp::Abs => Factor(be.unary(UnaryOp::Sign, xb)?),
+            UnaryOp::Sign => Gradient(be.full(s.len(), 0.0, g.dtype())?),
             // d(1/x) = −y².
-            UnaryOp::Recip => be.affine(&mul(gb, &be.unary(UnaryOp::Square, yb)?)?, -1.0, 0.0),
-            UnaryOp::Exp => mul(gb, yb),
-            UnaryOp::Log => div(gb, xb),
-            // d√x = 1/(2y).
-            UnaryOp::Sqrt => div(gb, &be.affine(yb, 2.0, 0.0)?),
-            // tanh' = sech², from x (1 − y² cancels where |x| is large).
-            UnaryOp::Tanh => mul(gb, &be.unary(UnaryOp::Sech2, xb)?),
-            // (sech²)' = −2 tanh·sech².
-            UnaryOp::Sech2 => {
-                let t = be.affine(&be.unary(UnaryOp::Tanh, xb)?, -2.0, 0.0)?;
-                mul(gb, &mul(&t, yb)?)
+            UnaryOp::Recip => {
+                Gradient(be.affine(&mul(gb, &be.unary(UnaryOp::Square, yb)?)?, -1.0, 0.0)?)
             }
+            UnaryOp::Exp => Value(i),
+            UnaryOp::Log => Gradient(div(gb, xb)?),
+            // d√x = 1/(2y).
+            UnaryOp::Sqrt => Gradient(div(gb, &be.affine(yb, 2.0, 0.0)?)?),
+            // tanh' = sech², from x (1 − y² cancels where |x| is large).
+            UnaryOp::Tanh => Factor(be.unary(UnaryOp::Sech2, xb)?),
+            UnaryOp::Sech2 => Factor(sech2_factor(&be.unary(UnaryOp::Tanh, xb)?)?),
             // sigmoid' = s·(1 − s) = s·sigmoid(−x).
             UnaryOp::Sigmoid => {
                 let sm = be.unary(UnaryOp::Sigmoid, &be.unary(UnaryOp::Neg, xb)?)?;
-                mul(gb, &mul(yb, &sm)?)
+                Factor(mul(yb, &sm)?)
             }
-            UnaryOp::Silu => mul(gb, &be.unary(UnaryOp::SiluPrime, xb)?),
-            UnaryOp::SiluPrime => mul(gb, &be.unary(UnaryOp::SiluSecond, xb)?),
+            UnaryOp::Silu => Factor(be.unary(UnaryOp::SiluPrime, xb)?),
+            UnaryOp::SiluPrime => Factor(be.unary(UnaryOp::SiluSecond, xb)?),
             // silu''' = q·[p·(3 + x·p) − 2·x·q], q = s·(1 − s), p = 1 − 2s = sm − s.
             UnaryOp::SiluSecond => {
                 let sp = be.unary(UnaryOp::Sigmoid, xb)?;
@@ -1080,10 +1614,23 @@ impl<B: Backend> Graph<B> {
                 let first = mul(&p, &three_xp)?;
                 let second = be.affine(&mul(xb, &q)?, -2.0, 0.0)?;
                 let bracket = be.binary(BinaryOp::Add, &first, s, &second, Broadcast::None)?;
-                mul(gb, &mul(&q, &bracket)?)
+                Factor(mul(&q, &bracket)?)
             }
-            UnaryOp::Softplus => mul(gb, &be.unary(UnaryOp::Sigmoid, xb)?),
-            UnaryOp::LogCosh => mul(gb, &be.unary(UnaryOp::Tanh, xb)?),
-        }
+            UnaryOp::Softplus => Factor(be.unary(UnaryOp::Sigmoid, xb)?),
+            UnaryOp::LogCosh => Factor(be.unary(UnaryOp::Tanh, xb)?),
+            UnaryOp::Sin => Factor(be.unary(UnaryOp::Cos, xb)?),
+            // cos' = −sin.
+            UnaryOp::Cos => Factor(be.affine(&be.unary(UnaryOp::Sin, xb)?, -1.0, 0.0)?),
+        })
     }
+}
+
+/// What a unary map's VJP multiplies the incoming gradient g by, or the result.
+enum UnaryVjp<Buf> {
+    /// dx itself.
+    Gradient(Buf),
+    /// dx = g ⊙ this.
+    Factor(Buf),
+    /// dx = g ⊙ the value of this tape node.
+    Value(usize),
 }

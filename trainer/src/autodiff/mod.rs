@@ -9,7 +9,11 @@
 //!   cudarc backend implements the same trait, and nothing in it names a host type;
 //! - [`Graph`]: the tape. Ops are methods returning [`Var`] handles (computed eagerly,
 //!   recorded for [`Graph::backward`]); shape and precision mismatches are typed
-//!   [`Error`]s; [`Graph::clear`] reuses the tape;
+//!   [`Error`]s; [`Graph::clear`] reuses the tape. Besides the elementary ops, fused
+//!   ones save passes over batch-sized tensors: [`Graph::matmul_add`] (a layer
+//!   x·Kᵀ + b, an update z + η·v·K), [`Graph::add_scaled`], [`Graph::mul_add`], and
+//!   [`Graph::unary_many`] (several maps of one input in one pass, whose VJPs reuse
+//!   each other's values); the backward pass sums gradients in place;
 //! - [`check`]: the one gradient checker (central differences in f64) that every op and
 //!   every model is tested with;
 //! - [`otflow`]: the OT-Flow potential with its closed-form gradient and exact
