@@ -13,7 +13,7 @@
 
 use socflow_runtime::nn::OtFlowParams;
 
-use super::backend::Backend;
+use super::backend::{Backend, UnaryOp};
 use super::error::{Error, Result};
 use super::graph::{Gradients, Graph, Var};
 use super::tensor::{DType, Shape, Tensor};
@@ -209,6 +209,12 @@ impl OtFlowVars {
 /// KJ\[k\] = J\[k\] K_iᵀ, tr += η Σ_h (sech²(pre_i) ⊙ z_{i+1})_h Σ_k KJ\[k\]²_h,
 /// J\[k\] += η KJ\[k\] ⊙ tanh(pre_i), with J_0\[k\] = tanh(pre_0) ⊙ K_0\[:, k\]ᵀ;
 /// ΔₓΦ = tr + Σ_{j<d} (AᵀA)_{jj}.
+///
+/// The ops are the fused ones where they exist: each layer is one
+/// [`matmul_add`](Graph::matmul_add) (x·Kᵀ + b), σ, tanh and sech² of each
+/// pre-activation come from one [`unary_many`](Graph::unary_many) (so their VJPs reuse
+/// each other's values), z_{nTh} = w stays a 1 × m row broadcast over the batch, and
+/// the sweep's z_{i+1} + η·(…)K_i is one [`matmul_add`](Graph::matmul_add).
 pub fn potential<B: Backend>(
     g: &mut Graph<B>,
     p: &OtFlowVars,
@@ -232,64 +238,65 @@ pub fn potential<B: Backend>(
             message: "no state".into(),
         });
     }
-    let batch = ss.rows;
     let eta = 1.0 / (n_th - 1) as f64;
+    let maps: &[UnaryOp] = if laplacian {
+        &[UnaryOp::LogCosh, UnaryOp::Tanh, UnaryOp::Sech2]
+    } else {
+        &[UnaryOp::LogCosh, UnaryOp::Tanh]
+    };
 
-    // Forward pass: pre-activations (kept for the sweep) and the ResNet state.
-    let mut pre = Vec::with_capacity(n_th);
-    let x0 = g.matmul(s, p.k[0], false, true)?;
-    pre.push(g.add(x0, p.b[0])?);
-    let mut u = g.logcosh(pre[0])?;
-    for i in 1..n_th {
-        let ku = g.matmul(u, p.k[i], false, true)?;
-        let pi = g.add(ku, p.b[i])?;
-        pre.push(pi);
-        let act = g.logcosh(pi)?;
-        let step = g.scale(act, eta)?;
-        u = g.add(u, step)?;
+    // Forward pass: σ, σ' = tanh and (for the trace) σ'' = sech² of every
+    // pre-activation, and the ResNet state.
+    let mut tanh = Vec::with_capacity(n_th);
+    let mut sech2 = Vec::with_capacity(n_th);
+    let mut u = s;
+    for i in 0..n_th {
+        let pre = g.matmul_add(p.b[i], u, p.k[i], false, true, 1.0)?;
+        let act = g.unary_many(pre, maps)?;
+        tanh.push(act[1]);
+        if laplacian {
+            sech2.push(act[2]);
+        }
+        u = if i == 0 {
+            act[0]
+        } else {
+            g.add_scaled(u, act[0], eta)?
+        };
     }
 
-    // Φ = N(s)·w + ½‖A s‖² + c_wᵀ s + c_b.
-    let nw = g.matmul(u, p.w, false, true)?;
+    // Φ = c_b + N(s)·w + c_wᵀ s + ½‖A s‖².
     let sa = g.matmul(s, p.a, false, true)?;
     let sa2 = g.square(sa)?;
     let sa2s = g.sum_cols(sa2)?;
-    let quad = g.scale(sa2s, 0.5)?;
-    let lin = g.matmul(s, p.c_weight, false, true)?;
-    let phi = g.add(nw, quad)?;
-    let phi = g.add(phi, lin)?;
-    let phi = g.add(phi, p.c_bias)?;
+    let phi = g.matmul_add(p.c_bias, u, p.w, false, true, 1.0)?;
+    let phi = g.matmul_add(phi, s, p.c_weight, false, true, 1.0)?;
+    let phi = g.add_scaled(phi, sa2s, 0.5)?;
 
-    // Backward sweep: z[i] for i = 1..=nTh (z[0] unused).
-    let tanh: Vec<Var> = pre.iter().map(|&v| g.tanh(v)).collect::<Result<_>>()?;
+    // Backward sweep: z[i] for i = 1..=nTh (z[0] unused), z[nTh] = w as a row.
     let mut z = vec![p.w; n_th + 1];
-    z[n_th] = g.tile_rows(p.w, batch)?;
     for i in (1..n_th).rev() {
         let tz = g.mul(tanh[i], z[i + 1])?;
-        let ktz = g.matmul(tz, p.k[i], false, false)?;
-        let step = g.scale(ktz, eta)?;
-        z[i] = g.add(z[i + 1], step)?;
+        z[i] = g.matmul_add(z[i + 1], tz, p.k[i], false, false, eta)?;
     }
     let tz0 = g.mul(tanh[0], z[1])?;
-    let z0 = g.matmul(tz0, p.k[0], false, false)?;
-    let quad_grad = g.matmul(sa, p.a, false, false)?;
-    let grad = g.add(z0, quad_grad)?;
-    let grad = g.add(grad, p.c_weight)?;
+    let grad = g.matmul_add(p.c_weight, tz0, p.k[0], false, false, 1.0)?;
+    let grad = g.matmul_add(grad, sa, p.a, false, false, 1.0)?;
 
     let lap = if laplacian {
-        Some(laplacian_of(g, p, &pre, &tanh, &z)?)
+        Some(laplacian_of(g, p, &tanh, &sech2, &z)?)
     } else {
         None
     };
     Ok(OtFlowOutputs { phi, grad, lap })
 }
 
-/// The exact Laplacian from the forward pre-activations, their tanh and the sweep's z.
+/// The exact Laplacian from tanh and sech² of the forward pre-activations and the
+/// sweep's z (z[nTh] = w, a 1 × m row).
 fn laplacian_of<B: Backend>(
     g: &mut Graph<B>,
     p: &OtFlowVars,
-    pre: &[Var],
     tanh: &[Var],
+    sech2: &[Var],
     z: &[Var],
 ) -> Result<Var> {
     let (d, n_th) = (p.d, p.n_th);
@@ -300,8 +307,7 @@ fn laplacian_of<B: Backend>(
     let k0x = g.slice_cols(p.k[0], 0, d)?;
     let k0x2 = g.square(k0x)?;
     let k0sq = g.sum_cols(k0x2)?;
-    let s0 = g.sech2(pre[0])?;
-    let s0z = g.mul(s0, z[1])?;
+    let s0z = g.mul(sech2[0], z[1])?;
     let mut tr = g.matmul(s0z, k0sq, false, false)?;
 
     // The Jacobian by input direction: J[k] (B × m) holds column k of every sample's
@@ -324,27 +330,28 @@ fn laplacian_of<B: Backend>(
         let mut sq: Option<Var> = None;
         for &jk in &jac {
             let kjk = g.matmul(jk, p.k[i], false, true)?;
-            let s2 = g.square(kjk)?;
             sq = Some(match sq {
-                None => s2,
-                Some(acc) => g.add(acc, s2)?,
+                None => g.square(kjk)?,
+                Some(acc) => g.mul_add(acc, kjk, kjk, 1.0)?,
             });
             kj.push(kjk);
         }
         let Some(sq) = sq else {
             return Err(Error::InvalidArgument("OT-Flow: d = 0".into()));
         };
-        let si = g.sech2(pre[i])?;
-        let siz = g.mul(si, z[i + 1])?;
-        let prod = g.mul(sq, siz)?;
-        let term = g.sum_cols(prod)?;
-        let term = g.scale(term, eta)?;
-        tr = g.add(tr, term)?;
+        // Σ_h (Σ_k KJ[k]² ⊙ sech²(pre_i))_h z_{i+1,h}: a product with the row w for the
+        // last layer, a row sum otherwise.
+        let sqs = g.mul(sq, sech2[i])?;
+        let term = if i + 1 == n_th {
+            g.matmul(sqs, z[i + 1], false, true)?
+        } else {
+            let prod = g.mul(sqs, z[i + 1])?;
+            g.sum_cols(prod)?
+        };
+        tr = g.add_scaled(tr, term, eta)?;
         if i + 1 < n_th {
             for (jk, &kjk) in jac.iter_mut().zip(&kj) {
-                let upd = g.mul(kjk, tanh[i])?;
-                let upd = g.scale(upd, eta)?;
-                *jk = g.add(*jk, upd)?;
+                *jk = g.mul_add(*jk, kjk, tanh[i], eta)?;
             }
         }
     }
