@@ -15,6 +15,7 @@
 mod problem;
 mod quadratic;
 pub mod reference;
+pub mod simulate;
 pub mod train;
 
 pub use problem::ControlProblem;
