@@ -20,6 +20,11 @@ impl QuadraticProblem {
     /// fields are public, and the per-state maps below index them.
     fn check_shapes(&self) -> RtResult<()> {
         let (d, k) = (self.dim, self.control_dim);
+        if d == 0 || k == 0 {
+            return Err(RtError::InvalidArgument(format!(
+                "SOC problem: dimensions d = {d}, k = {k} (need ≥ 1)"
+            )));
+        }
         let bad = |what: &str, found: usize, expected: usize| {
             Err(RtError::InvalidArgument(format!(
                 "SOC problem: {what} has {found} values, expected {expected}"
@@ -67,13 +72,13 @@ impl QuadraticProblem {
 fn half_quadratic_form<T: Real>(z: &[T], matrix: &[f64], center: &[f64]) -> T {
     let d = z.len();
     let mut s = T::zero();
-    for i in 0..d {
-        let zi = z[i] - T::of(center[i]);
-        let mut row = T::zero();
-        for j in 0..d {
-            row += T::of(matrix[i * d + j]) * (z[j] - T::of(center[j]));
-        }
-        s += zi * row;
+    for ((zi, ci), m) in z.iter().zip(center).zip(matrix.chunks_exact(d)) {
+        let row: T = m
+            .iter()
+            .zip(z.iter().zip(center))
+            .map(|(mij, (zj, cj))| T::of(*mij) * (*zj - T::of(*cj)))
+            .sum();
+        s += (*zi - T::of(*ci)) * row;
     }
     T::of(0.5) * s
 }
@@ -116,12 +121,9 @@ impl<T: Real> Dynamics<T> for QuadraticProblem {
         check_len("SOC running cost state", z.len(), d)?;
         check_len("SOC running cost control", u.len(), k)?;
         let mut uru = T::zero();
-        for i in 0..k {
-            let mut row = T::zero();
-            for j in 0..k {
-                row += T::of(self.control_cost[i * k + j]) * u[j];
-            }
-            uru += u[i] * row;
+        for (ui, r) in u.iter().zip(self.control_cost.chunks_exact(k)) {
+            let row: T = r.iter().zip(u).map(|(rij, uj)| T::of(*rij) * *uj).sum();
+            uru += *ui * row;
         }
         let control = T::of(0.5) * uru;
         Ok(match &self.state_cost {
@@ -349,6 +351,9 @@ mod tests {
         let mut out = vec![0.0; 3];
         assert!(Dynamics::<f64>::drift(&p, 0.0, &[0.0; 2], &[0.0; 2], &mut out).is_err());
         assert!(Dynamics::<f64>::running_cost(&p, 0.0, &[0.0; 3], &[0.0; 3]).is_err());
+        let mut empty = p.clone();
+        empty.dim = 0;
+        assert!(Dynamics::<f64>::terminal_cost(&empty, &[]).is_err());
         p.input.pop();
         let e = Dynamics::<f64>::drift(&p, 0.0, &[0.0; 3], &[0.0; 2], &mut out).unwrap_err();
         assert!(e.to_string().contains("input matrix B"), "{e}");
