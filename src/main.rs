@@ -5,6 +5,7 @@ mod demo;
 mod likelihood;
 mod plot;
 mod progress;
+mod soc;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -34,8 +35,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Trains OT-Flow and flow matching on a 2-D toy, writes plots and prints the
-    /// validation figures.
+    /// Trains OT-Flow and flow matching on a 2-D toy and NeuralSOC on a 2-D control
+    /// problem, writes plots and prints the validation figures.
     Demo(demo::DemoArgs),
     /// Trains a model from a TOML config and exports it as a model file.
     Train(train::TrainArgs),
@@ -51,7 +52,8 @@ enum Command {
     Likelihood(likelihood::LikelihoodArgs),
     /// Evaluates the feedback control u = −M∇ₓΦ(t, x) of a potential model.
     Control(ControlArgs),
-    /// Rolls the closed loop dz = u dt + σ dW forward and reports its cost.
+    /// Rolls the closed loop forward and reports its cost: a NeuralSOC model under its
+    /// recorded problem's dynamics and noise, any other potential under dz = u dt + σ dW.
     Simulate(SimulateArgs),
     /// Measures the headline performance figures (ratios against baselines run in the
     /// same process).
@@ -143,12 +145,13 @@ struct ControlArgs {
 struct SimulateArgs {
     /// The model file (a potential).
     model: PathBuf,
-    /// Initial state, comma-separated (default: the origin).
+    /// Initial state, comma-separated (default: a NeuralSOC model's start, the origin
+    /// otherwise).
     #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     x0: Vec<f64>,
-    /// Noise level σ.
-    #[arg(long, default_value_t = 0.0)]
-    sigma: f64,
+    /// Noise level σ (default: a NeuralSOC model's σ, 0 otherwise).
+    #[arg(long)]
+    sigma: Option<f64>,
     /// Euler–Maruyama steps.
     #[arg(long, default_value_t = 100)]
     steps: usize,
@@ -161,6 +164,10 @@ struct SimulateArgs {
     /// Write the final states (paths × d, .npy) here.
     #[arg(short = 'o', long)]
     output: Option<PathBuf>,
+    /// NeuralSOC models whose problem has a reference answer (Riccati, Cole–Hopf):
+    /// also roll out the reference's optimal feedback on the same Brownian paths.
+    #[arg(long)]
+    reference: bool,
 }
 
 fn main() -> ExitCode {
@@ -327,6 +334,12 @@ fn control<T: Real>(args: &ControlArgs) -> Result<()> {
 
 fn simulate(args: &SimulateArgs) -> Result<()> {
     let model = load_model::<f64>(&args.model)?;
+    // A model trained by `socflow train` on a SOC problem records the problem: roll
+    // out its own dynamics and costs.
+    if let Some(problem) = model.artifact().card.provenance.details.get("soc_problem") {
+        return soc::simulate(args, &model, problem);
+    }
+    let sigma = args.sigma.unwrap_or(0.0);
     let ctl = model.controller()?;
     let d = ctl.state_dim();
     if ctl.control_dim() != d {
@@ -353,7 +366,7 @@ fn simulate(args: &SimulateArgs) -> Result<()> {
         t0,
         t1,
         steps: args.steps,
-        sigma: args.sigma,
+        sigma,
         paths: args.paths,
         seed: args.seed,
         keep_trajectories: false,
@@ -366,8 +379,8 @@ fn simulate(args: &SimulateArgs) -> Result<()> {
     let out = ctl.simulate(&dynamics, &opts)?;
     let (mean, se) = out.cost();
     println!(
-        "control cost ∫½‖u‖²ds over {} paths, {} steps, σ = {}: {mean:.6} ± {se:.6} (standard error)",
-        args.paths, args.steps, args.sigma
+        "control cost ∫½‖u‖²ds over {} paths, {} steps, σ = {sigma}: {mean:.6} ± {se:.6} (standard error)",
+        args.paths, args.steps
     );
     if let Some(path) = &args.output {
         write_npy(path, &[args.paths, d], &out.finals)

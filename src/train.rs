@@ -19,6 +19,9 @@
 //! [flow_matching]                  # socflow_trainer::flow_matching::FlowMatchingConfig
 //! iterations = 2000
 //! ```
+//!
+//! `problem = "soc"` takes no `[data]`: a `[soc]` table (`SocConfig`) and a
+//! `[soc_problem]` table (a built-in or a full problem; [`crate::soc`]).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -35,6 +38,9 @@ use socflow_trainer::checkpoint::{Checkpoint, Checkpointing};
 use socflow_trainer::data::{load_dataset, Dataset, Toy};
 use socflow_trainer::flow_matching::{train_flow_matching_checkpointed, FlowMatchingConfig};
 use socflow_trainer::otflow::{train_otflow_checkpointed, OtFlowConfig};
+use socflow_trainer::soc::SocConfig;
+
+use crate::soc::SocProblemSpec;
 
 /// Arguments of `socflow train`.
 #[derive(clap::Args, Debug)]
@@ -58,6 +64,8 @@ pub enum Problem {
     FlowMatching,
     /// OT-Flow density estimation (the `[otflow]` table).
     Otflow,
+    /// NeuralSOC value functions (the `[soc]` and `[soc_problem]` tables).
+    Soc,
 }
 
 impl Problem {
@@ -66,6 +74,7 @@ impl Problem {
         match self {
             Problem::FlowMatching => "flow_matching",
             Problem::Otflow => "otflow",
+            Problem::Soc => "soc",
         }
     }
 }
@@ -112,8 +121,8 @@ pub const DEFAULT_TOY_SAMPLES: usize = 20_000;
 pub struct TrainConfig {
     /// The trainer to run.
     pub problem: Problem,
-    /// The data.
-    pub data: DataConfig,
+    /// The data (OT-Flow and flow matching; NeuralSOC draws its own paths).
+    pub data: Option<DataConfig>,
     /// The exported artifact (relative to the output directory).
     #[serde(default = "default_output")]
     pub output: PathBuf,
@@ -127,13 +136,25 @@ pub struct TrainConfig {
     pub flow_matching: Option<FlowMatchingConfig>,
     /// Settings of OT-Flow (defaults when the table is absent).
     pub otflow: Option<OtFlowConfig>,
+    /// Settings of NeuralSOC (defaults when the table is absent).
+    pub soc: Option<SocConfig>,
+    /// The `[soc_problem]` table as read; [`TrainConfig::from_toml`] parses it into
+    /// `soc_problem`.
+    #[serde(default, rename = "soc_problem")]
+    soc_problem_table: Option<toml::Table>,
+    /// The SOC problem (problem = "soc").
+    #[serde(skip)]
+    pub soc_problem: Option<SocProblemSpec>,
 }
 
 impl TrainConfig {
     /// Parses a config; errors name the offending key (and its line).
     pub fn from_toml(text: &str) -> Result<Self> {
-        let config: TrainConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut config: TrainConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         config.check()?;
+        if let Some(table) = &config.soc_problem_table {
+            config.soc_problem = Some(SocProblemSpec::from_toml(text, table)?);
+        }
         Ok(config)
     }
 
@@ -147,23 +168,51 @@ impl TrainConfig {
     /// Checks what the types cannot: tables that belong to another problem, and the
     /// data table's alternatives.
     fn check(&self) -> Result<()> {
-        let given: Vec<&str> = [
-            ("flow_matching", self.flow_matching.is_some()),
-            ("otflow", self.otflow.is_some()),
+        let given: Vec<(&str, Problem)> = [
+            (
+                "flow_matching",
+                self.flow_matching.is_some(),
+                Problem::FlowMatching,
+            ),
+            ("otflow", self.otflow.is_some(), Problem::Otflow),
+            ("soc", self.soc.is_some(), Problem::Soc),
+            (
+                "soc_problem",
+                self.soc_problem_table.is_some(),
+                Problem::Soc,
+            ),
         ]
         .iter()
-        .filter(|(_, g)| *g)
-        .map(|(k, _)| *k)
+        .filter(|(_, g, _)| *g)
+        .map(|(k, _, p)| (*k, *p))
         .collect();
-        for key in given {
-            if key != self.problem.key() {
+        for (key, owner) in given {
+            if owner != self.problem {
                 bail!(
                     "table [{key}] given but problem = \"{}\"",
                     self.problem.key()
                 );
             }
         }
-        let d = &self.data;
+        if self.problem == Problem::Soc {
+            if self.data.is_some() {
+                bail!("table [data] given but problem = \"soc\" (NeuralSOC draws its own paths)");
+            }
+            if self.soc_problem_table.is_none() {
+                bail!(
+                    "problem = \"soc\" needs a [soc_problem] table: `builtin = \"hjb100\"`, \
+                     \"shifted_target\" or \"lqr\", or a full problem (see the README)"
+                );
+            }
+            return Ok(());
+        }
+        let Some(d) = &self.data else {
+            bail!(
+                "problem = \"{}\" needs a [data] table: `toy = \"8gaussians\"` (or another toy) \
+                 or `path = \"FILE.npy|csv\"`",
+                self.problem.key()
+            );
+        };
         match (&d.toy, &d.path) {
             (Some(_), Some(_)) => bail!("[data]: give either `toy` or `path`, not both"),
             (None, None) => bail!(
@@ -186,7 +235,10 @@ impl TrainConfig {
     /// The training and validation sets (`base`: the directory relative data paths
     /// start from).
     pub fn datasets(&self, base: &Path) -> Result<(Dataset, Option<Dataset>)> {
-        let d = &self.data;
+        let d = self
+            .data
+            .as_ref()
+            .context("the config has no [data] table")?;
         let all = match (&d.toy, &d.path) {
             (Some(name), _) => {
                 let toy: Toy = name
@@ -224,6 +276,8 @@ pub struct Tick {
     pub loss: f64,
     /// A validation figure computed after this iteration: (name, value).
     pub validation: Option<(&'static str, f64)>,
+    /// A second figure of that validation, shown after it: (name, value).
+    pub detail: Option<(&'static str, f64)>,
 }
 
 /// Training progress: an indicatif bar with the running loss and the last validation
@@ -234,6 +288,7 @@ pub struct TrainProgress {
     label: String,
     recent: Vec<f64>,
     last_validation: Option<(&'static str, f64)>,
+    last_detail: Option<(&'static str, f64)>,
     last_decile: u64,
     start: Instant,
 }
@@ -259,6 +314,7 @@ impl TrainProgress {
             label: label.to_string(),
             recent: Vec::with_capacity(LOSS_WINDOW),
             last_validation: None,
+            last_detail: None,
             last_decile: 0,
             start: Instant::now(),
         }
@@ -267,7 +323,7 @@ impl TrainProgress {
     fn message(&self) -> String {
         let mean = self.recent.iter().sum::<f64>() / self.recent.len().max(1) as f64;
         let mut m = format!("loss {mean:.4}");
-        if let Some((name, v)) = self.last_validation {
+        for (name, v) in self.last_validation.iter().chain(&self.last_detail) {
             m.push_str(&format!(", {name} {v:.4}"));
         }
         m
@@ -281,6 +337,7 @@ impl TrainProgress {
         self.recent.push(t.loss);
         if t.validation.is_some() {
             self.last_validation = t.validation;
+            self.last_detail = t.detail;
         }
         match &self.bar {
             Some(bar) => {
@@ -400,6 +457,7 @@ pub fn run_flow_matching(
             iterations: p.iterations,
             loss: p.loss,
             validation: p.validation_loss.map(|v| ("validation loss", v)),
+            detail: None,
         })
     })?;
     let seconds = start.elapsed().as_secs_f64();
@@ -430,6 +488,7 @@ pub fn run_otflow(
             iterations: p.iterations,
             loss: p.costs.j,
             validation: p.validation_nll.map(|v| ("validation NLL", v)),
+            detail: None,
         })
     })?;
     let seconds = start.elapsed().as_secs_f64();
@@ -459,22 +518,27 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let (train, validation) = config.datasets(&base)?;
+    let data = match config.problem {
+        Problem::Soc => None,
+        Problem::FlowMatching | Problem::Otflow => Some(config.datasets(&base)?),
+    };
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("."));
     std::fs::create_dir_all(&out)
         .with_context(|| format!("cannot create output directory {}", out.display()))?;
     let output = out.join(&config.output);
     let checkpoint_path = out.join(&config.checkpoint);
-    eprintln!(
-        "{}: {} training samples{} of dimension {}",
-        config.problem.key(),
-        train.n,
-        validation
-            .as_ref()
-            .map(|v| format!(", {} validation samples", v.n))
-            .unwrap_or_default(),
-        train.d
-    );
+    if let Some((train, validation)) = &data {
+        eprintln!(
+            "{}: {} training samples{} of dimension {}",
+            config.problem.key(),
+            train.n,
+            validation
+                .as_ref()
+                .map(|v| format!(", {} validation samples", v.n))
+                .unwrap_or_default(),
+            train.d
+        );
+    }
     let resume = match &args.resume {
         Some(p) => Some(
             Checkpoint::load(p).with_context(|| format!("cannot resume from {}", p.display()))?,
@@ -496,6 +560,22 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         resume,
         save: &mut save,
     };
+    let (train, validation) = match (config.problem, data) {
+        (Problem::Soc, _) => {
+            let spec = config
+                .soc_problem
+                .as_ref()
+                .context("problem = \"soc\" needs a [soc_problem] table")?;
+            let soc = config.soc.clone().unwrap_or_default();
+            crate::soc::train(spec, &soc, &mut ckpt, &output)?;
+            if every > 0 {
+                eprintln!("checkpoint: {}", checkpoint_path.display());
+            }
+            return Ok(());
+        }
+        (_, Some(sets)) => sets,
+        (_, None) => bail!("the config has no [data] table"),
+    };
     let outcome = match config.problem {
         Problem::FlowMatching => {
             let fm = config.flow_matching.clone().unwrap_or_default();
@@ -515,6 +595,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             bar.finish();
             r?
         }
+        Problem::Soc => bail!("NeuralSOC runs return above"),
     };
     outcome
         .artifact
