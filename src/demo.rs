@@ -19,6 +19,11 @@
 //!   log-density the sampler reports at its samples against the grid estimator's at
 //!   the same points.
 //!
+//! Then it trains NeuralSOC on a small 2-D control problem ([`crate::soc::demo_problem`]:
+//! steer against a rotating drift to the origin, a linear–quadratic regulator), prints
+//! the learned value and closed-loop cost against Riccati's, and plots closed-loop
+//! paths of the exported controller (`neuralsoc_trajectories.png`).
+//!
 //! `--runtime-tour` runs the former demo instead: a tour of the runtime on an OT-Flow
 //! potential whose answer is known in closed form.
 
@@ -37,6 +42,7 @@ use socflow_trainer::data::{Dataset, Toy};
 use socflow_trainer::flow_matching::{Coupling, FlowMatchingConfig};
 use socflow_trainer::optim::{AdamConfig, Schedule};
 use socflow_trainer::otflow::OtFlowConfig;
+use socflow_trainer::soc::SocConfig;
 
 use crate::plot::{self, Window};
 use crate::train::{self, Outcome, TrainProgress, DENSITY_STEPS};
@@ -66,6 +72,11 @@ struct Plan {
     grid: usize,
     otflow: OtFlowConfig,
     flow_matching: FlowMatchingConfig,
+    soc: SocConfig,
+    /// Paths of the SOC closed-loop cost estimates.
+    soc_paths: usize,
+    /// SOC closed-loop paths plotted.
+    soc_trajectories: usize,
 }
 
 impl Plan {
@@ -92,6 +103,17 @@ impl Plan {
                     validate_every: 0,
                     ..FlowMatchingConfig::default()
                 },
+                soc: SocConfig {
+                    m: 8,
+                    steps: 10,
+                    batch_size: 16,
+                    iterations: 5,
+                    validate_every: 0,
+                    validation_paths: 32,
+                    ..SocConfig::default()
+                },
+                soc_paths: 200,
+                soc_trajectories: 20,
             };
         }
         Plan {
@@ -126,6 +148,22 @@ impl Plan {
                 validate_every: 1_000,
                 ..FlowMatchingConfig::default()
             },
+            soc: SocConfig {
+                m: 32,
+                steps: 20,
+                batch_size: 64,
+                iterations: 3_000,
+                optimizer: AdamConfig::adam(0.03),
+                schedule: Schedule::Step {
+                    every: 1_200,
+                    factor: 0.3,
+                },
+                validate_every: 100,
+                validation_paths: 256,
+                ..SocConfig::default()
+            },
+            soc_paths: 4_000,
+            soc_trajectories: 100,
         }
     }
 }
@@ -314,6 +352,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         &validation,
     )?);
 
+    let soc = crate::soc::demo(&args.out, &plan.soc, plan.soc_paths, plan.soc_trajectories)?;
+
     println!();
     for r in &reports {
         println!("== {} (trained in {:.1} s) ==", r.name, r.train_seconds);
@@ -334,6 +374,30 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         );
     }
     println!(
+        "== NeuralSOC: steer2d, a 2-D LQR (trained in {:.1} s) ==",
+        soc.train_seconds
+    );
+    println!("  dz = (Az + u)ds + 0.2 dW on [0, 2], A = [[-0.1, -0.5], [0.5, -0.1]],");
+    println!("  L = ½‖u‖², g = 5‖z‖², z(0) = (2, 0)");
+    println!(
+        "  Φ(0, z₀): learned {:.4}, Riccati {:.4}",
+        soc.value, soc.reference_value
+    );
+    println!(
+        "  closed-loop cost ({} paths, {} Euler–Maruyama steps): learned feedback {:.4} ± {:.4}, \
+         Riccati's on the same paths {:.4} ± {:.4}",
+        soc.paths,
+        soc.steps,
+        soc.learned_cost.0,
+        soc.learned_cost.1,
+        soc.optimal_cost.0,
+        soc.optimal_cost.1
+    );
+    println!(
+        "  learned − Riccati, path by path: {:.4} ± {:.4}",
+        soc.difference.0, soc.difference.1
+    );
+    println!(
         "
 wrote to {}:",
         args.out.display()
@@ -343,6 +407,7 @@ wrote to {}:",
             "  {stem}.safetensors {stem}_samples.png {stem}_density.png {stem}_trajectories.png"
         );
     }
+    println!("  neuralsoc.safetensors neuralsoc_trajectories.png");
     Ok(())
 }
 

@@ -1,0 +1,431 @@
+//! NeuralSOC through the command-line tool: `socflow train` with `problem = "soc"`
+//! (built-in and inline problems), `socflow simulate` of the exported model against
+//! the library with the same seed, resumption from a mid-run checkpoint, config errors
+//! that name the offending key, and the quick demo's SOC part.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde::Deserialize;
+use socflow_runtime::artifact::Artifact;
+use socflow_runtime::model::Model;
+use socflow_trainer::checkpoint::{Checkpoint, Checkpointing};
+use socflow_trainer::soc::reference::{closed_loop_cost, Lqr};
+use socflow_trainer::soc::simulate::rollout_options;
+use socflow_trainer::soc::{train_soc_checkpointed, QuadraticProblem, SocConfig};
+
+fn socflow(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_socflow"))
+        .args(args)
+        .output()
+        .expect("the socflow binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The number after `label` on the line that starts with it (up to a space or `±`).
+fn figure(text: &str, label: &str) -> f64 {
+    let line = text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix(label))
+        .unwrap_or_else(|| panic!("no line `{label}` in:\n{text}"));
+    let v = line.split_whitespace().next().unwrap_or("");
+    v.parse()
+        .unwrap_or_else(|e| panic!("`{v}` after `{label}`: {e}"))
+}
+
+/// Two numbers `a ± b` after `label`.
+fn figure_pm(text: &str, label: &str) -> (f64, f64) {
+    let line = text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix(label))
+        .unwrap_or_else(|| panic!("no line `{label}` in:\n{text}"));
+    let mut it = line.split_whitespace();
+    let a = it.next().unwrap().parse().unwrap();
+    assert_eq!(it.next(), Some("±"), "{line}");
+    let b = it.next().unwrap().parse().unwrap();
+    (a, b)
+}
+
+const LQR_CONFIG: &str = r#"
+problem = "soc"
+output = "lqr.safetensors"
+checkpoint = "lqr.ckpt.safetensors"
+checkpoint_every = 3
+
+[soc]
+m = 8
+steps = 8
+batch_size = 16
+iterations = 6
+validate_every = 3
+validation_paths = 32
+
+[soc_problem]
+builtin = "lqr"
+dim = 2
+seed = 4
+"#;
+
+#[test]
+fn train_a_builtin_lqr_then_simulate_matches_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("lqr.toml");
+    std::fs::write(&cfg, LQR_CONFIG).unwrap();
+    let out = dir.path().join("out");
+    let o = socflow(&[
+        "train",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    let err = stderr(&o);
+    // Progress lines at each validation, with the closed-loop cost and Φ(0, z₀).
+    assert!(err.contains("iteration 3/6"), "{err}");
+    assert!(
+        err.contains("validation cost") && err.contains("Φ(0,z₀)"),
+        "{err}"
+    );
+    // The reference printed beside the learned value is Riccati's for the same LQR.
+    let lqr = Lqr::standard(2, 4).unwrap();
+    let riccati = lqr.solve().unwrap().value(0.0, &[0.5, 0.5]).unwrap();
+    let printed = figure(&text, "reference Φ(0, x₀) (Riccati):");
+    assert!((printed - riccati).abs() < 1e-6, "{printed} vs {riccati}");
+    let learned = figure(&text, "learned Φ(0, x₀) (trainer):");
+    let exported = figure(&text, "learned Φ(0, x₀) of the exported model (runtime):");
+    assert!((learned - exported).abs() < 1e-6, "{learned} vs {exported}");
+    assert!(
+        figure(
+            &text,
+            "validation closed-loop cost (trainer, 8 Euler–Maruyama steps, 32 paths):"
+        ) > 0.0
+    );
+    let model_path = out.join("lqr.safetensors");
+    assert!(text.contains("lqr.safetensors"), "{text}");
+
+    // The model records its problem; the library rolls out the same closed loop.
+    let model = Model::<f64>::load(&model_path).unwrap();
+    let json = model.artifact().card.provenance.details["soc_problem"].clone();
+    let problem = QuadraticProblem::from_json(&json).unwrap();
+    assert_eq!(problem.dim, 2);
+    assert_eq!(problem.initial.mean(), &[0.5, 0.5]);
+    let (steps, paths, seed) = (50, 300, 5);
+    let ctl = model.controller().unwrap();
+    let direct = ctl
+        .simulate(&problem, &rollout_options(&problem, steps, paths, seed))
+        .unwrap();
+    let (mean, se) = direct.cost();
+    let o = socflow(&[
+        "simulate",
+        model_path.to_str().unwrap(),
+        "--steps",
+        "50",
+        "--paths",
+        "300",
+        "--seed",
+        "5",
+        "--reference",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sim = stdout(&o);
+    let (m, s) = figure_pm(&sim, "mean cost (running + terminal):");
+    assert!(
+        (m - mean).abs() < 1e-8 * (1.0 + mean.abs()),
+        "{m} vs {mean}"
+    );
+    assert!((s - se).abs() < 1e-8, "{s} vs {se}");
+    assert!(se > 0.0 && se < 0.1 * mean, "{mean} ± {se}");
+    let phi = ctl.clone().value(0.0, &[0.5, 0.5]).unwrap();
+    assert!((figure(&sim, "learned Φ(0, x₀):") - phi).abs() < 1e-6);
+    assert!((figure(&sim, "reference Φ(0, x₀) (Riccati):") - riccati).abs() < 1e-6);
+    // Riccati's feedback on the same Brownian paths, against the reference module's
+    // own Monte Carlo (an independent loop on the same generator).
+    let sol = lqr.solve().unwrap();
+    let optimal = closed_loop_cost(
+        &lqr,
+        &[0.5, 0.5],
+        |t, z, u| {
+            u.copy_from_slice(&sol.control(t, z)?);
+            Ok(())
+        },
+        steps,
+        paths,
+        seed,
+    )
+    .unwrap();
+    let (om, os) = figure_pm(&sim, "mean cost of the Riccati feedback on the same paths:");
+    assert!((om - optimal.mean).abs() < 1e-8, "{om} vs {}", optimal.mean);
+    assert!(
+        (os - optimal.std_err).abs() < 1e-8,
+        "{os} vs {}",
+        optimal.std_err
+    );
+    // The optimum is below a 6-iteration controller's cost, path by path on average.
+    let (dm, ds) = figure_pm(&sim, "learned − Riccati, path by path:");
+    assert!((dm - (mean - optimal.mean)).abs() < 1e-5, "{dm}");
+    assert!(dm > 0.0 && ds > 0.0, "{dm} ± {ds}");
+
+    // --sigma and --x0 override the problem's; other seeds give other paths.
+    let o = socflow(&[
+        "simulate",
+        model_path.to_str().unwrap(),
+        "--paths",
+        "300",
+        "--steps",
+        "50",
+        "--x0",
+        "1,-1",
+        "--sigma",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut opts = rollout_options(&problem, steps, paths, 0);
+    opts.x0 = vec![1.0, -1.0];
+    opts.sigma = 0.0;
+    let (mean0, se0) = ctl.simulate(&problem, &opts).unwrap().cost();
+    let (m0, s0) = figure_pm(&stdout(&o), "mean cost (running + terminal):");
+    assert!((m0 - mean0).abs() < 1e-8 * (1.0 + mean0), "{m0} vs {mean0}");
+    // Without noise every path is the same.
+    assert!(se0.abs() < 1e-12 && s0 == 0.0, "{se0} {s0}");
+    let o = socflow(&["simulate", model_path.to_str().unwrap(), "--x0", "1,2,3"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--x0 has 3 values"), "{}", stderr(&o));
+}
+
+const INLINE_CONFIG: &str = r#"
+problem = "soc"
+checkpoint_every = 3
+
+[soc]
+m = 8
+steps = 8
+batch_size = 16
+iterations = 6
+validate_every = 2
+validation_paths = 16
+schedule = { type = "plateau", factor = 0.5, patience = 0, threshold = 0.0, cooldown = 0, min_lr = 0.0 }
+
+# A double integrator steered to (1, 0): Ac = 0, so Riccati applies to z − c.
+[soc_problem]
+name = "double_integrator"
+dim = 2
+control_dim = 1
+horizon = 1.0
+sigma = 0.3
+drift = { type = "linear", matrix = [0.0, 1.0, 0.0, 0.0] }
+input = [0.0, 1.0]
+control_cost = [0.5]
+state_cost = { type = "constant", value = 0.1 }
+terminal = { type = "quadratic", matrix = [4.0, 0.0, 0.0, 1.0], center = [1.0, 0.0] }
+initial = { type = "gaussian", mean = [0.0, 0.0], std = [0.2, 0.2] }
+"#;
+
+#[derive(Deserialize)]
+struct Tables {
+    soc: SocConfig,
+    soc_problem: QuadraticProblem,
+}
+
+#[test]
+fn resume_from_a_mid_run_checkpoint_continues_bitwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("inline.toml");
+    std::fs::write(&cfg, INLINE_CONFIG).unwrap();
+    let full = dir.path().join("full");
+    let o = socflow(&[
+        "train",
+        cfg.to_str().unwrap(),
+        "--out",
+        full.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    // A Gaussian start: the trainer's mean over the validation starts, and Riccati's
+    // over the same starts.
+    let learned = figure(
+        &text,
+        "learned mean Φ(0, z₀) over 16 validation starts (trainer):",
+    );
+    let reference = figure(
+        &text,
+        "reference mean Φ(0, z₀) over 16 validation starts (Riccati):",
+    );
+    assert!(learned.is_finite() && reference > 0.0, "{text}");
+    assert!(stderr(&o).contains("checkpoint: "), "{}", stderr(&o));
+
+    // The checkpoint after iteration 3 of the same run, from the library.
+    let tables: Tables = toml::from_str(INLINE_CONFIG).unwrap();
+    let ckpt_path = dir.path().join("after3.safetensors");
+    let mut save = |c: &Checkpoint| {
+        if c.iteration == 3 {
+            c.save(&ckpt_path)?;
+        }
+        Ok(())
+    };
+    let mut ckpt = Checkpointing {
+        every: 3,
+        resume: None,
+        save: &mut save,
+    };
+    let lib =
+        train_soc_checkpointed(&tables.soc_problem, &tables.soc, &mut ckpt, &mut |_| {}).unwrap();
+    let at3 = Checkpoint::load(&ckpt_path).unwrap();
+    assert_eq!(at3.iteration, 3);
+
+    let resumed = dir.path().join("resumed");
+    let o = socflow(&[
+        "train",
+        cfg.to_str().unwrap(),
+        "--out",
+        resumed.to_str().unwrap(),
+        "--resume",
+        ckpt_path.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("resuming at iteration 3"),
+        "{}",
+        stderr(&o)
+    );
+    let a = Artifact::load(full.join("model.safetensors")).unwrap();
+    let b = Artifact::load(resumed.join("model.safetensors")).unwrap();
+    // Stored in f64: the resumed run's parameters are bitwise the uninterrupted run's
+    // and the library's, and iterations 4–6 moved them.
+    assert_eq!(a.params, b.params);
+    let socflow_runtime::artifact::Params::OtFlow(p) = &a.params else {
+        panic!("a SOC model is an OT-Flow potential");
+    };
+    assert_eq!(p, &lib.params);
+    // The final checkpoints agree too, and differ from the one resumed from.
+    let fa = Checkpoint::load(full.join("checkpoint.safetensors")).unwrap();
+    let fb = Checkpoint::load(resumed.join("checkpoint.safetensors")).unwrap();
+    assert_eq!((fa.iteration, fb.iteration), (6, 6));
+    assert_ne!(fa.params.values, at3.params.values);
+    assert_eq!(fa.params, fb.params);
+    assert_eq!(fa.optimizer, fb.optimizer);
+    assert_eq!(fa.scheduler, fb.scheduler);
+    // The final validation is printed after a resume too.
+    let again = figure(
+        &stdout(&o),
+        "learned mean Φ(0, z₀) over 16 validation starts (trainer):",
+    );
+    assert_eq!(again, learned);
+}
+
+#[test]
+fn config_typos_and_bad_builtins_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, text: &str| {
+        let cfg = dir.path().join(name);
+        std::fs::write(&cfg, text).unwrap();
+        let o = socflow(&[
+            "train",
+            cfg.to_str().unwrap(),
+            "--out",
+            dir.path().join("o").to_str().unwrap(),
+        ]);
+        assert!(!o.status.success(), "{name} should fail");
+        let err = stderr(&o);
+        assert!(err.starts_with("error: "), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        err
+    };
+    let err = run(
+        "soc_typo.toml",
+        &LQR_CONFIG.replace("validate_every", "validate_evry"),
+    );
+    assert!(err.contains("unknown field `validate_evry`"), "{err}");
+    assert!(err.contains("line 12"), "{err}");
+    let err = run(
+        "builtin.toml",
+        &LQR_CONFIG.replace("\"lqr\"\n", "\"hjb1000\"\n"),
+    );
+    assert!(err.contains("hjb1000"), "{err}");
+    assert!(
+        err.contains("shifted_target"),
+        "the valid names are listed: {err}"
+    );
+    let err = run(
+        "builtin_key.toml",
+        &LQR_CONFIG.replace("seed = 4", "sed = 4"),
+    );
+    assert!(err.contains("sed"), "{err}");
+    let err = run(
+        "inline_typo.toml",
+        &INLINE_CONFIG.replace("control_cost", "control_costs"),
+    );
+    assert!(err.contains("control_costs"), "{err}");
+    let err = run(
+        "inline_size.toml",
+        &INLINE_CONFIG.replace("input = [0.0, 1.0]", "input = [0.0, 1.0, 2.0]"),
+    );
+    assert!(err.contains("input matrix B"), "{err}");
+    let err = run("dim.toml", &LQR_CONFIG.replace("dim = 2", "dim = 0"));
+    assert!(err.contains("dim = 0"), "{err}");
+    let err = run(
+        "data.toml",
+        &format!("{LQR_CONFIG}\n[data]\ntoy = \"moons\"\n"),
+    );
+    assert!(err.contains("[data]"), "{err}");
+    let err = run(
+        "no_problem.toml",
+        &LQR_CONFIG[..LQR_CONFIG.find("[soc_problem]").unwrap()],
+    );
+    assert!(err.contains("[soc_problem]"), "{err}");
+    let err = run(
+        "other.toml",
+        "problem = \"otflow\"\n[data]\ntoy = \"moons\"\n[soc]\nm = 4\n",
+    );
+    assert!(err.contains("[soc]"), "{err}");
+    let err = run("bad_m.toml", &LQR_CONFIG.replace("m = 8", "m = 0"));
+    assert!(err.contains("m = 0"), "{err}");
+}
+
+/// Checks a PNG file's signature and size.
+fn assert_png(path: &Path) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(
+        bytes.len() > 2_000,
+        "{}: {} bytes",
+        path.display(),
+        bytes.len()
+    );
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{}", path.display());
+    assert_eq!(&bytes[12..16], b"IHDR", "{}", path.display());
+}
+
+#[test]
+fn quick_demo_has_a_soc_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let o = socflow(&["demo", "--quick", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("== NeuralSOC"), "{text}");
+    // Riccati's Φ(0, z₀) of the demo problem, printed beside the learned one.
+    let line = text
+        .lines()
+        .find(|l| l.contains("Φ(0, z₀): learned"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let riccati: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(riccati > 0.5 && riccati < 2.0, "{line}");
+    let (d, s) = figure_pm(&text, "learned − Riccati, path by path:");
+    assert!(d.is_finite() && s > 0.0, "{text}");
+    let model = Model::<f64>::load(out.join("neuralsoc.safetensors")).unwrap();
+    assert_eq!(model.dim(), 2);
+    assert!(model
+        .artifact()
+        .card
+        .provenance
+        .details
+        .contains_key("soc_problem"));
+    assert_png(&out.join("neuralsoc_trajectories.png"));
+}
