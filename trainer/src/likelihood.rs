@@ -60,9 +60,10 @@ use crate::error::{check_len, Error, Result};
 /// numbers with those of training.
 pub const PROBE_STREAM: Stream = Stream(FIRST_FREE_AFTER_DATA.0 + 32);
 
-/// Most probes per data point [`Hutchinson`] accepts (beyond it the exact trace is
-/// cheaper for any model the runtime loads).
-pub const MAX_PROBES: usize = 1 << 16;
+/// Most probes per data point [`Hutchinson`] accepts. A block's probes are held for its
+/// whole solve (K × rows × d values), and K probes cost about K forward passes per
+/// evaluation against the exact trace's d (without noise).
+pub const MAX_PROBES: usize = 1 << 10;
 
 /// ln 2π.
 const LN_2PI: f64 = 1.837_877_066_409_345_3;

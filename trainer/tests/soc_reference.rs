@@ -302,6 +302,9 @@ fn lqr_rejects_bad_input() {
     // Finite escape: with Q_T = −2, p(τ) = −2/(1 − 2τ) blows up at τ = ½ < T.
     let p = scalar_lqr(0.0, 1.0, 1.0, 0.0, -2.0, 0.5, 2.0);
     assert!(matches!(p.solve(), Err(Error::Numerical(_))));
+    // A rate scale far beyond what a fixed-step solve can follow is refused, not tried.
+    let p = scalar_lqr(1e200, 1.0, 1.0, 1.0, 1.0, 0.5, 1.0);
+    assert!(matches!(p.solve(), Err(Error::Numerical(_))));
     let sol = good.solve().unwrap();
     assert!(sol.value(1.5, &[0.0]).is_err());
     assert!(sol.value(-0.1, &[0.0]).is_err());

@@ -17,6 +17,7 @@ pub mod evaluate;
 mod problem;
 mod quadratic;
 pub mod reference;
+pub mod simulate;
 pub mod train;
 
 pub use problem::ControlProblem;

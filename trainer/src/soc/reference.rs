@@ -326,7 +326,14 @@ impl Lqr {
         if sn > 0.0 {
             rate += sn * frobenius(&self.q_terminal) + (sn * frobenius(&self.q)).sqrt();
         }
-        let mut n = ((t * rate / 0.05).ceil() as usize).max(64);
+        let n0 = (t * rate / 0.05).ceil();
+        if n0.is_nan() || n0 > (1u64 << 21) as f64 {
+            return Err(Error::Numerical(format!(
+                "Riccati solve would need more than 2^21 RK4 steps (T·rate = {:e})",
+                t * rate
+            )));
+        }
+        let mut n = (n0 as usize).max(64);
         let (mut p_prev, mut c_prev) = sol.integrate(n, false)?;
         loop {
             let (p2, c2) = sol.integrate(2 * n, true)?;
