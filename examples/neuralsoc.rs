@@ -128,7 +128,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         sigma: problem.sigma,
         seed: 99,
     };
-    let drift = |z: &[f64], u: &[f64]| Ok(problem.drift_f64(z, u));
+    let drift = |z: &[f64], u: &[f64]| {
+        let mut f = vec![0.0; z.len()];
+        socflow_runtime::controller::Dynamics::<f64>::drift(&problem, 0.0, z, u, &mut f)?;
+        Ok(f)
+    };
     let mut learned = |t: f64, z: &[f64]| {
         let mut u = vec![0.0; d];
         ctl.control(t, z, &mut u)?;

@@ -293,8 +293,13 @@ fn riccati_errors(
             z.iter().map(|v| 0.5 + 0.5 * v).collect()
         })
         .collect();
-    let drift =
-        |z: &[f64], u: &[f64]| -> socflow_trainer::Result<Vec<f64>> { Ok(problem.drift_f64(z, u)) };
+    let drift = |z: &[f64], u: &[f64]| -> socflow_trainer::Result<Vec<f64>> {
+        {
+            let mut f = vec![0.0; z.len()];
+            socflow_runtime::controller::Dynamics::<f64>::drift(problem, 0.0, z, u, &mut f)?;
+            Ok(f)
+        }
+    };
     let reference = |t: f64, z: &[f64]| -> socflow_trainer::Result<(f64, Vec<f64>)> {
         Ok((sol.value(t, z)?, sol.control(t, z)?))
     };
@@ -316,10 +321,12 @@ fn riccati_errors(
 }
 
 /// The learned controller against the Riccati solution of a 10-D LQR along optimal
-/// trajectories. A short run (400 iterations, 20 steps): the goal of 2% on
-/// both is for the long runs of the `neuralsoc` example; here the value must be within
-/// 5% (a tenth or less of the untrained network's error) and the control within 20%
-/// (a quarter or less of the untrained network's).
+/// trajectories. A short run (400 iterations of 20 steps): at 20 steps even the exact
+/// optimum of the discretized problem is 2.1% (Φ) and 3.2% (u) from Riccati (see
+/// `Lqr::solve_discrete` and the `neuralsoc` example), and 400 iterations leave the
+/// control well above that; the goal of 2% on both needs finer steps and longer
+/// runs. Here the value must be within 5% (a tenth or less of the untrained network's
+/// error) and the control within 20% (a quarter or less of the untrained network's).
 #[test]
 fn lqr_value_and_control_match_riccati() {
     use socflow_trainer::soc::reference::Lqr;

@@ -17,6 +17,15 @@ pub struct PathErrors {
     pub points: usize,
 }
 
+/// f(z, u): the drift of one state under a control.
+pub type DriftFn<'a> = &'a dyn Fn(&[f64], &[f64]) -> Result<Vec<f64>>;
+
+/// (t, z) → (Φ, u) of a reference solution.
+pub type ReferenceFn<'a> = &'a dyn Fn(f64, &[f64]) -> Result<(f64, Vec<f64>)>;
+
+/// (t, z) → (Φ_θ, u_θ) of a learned controller (which may keep scratch state).
+pub type LearnedFn<'a> = &'a mut dyn FnMut(f64, &[f64]) -> Result<(f64, Vec<f64>)>;
+
 /// Where and how to compare.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PathOptions {
@@ -38,9 +47,9 @@ pub struct PathOptions {
 /// compared points evaluates `reference(t, z) → (Φ, u*)` and `learned(t, z) → (Φ_θ,
 /// u_θ)`.
 pub fn errors_along_optimal_paths(
-    drift: &dyn Fn(&[f64], &[f64]) -> Result<Vec<f64>>,
-    reference: &dyn Fn(f64, &[f64]) -> Result<(f64, Vec<f64>)>,
-    learned: &mut dyn FnMut(f64, &[f64]) -> Result<(f64, Vec<f64>)>,
+    drift: DriftFn<'_>,
+    reference: ReferenceFn<'_>,
+    learned: LearnedFn<'_>,
     opts: &PathOptions,
 ) -> Result<PathErrors> {
     if opts.steps == 0 || opts.every == 0 || opts.starts.is_empty() {

@@ -419,52 +419,6 @@ impl QuadraticProblem {
         Ok(m)
     }
 
-    /// The drift a(z) + Bu of one state in f64 (z of length d, u of length k; the
-    /// lengths are the caller's to check).
-    pub fn drift_f64(&self, z: &[f64], u: &[f64]) -> Vec<f64> {
-        let (d, k) = (self.dim, self.control_dim);
-        (0..d)
-            .map(|i| {
-                let bu: f64 = (0..k).map(|j| self.input[i * k + j] * u[j]).sum();
-                let az: f64 = match &self.drift {
-                    StateDrift::Zero => 0.0,
-                    StateDrift::Linear { matrix } => (0..d).map(|j| matrix[i * d + j] * z[j]).sum(),
-                };
-                az + bu
-            })
-            .collect()
-    }
-
-    /// The running cost ½uᵀRu + Q(z) of one state in f64.
-    pub fn running_cost_f64(&self, z: &[f64], u: &[f64]) -> f64 {
-        let k = self.control_dim;
-        let r = &self.control_cost;
-        let uru: f64 = (0..k)
-            .map(|i| u[i] * (0..k).map(|j| r[i * k + j] * u[j]).sum::<f64>())
-            .sum();
-        let q = match &self.state_cost {
-            StateCost::Zero => 0.0,
-            StateCost::Constant { value } => *value,
-            StateCost::Quadratic {
-                matrix,
-                center,
-                offset,
-            } => quadratic_f64(matrix, center, z) + offset,
-        };
-        0.5 * uru + q
-    }
-
-    /// The terminal cost g(z) of one state in f64.
-    pub fn terminal_cost_f64(&self, z: &[f64]) -> f64 {
-        match &self.terminal {
-            TerminalCost::Quadratic { matrix, center } => quadratic_f64(matrix, center, z),
-            TerminalCost::LogRadial { weight, center } => {
-                let sq: f64 = z.iter().zip(center).map(|(a, c)| (a - c).powi(2)).sum();
-                weight * (0.5 * (1.0 + sq)).ln()
-            }
-        }
-    }
-
     /// The problem as JSON.
     pub fn to_json(&self) -> Result<String> {
         serde_json::to_string(self).map_err(|e| Error::InvalidArgument(format!("SOC problem: {e}")))
@@ -477,15 +431,6 @@ impl QuadraticProblem {
         p.validate()?;
         Ok(p)
     }
-}
-
-/// ½(z − c)ᵀM(z − c) in f64.
-fn quadratic_f64(matrix: &[f64], center: &[f64], z: &[f64]) -> f64 {
-    let d = z.len();
-    let dz: Vec<f64> = z.iter().zip(center).map(|(a, c)| a - c).collect();
-    0.5 * (0..d)
-        .map(|i| dz[i] * (0..d).map(|j| matrix[i * d + j] * dz[j]).sum::<f64>())
-        .sum::<f64>()
 }
 
 /// A constant matrix as a graph constant at `v`'s precision.
