@@ -1,11 +1,20 @@
 //! NeuralSOC on the built-in 100-D problems: trains Φ_θ and prints the learned value
 //! Φ(0, z₀), the closed-loop cost on validation paths and the time per iteration.
 //!
-//! `cargo run --release --example neuralsoc -- [hjb100|shifted1|shifted1000] [ITERATIONS]
+//! `cargo run --release --example neuralsoc -- [hjb100|shifted1|shifted1000|lqr10] [ITERATIONS]
 //! [--brownian] [--m M] [--batch B] [--steps N] [--lr LR]`
 
+use socflow_runtime::artifact::StorageDtype;
+use socflow_runtime::brownian::{Brownian, Stream};
+use socflow_runtime::model::Model;
+use socflow_trainer::autodiff::Cpu;
 use socflow_trainer::optim::{AdamConfig, Schedule};
-use socflow_trainer::soc::{train_soc, LossWeights, QuadraticProblem, Sampling, SocConfig};
+use socflow_trainer::soc::evaluate::{errors_along_optimal_paths, PathOptions};
+use socflow_trainer::soc::reference::{ColeHopf, Lqr};
+use socflow_trainer::soc::{
+    train_soc, ControlProblem, InitialDistribution, LossWeights, QuadraticProblem, Sampling,
+    SocConfig,
+};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -20,14 +29,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "hjb100" => QuadraticProblem::hjb100(),
         "shifted1" => QuadraticProblem::shifted_target(1.0),
         "shifted1000" => QuadraticProblem::shifted_target(1000.0),
+        "lqr10" => {
+            let initial = InitialDistribution::Gaussian {
+                mean: vec![0.5; 10],
+                std: vec![0.5; 10],
+            };
+            QuadraticProblem::from_lqr(&Lqr::standard(10, 5)?, initial)?
+        }
         other => return Err(format!("unknown problem {other}").into()),
     };
     let lr: f64 = flag("--lr").map(|s| s.parse()).transpose()?.unwrap_or(0.01);
     let config = SocConfig {
         m: flag("--m").map(|s| s.parse()).transpose()?.unwrap_or(64),
         n_th: 2,
-        steps: flag("--steps").map(|s| s.parse()).transpose()?.unwrap_or(20),
-        batch_size: flag("--batch").map(|s| s.parse()).transpose()?.unwrap_or(64),
+        steps: flag("--steps")
+            .map(|s| s.parse())
+            .transpose()?
+            .unwrap_or(20),
+        batch_size: flag("--batch")
+            .map(|s| s.parse())
+            .transpose()?
+            .unwrap_or(64),
         iterations,
         optimizer: AdamConfig::adam(lr),
         schedule: Schedule::Step {
@@ -75,6 +97,80 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     })?;
     let v = trained.validation.last().ok_or("no validation")?;
+    // Against the reference along its optimal paths (16 paths, 100 steps).
+    let art = trained.to_artifact(&problem as &dyn ControlProblem<Cpu>, None)?;
+    let model = Model::<f64>::from_bytes(&art.to_bytes(StorageDtype::F64)?)?;
+    let mut ctl = model.controller()?;
+    let d = problem.dim;
+    let gen = Brownian::new(99);
+    let mean = problem.initial.mean().to_vec();
+    let spread = match &problem.initial {
+        InitialDistribution::Gaussian { std, .. } => std.clone(),
+        InitialDistribution::Point { .. } => vec![0.0; d],
+    };
+    let mut starts = Vec::new();
+    for p in 0..16 {
+        let mut z = vec![0.0; d];
+        gen.stream_normals(Stream(9), p, 0, &mut z)?;
+        starts.push(
+            z.iter()
+                .zip(&mean)
+                .zip(&spread)
+                .map(|((x, m), s)| m + s * x)
+                .collect(),
+        );
+    }
+    let opts = PathOptions {
+        starts,
+        horizon: problem.horizon,
+        steps: 100,
+        every: 10,
+        sigma: problem.sigma,
+        seed: 99,
+    };
+    let drift = |z: &[f64], u: &[f64]| {
+        let mut f = vec![0.0; z.len()];
+        socflow_runtime::controller::Dynamics::<f64>::drift(&problem, 0.0, z, u, &mut f)?;
+        Ok(f)
+    };
+    let mut learned = |t: f64, z: &[f64]| {
+        let mut u = vec![0.0; d];
+        ctl.control(t, z, &mut u)?;
+        Ok((ctl.value(t, z)?, u))
+    };
+    let errors = if name == "lqr10" {
+        let lqr = Lqr::standard(10, 5)?;
+        let sol = lqr.solve()?;
+        let reference = |t: f64, z: &[f64]| Ok((sol.value(t, z)?, sol.control(t, z)?));
+        // The floor at the training step count: the exact optimum of the discretized
+        // problem against the continuous one, on the same paths.
+        let disc = lqr.solve_discrete(config.steps)?;
+        let mut discrete = |t: f64, z: &[f64]| {
+            let i = ((t / disc.step()).round() as usize).min(disc.steps() - 1);
+            Ok((disc.value(i, z)?, disc.control(i, z)?))
+        };
+        let mut floor_opts = opts.clone();
+        floor_opts.every = (100 / config.steps).max(1);
+        let floor = errors_along_optimal_paths(&drift, &reference, &mut discrete, &floor_opts)?;
+        println!(
+            "{}-step discrete optimum vs Riccati along optimal paths: Phi {:.3e}, u {:.3e}",
+            config.steps, floor.value, floor.control
+        );
+        errors_along_optimal_paths(&drift, &reference, &mut learned, &opts)?
+    } else {
+        let ch = match name {
+            "hjb100" => ColeHopf::hjb100(),
+            "shifted1" => ColeHopf::shifted_target(1.0),
+            _ => ColeHopf::shifted_target(1000.0),
+        };
+        println!("Cole–Hopf Phi(0,z0) = {:.6}", ch.value(0.0, &mean)?);
+        let reference = |t: f64, z: &[f64]| Ok((ch.value(t, z)?, ch.control(t, z)?));
+        errors_along_optimal_paths(&drift, &reference, &mut learned, &opts)?
+    };
+    println!(
+        "relative errors along optimal paths: Phi {:.3e}, u {:.3e}",
+        errors.value, errors.control
+    );
     println!(
         "{name}: Phi(0,z0) = {:.6}, closed-loop cost {:.4}, {:.1} s",
         v.initial_value,

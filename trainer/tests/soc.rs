@@ -276,87 +276,68 @@ fn exported_controller_agrees_with_the_trainer() {
 
 /// Relative errors (Φ, u) of a controller against the Riccati solution along optimal
 /// trajectories (Riccati feedback, Euler–Maruyama with 100 steps, 16 paths from the
-/// training distribution on their own noise), over every (path, time) point.
+/// training distribution on their own noise), every 10th step.
 fn riccati_errors(
     ctl: &mut socflow_runtime::controller::Controller<f64>,
-    lqr: &socflow_trainer::soc::reference::Lqr,
+    problem: &QuadraticProblem,
     sol: &socflow_trainer::soc::reference::LqrSolution,
-    sigma: f64,
-    mean: &[f64],
 ) -> (f64, f64) {
-    let d = lqr.d;
+    use socflow_trainer::soc::evaluate::{errors_along_optimal_paths, PathOptions};
+    let d = problem.dim;
     let gen = socflow_runtime::brownian::Brownian::new(99);
-    let (paths, steps) = (16, 100);
-    let h = lqr.horizon / steps as f64;
-    let (mut dv, mut nv, mut du, mut nu) = (0.0, 0.0, 0.0, 0.0);
-    for path in 0..paths {
-        let mut z = vec![0.0; d];
-        gen.stream_normals(socflow_runtime::brownian::Stream(9), path, 0, &mut z)
-            .unwrap();
-        for (zi, m) in z.iter_mut().zip(mean) {
-            *zi = m + 0.5 * *zi;
+    let starts = (0..16)
+        .map(|p| {
+            let mut z = vec![0.0; d];
+            gen.stream_normals(socflow_runtime::brownian::Stream(9), p, 0, &mut z)
+                .unwrap();
+            z.iter().map(|v| 0.5 + 0.5 * v).collect()
+        })
+        .collect();
+    let drift = |z: &[f64], u: &[f64]| -> socflow_trainer::Result<Vec<f64>> {
+        {
+            let mut f = vec![0.0; z.len()];
+            socflow_runtime::controller::Dynamics::<f64>::drift(problem, 0.0, z, u, &mut f)?;
+            Ok(f)
         }
-        let mut dw = vec![0.0; d];
-        for k in 0..steps {
-            let t = k as f64 * h;
-            let u = sol.control(t, &z).unwrap();
-            if k % 10 == 0 {
-                let v = sol.value(t, &z).unwrap();
-                let vl = ctl.value(t, &z).unwrap();
-                let mut ul = vec![0.0; d];
-                ctl.control(t, &z, &mut ul).unwrap();
-                dv += (vl - v).powi(2);
-                nv += v * v;
-                du += ul.iter().zip(&u).map(|(a, b)| (a - b).powi(2)).sum::<f64>();
-                nu += u.iter().map(|b| b * b).sum::<f64>();
-            }
-            gen.increments(path, k as u64, h, &mut dw).unwrap();
-            let f: Vec<f64> = (0..d)
-                .map(|i| {
-                    let az: f64 = (0..d).map(|j| lqr.a[i * d + j] * z[j]).sum();
-                    let bu: f64 = (0..d).map(|j| lqr.b[i * d + j] * u[j]).sum();
-                    az + bu
-                })
-                .collect();
-            for i in 0..d {
-                z[i] += f[i] * h + sigma * dw[i];
-            }
-        }
-    }
-    ((dv / nv).sqrt(), (du / nu).sqrt())
+    };
+    let reference = |t: f64, z: &[f64]| -> socflow_trainer::Result<(f64, Vec<f64>)> {
+        Ok((sol.value(t, z)?, sol.control(t, z)?))
+    };
+    let mut learned = |t: f64, z: &[f64]| -> socflow_trainer::Result<(f64, Vec<f64>)> {
+        let mut u = vec![0.0; d];
+        ctl.control(t, z, &mut u)?;
+        Ok((ctl.value(t, z)?, u))
+    };
+    let opts = PathOptions {
+        starts,
+        horizon: problem.horizon,
+        steps: 100,
+        every: 10,
+        sigma: problem.sigma,
+        seed: 99,
+    };
+    let e = errors_along_optimal_paths(&drift, &reference, &mut learned, &opts).unwrap();
+    (e.value, e.control)
 }
 
 /// The learned controller against the Riccati solution of a 10-D LQR along optimal
-/// trajectories. A short run (400 iterations, 20 steps): the issue's goal of 2% on
-/// both is for the long runs of the `neuralsoc` example; here the value must be within
-/// 5% (a tenth or less of the untrained network's error) and the control within 20%
-/// (a quarter or less of the untrained network's).
+/// trajectories. A short run (400 iterations of 20 steps): at 20 steps even the exact
+/// optimum of the discretized problem is 2.1% (Φ) and 3.2% (u) from Riccati (see
+/// `Lqr::solve_discrete` and the `neuralsoc` example), and 400 iterations leave the
+/// control well above that; the issue's goal of 2% on both needs finer steps and longer
+/// runs. Here the value must be within 5% (a tenth or less of the untrained network's
+/// error) and the control within 20% (a quarter or less of the untrained network's).
 #[test]
 fn lqr_value_and_control_match_riccati() {
-    use socflow_trainer::soc::reference::{Diffusion, Lqr};
+    use socflow_trainer::soc::reference::Lqr;
     let d = 10;
     let lqr = Lqr::standard(d, 5).unwrap();
     let sol = lqr.solve().unwrap();
-    let sigma = match lqr.sigma {
-        Diffusion::Scalar(s) => s,
-        Diffusion::Matrix(_) => unreachable!("the standard problem has scalar noise"),
-    };
-    let mean = vec![0.5; d];
-    let mut problem = QuadraticProblem::linear_quadratic(
-        lqr.a.clone(),
-        lqr.b.clone(),
-        lqr.r.clone(),
-        lqr.q.clone(),
-        lqr.q_terminal.clone(),
-        sigma,
-        lqr.horizon,
-        mean.clone(),
-    )
-    .unwrap();
-    problem.initial = InitialDistribution::Gaussian {
-        mean: mean.clone(),
+    let initial = InitialDistribution::Gaussian {
+        mean: vec![0.5; d],
         std: vec![0.5; d],
     };
+    let problem = QuadraticProblem::from_lqr(&lqr, initial).unwrap();
     let cfg = SocConfig {
         m: 32,
         steps: 20,
@@ -382,11 +363,11 @@ fn lqr_value_and_control_match_riccati() {
     };
     let obj = SocObjective::new(&problem, &cfg).unwrap();
     let init = obj.initial_params(&mut Graph::new(Cpu::new())).unwrap();
-    let (ev0, eu0) = riccati_errors(&mut controller(&init), &lqr, &sol, sigma, &mean);
+    let (ev0, eu0) = riccati_errors(&mut controller(&init), &problem, &sol);
 
     let start = std::time::Instant::now();
     let trained = train_soc(&problem, &cfg, &mut |_| {}).unwrap();
-    let (ev, eu) = riccati_errors(&mut controller(&trained.params), &lqr, &sol, sigma, &mean);
+    let (ev, eu) = riccati_errors(&mut controller(&trained.params), &problem, &sol);
     eprintln!(
         "LQR d = {d}: relative error of Φ {ev:.2e} (untrained {ev0:.2e}), of u {eu:.2e} \
          (untrained {eu0:.2e}), {:.1} s of training",

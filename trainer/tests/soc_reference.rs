@@ -1070,3 +1070,77 @@ fn gauss_rules_reproduce_moments() {
     assert!(gauss_hermite(0).is_err());
     assert!(gauss_chi_square(0, 4).is_err());
 }
+
+/// The Euler–Maruyama-discretized LQR's exact optimum converges to the continuous
+/// Riccati solution at order 1, and its value is the expected cost of its own feedback
+/// on the discrete dynamics (Monte Carlo within 4 standard errors).
+#[test]
+fn discrete_lqr_converges_to_riccati_and_is_its_own_cost() {
+    use socflow_trainer::soc::reference::Lqr;
+    let lqr = Lqr::standard(6, 3).unwrap();
+    let sol = lqr.solve().unwrap();
+    let p0 = sol.p(0.0).unwrap();
+    let steps = [20usize, 40, 80, 160];
+    let errs: Vec<f64> = steps
+        .iter()
+        .map(|&n| {
+            let ds = lqr.solve_discrete(n).unwrap();
+            let pd = ds.p(0).unwrap();
+            let num: f64 = pd.iter().zip(&p0).map(|(a, b)| (a - b).powi(2)).sum();
+            let den: f64 = p0.iter().map(|b| b * b).sum();
+            (num / den).sqrt()
+        })
+        .collect();
+    let order = socflow_testkit::observed_order(&steps, &errs);
+    eprintln!("discrete LQR: ‖P_0 − P(0)‖/‖P(0)‖ {errs:?}, order {order:.3}");
+    assert!((order - 1.0).abs() < 0.1, "order {order}");
+
+    // Monte Carlo of the discrete problem under its own optimal feedback.
+    let n = 20;
+    let ds = lqr.solve_discrete(n).unwrap();
+    let d = lqr.d;
+    let z0 = vec![0.7; d];
+    let gen = socflow_runtime::brownian::Brownian::new(5);
+    let h = ds.step();
+    let paths = 4000;
+    let mut costs = Vec::with_capacity(paths);
+    let mut dw = vec![0.0; d];
+    for p in 0..paths {
+        let mut z = z0.clone();
+        let mut cost = 0.0;
+        for i in 0..n {
+            let u = ds.control(i, &z).unwrap();
+            let qz: f64 = (0..d)
+                .map(|r| z[r] * (0..d).map(|s| lqr.q[r * d + s] * z[s]).sum::<f64>())
+                .sum();
+            let ru: f64 = (0..d)
+                .map(|r| u[r] * (0..d).map(|s| lqr.r[r * d + s] * u[s]).sum::<f64>())
+                .sum();
+            cost += h * 0.5 * (qz + ru);
+            gen.increments(p as u64, i as u64, h, &mut dw).unwrap();
+            let f: Vec<f64> = (0..d)
+                .map(|r| {
+                    (0..d).map(|s| lqr.a[r * d + s] * z[s]).sum::<f64>()
+                        + (0..d).map(|s| lqr.b[r * d + s] * u[s]).sum::<f64>()
+                })
+                .collect();
+            for r in 0..d {
+                z[r] += h * f[r] + 0.5 * dw[r];
+            }
+        }
+        let gz: f64 = (0..d)
+            .map(|r| {
+                z[r] * (0..d)
+                    .map(|s| lqr.q_terminal[r * d + s] * z[s])
+                    .sum::<f64>()
+            })
+            .sum();
+        costs.push(cost + 0.5 * gz);
+    }
+    let mean = costs.iter().sum::<f64>() / paths as f64;
+    let var = costs.iter().map(|c| (c - mean).powi(2)).sum::<f64>() / (paths - 1) as f64;
+    let se = (var / paths as f64).sqrt();
+    let v0 = ds.value(0, &z0).unwrap();
+    eprintln!("discrete LQR: V_0 {v0:.5}, Monte Carlo {mean:.5} ± {se:.5}");
+    assert!((mean - v0).abs() < 4.0 * se, "{mean} ± {se} vs {v0}");
+}

@@ -5,13 +5,15 @@
 //!   horizon, initial distribution, optimal feedback) recorded on a graph, for any
 //!   backend; [`QuadraticProblem`]: the control-affine quadratic family with closed-form
 //!   u* = −R⁻¹Bᵀ∇Φ, loadable from JSON, with the built-in problems;
-//! - [`train`]: the NeuralSOC loss on Euler–Maruyama roll-outs, differentiated through
+//! - [`train`](mod@train): the NeuralSOC loss on Euler–Maruyama roll-outs, differentiated through
 //!   the discrete steps ([`train_soc`]), and export with the control map
 //!   ([`TrainedSoc::to_artifact`]);
-//! - [`reference`]: independent answers the tests and benchmarks judge a trained
+//! - [`evaluate`](mod@evaluate): a learned controller against a reference along optimal paths;
+//! - [`reference`](mod@reference): independent answers the tests and benchmarks judge a trained
 //!   controller against (Riccati for linear–quadratic problems, Cole–Hopf for the
 //!   Hamilton–Jacobi–Bellman benchmarks).
 
+pub mod evaluate;
 mod problem;
 mod quadratic;
 pub mod reference;
@@ -23,6 +25,6 @@ pub use quadratic::{
     InitialDistribution, QuadraticProblem, StateCost, StateDrift, TerminalCost, INITIAL_STREAM,
 };
 pub use train::{
-    train_soc, train_soc_checkpointed, LossWeights, Sampling, SocConfig, SocCosts, SocObjective,
-    SocProgress, SocRhs, SocValidation, TrainedSoc,
+    train_soc, train_soc_checkpointed, LossWeights, Residual, Sampling, SocConfig, SocCosts,
+    SocObjective, SocProgress, SocRhs, SocValidation, TrainedSoc,
 };

@@ -239,6 +239,32 @@ impl QuadraticProblem {
         Ok(p)
     }
 
+    /// The problem of a reference [`Lqr`](super::reference::Lqr) (scalar noise only:
+    /// this family's noise is σ·dW) with the initial distribution `initial`.
+    pub fn from_lqr(lqr: &super::reference::Lqr, initial: InitialDistribution) -> Result<Self> {
+        let sigma = match &lqr.sigma {
+            super::reference::Diffusion::Scalar(s) => *s,
+            super::reference::Diffusion::Matrix(_) => {
+                return Err(Error::InvalidArgument(
+                    "SOC problem: a matrix diffusion is not in the quadratic family (σ·dW)".into(),
+                ))
+            }
+        };
+        let mut p = Self::linear_quadratic(
+            lqr.a.clone(),
+            lqr.b.clone(),
+            lqr.r.clone(),
+            lqr.q.clone(),
+            lqr.q_terminal.clone(),
+            sigma,
+            lqr.horizon,
+            initial.mean().to_vec(),
+        )?;
+        p.initial = initial;
+        p.validate()?;
+        Ok(p)
+    }
+
     /// dz = b·u ds + σdW, L = (r/2)‖u‖², g = w·ln(½(1 + ‖z − c‖²)), z(0) = 0, d = 100,
     /// T = 1 (the family of the HJB benchmarks, solved by Cole–Hopf).
     fn log_radial(name: &str, b: f64, r: f64, sigma: f64, weight: f64, center: f64) -> Self {
