@@ -6,13 +6,19 @@
 //! | key              | value                                   |
 //! |------------------|-----------------------------------------|
 //! | `format`         | [`FORMAT_NAME`] (`"socflow"`)           |
-//! | `format_version` | [`FORMAT_VERSION`] in decimal (`"1"`)   |
+//! | `format_version` | the card's version in decimal (`"1"`)   |
 //! | `card`           | the [`ModelCard`] as JSON               |
 //!
 //! The tensors are the network's parameters under the names of the original PyTorch
 //! code (see [`Artifact::tensor_shapes`]), all stored in one little-endian floating
 //! type ([`StorageDtype`]), plus `control_map` for SOC value functions with a
-//! control-affine dynamics.
+//! control-affine dynamics and a constant control map.
+//!
+//! Versions: a file is written at the oldest version that expresses it, so an older
+//! runtime reads every file it can. Version 1 is the layout above; version 2 adds the
+//! card field `control_law`, a state-dependent feedback u = u(x, ∇ₓΦ) such as the
+//! quadcopter's u = −R⁻¹B(x)ᵀ∇ₓΦ ([`ControlLaw`]). A version-1 runtime refuses a
+//! version-2 file with [`Error::UnsupportedVersion`] instead of applying a wrong law.
 //!
 //! Loading ([`Artifact::from_bytes`], [`Artifact::load`]) trusts nothing: it checks the
 //! safetensors framing, the header, the card (unknown keys are errors, so typos are
@@ -41,7 +47,13 @@ use crate::{Error, Real, Result};
 pub const FORMAT_NAME: &str = "socflow";
 
 /// Newest format version this runtime writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest format version, what a model without a [`ControlLaw`] is written as.
+pub const BASE_FORMAT_VERSION: u32 = 1;
+
+/// The first format version with the card field `control_law` ([`ControlLaw`]).
+pub const CONTROL_LAW_VERSION: u32 = 2;
 
 /// Largest state dimension (and control dimension) a model file may declare.
 pub const MAX_DIM: usize = 1 << 16;
@@ -299,6 +311,165 @@ impl ControlMap {
     }
 }
 
+/// A state-dependent feedback law u = u(x, ∇ₓΦ) stored in the model card's
+/// `control_law` (format version [`CONTROL_LAW_VERSION`]), for SOC problems whose
+/// optimal control is not a constant matrix times ∇ₓΦ.
+///
+/// In JSON the variant is a `type` field:
+/// `{"type":"quadcopter","mass":1.0,"gravity":9.81,"control_weight":2.0}`; an unknown
+/// type is a format error naming the known ones.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ControlLaw {
+    /// The 12-D quadcopter of Onken et al. (2022): see [`QuadcopterLaw`].
+    Quadcopter(QuadcopterLaw),
+}
+
+impl ControlLaw {
+    /// The state dimension the law applies to.
+    pub fn state_dim(&self) -> usize {
+        match self {
+            ControlLaw::Quadcopter(_) => QuadcopterLaw::STATE_DIM,
+        }
+    }
+
+    /// The control dimension.
+    pub fn control_dim(&self) -> usize {
+        match self {
+            ControlLaw::Quadcopter(_) => QuadcopterLaw::CONTROL_DIM,
+        }
+    }
+
+    /// Computes u(x, ∇ₓΦ) for one state (no allocation); checks lengths.
+    pub fn control<T: Real>(&self, x: &[T], grad_x: &[T], u: &mut [T]) -> Result<()> {
+        match self {
+            ControlLaw::Quadcopter(q) => q.control(x, grad_x, u),
+        }
+    }
+
+    /// The law's `type` as written in model cards.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ControlLaw::Quadcopter(_) => "quadcopter",
+        }
+    }
+
+    /// A one-line description (what `socflow inspect` prints).
+    pub fn describe(&self) -> String {
+        match self {
+            ControlLaw::Quadcopter(q) => format!(
+                "quadcopter, u = -(1/r) B(x)^T grad_x Phi with mass {}, r = {} (gravity {})",
+                q.mass, q.control_weight, q.gravity
+            ),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        match self {
+            ControlLaw::Quadcopter(q) => q.validate(),
+        }
+    }
+}
+
+/// The optimal feedback of the 12-D quadcopter of Onken et al. (2022) as NeuralSOC
+/// trains it: state x = (x, y, z, ψ, θ, φ, vx, vy, vz, vψ, vθ, vφ), controls
+/// (thrust, τψ, τθ, τφ), dynamics ẋ = a(x) + B(x)u with
+/// a = (v, (vψ, vθ, vφ), 0, 0, −gravity, 0, 0, 0), running cost (r/2)‖u‖² + const, so
+///
+/// ```text
+/// u = −(1/r) B(x)ᵀ ∇ₓΦ:   u₀ = −(1/r)(b₆p₆ + b₇p₇ + b₈p₈),   u₁,₂,₃ = −(1/r)(p₉, p₁₀, p₁₁)
+/// b₆ = (sin ψ sin φ + cos ψ sin θ cos φ)/m
+/// b₇ = (−cos ψ sin φ + sin ψ sin θ cos φ)/m
+/// b₈ = cos θ cos φ / m
+/// ```
+///
+/// (p = ∇ₓΦ). Gravity enters the drift, not the law; it is recorded so the file names
+/// the dynamics its controller was trained for.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuadcopterLaw {
+    /// Mass m (> 0).
+    pub mass: f64,
+    /// Gravity (finite; the drift's, recorded with the law).
+    pub gravity: f64,
+    /// r in R = rI, the control cost (r/2)‖u‖² (> 0; NeuralSOC's L = 2 + ‖u‖² has r = 2).
+    pub control_weight: f64,
+}
+
+impl QuadcopterLaw {
+    /// State dimension of the quadcopter.
+    pub const STATE_DIM: usize = 12;
+    /// Control dimension of the quadcopter (thrust and three torques).
+    pub const CONTROL_DIM: usize = 4;
+
+    /// A law with these parameters; checks that they are finite and mass and r positive.
+    pub fn new(mass: f64, gravity: f64, control_weight: f64) -> Result<Self> {
+        let q = QuadcopterLaw {
+            mass,
+            gravity,
+            control_weight,
+        };
+        q.validate().map_err(format_to_argument)?;
+        Ok(q)
+    }
+
+    /// The thrust column (b₆, b₇, b₈) of B(x) at the angles (ψ, θ, φ) = (x₃, x₄, x₅).
+    pub fn thrust_direction<T: Real>(&self, x: &[T]) -> Result<[T; 3]> {
+        crate::error::check_len("quadcopter state", x.len(), Self::STATE_DIM)?;
+        let (sps, cps) = x[3].sin_cos();
+        let (sth, cth) = x[4].sin_cos();
+        let (sph, cph) = x[5].sin_cos();
+        let inv_m = T::of(1.0 / self.mass);
+        Ok([
+            (sps * sph + cps * sth * cph) * inv_m,
+            (sps * sth * cph - cps * sph) * inv_m,
+            cth * cph * inv_m,
+        ])
+    }
+
+    /// Computes u = −(1/r)B(x)ᵀ∇ₓΦ for one state (no allocation); checks lengths.
+    pub fn control<T: Real>(&self, x: &[T], grad_x: &[T], u: &mut [T]) -> Result<()> {
+        crate::error::check_len("quadcopter gradient", grad_x.len(), Self::STATE_DIM)?;
+        crate::error::check_len("quadcopter control", u.len(), Self::CONTROL_DIM)?;
+        let b = self.thrust_direction(x)?;
+        let c = T::of(-1.0 / self.control_weight);
+        u[0] = c * (b[0] * grad_x[6] + b[1] * grad_x[7] + b[2] * grad_x[8]);
+        u[1] = c * grad_x[9];
+        u[2] = c * grad_x[10];
+        u[3] = c * grad_x[11];
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<()> {
+        let ok = self.mass.is_finite()
+            && self.mass > 0.0
+            && self.gravity.is_finite()
+            && self.control_weight.is_finite()
+            && self.control_weight > 0.0;
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Format(format!(
+                "quadcopter control law needs a finite mass > 0, finite gravity and a finite \
+                 control weight r > 0; found mass {}, gravity {}, r {}",
+                self.mass, self.gravity, self.control_weight
+            )))
+        }
+    }
+}
+
+/// How an SOC problem's optimal control follows from ∇ₓΦ, as a trainer exports it:
+/// a constant map (stored as the tensor `control_map`, format version 1) or a
+/// state-dependent [`ControlLaw`] (the card's `control_law`, version 2).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Feedback {
+    /// u = −M∇ₓΦ.
+    Map(ControlMap),
+    /// u = u(x, ∇ₓΦ).
+    Law(ControlLaw),
+}
+
 /// Who made a model, when, and how (free-form details: trainer configuration,
 /// problem name, iterations, final loss, …).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -359,6 +530,9 @@ pub struct ModelCard {
     /// Control dimension, when the file holds a `control_map`.
     #[serde(default)]
     pub control_dim: Option<usize>,
+    /// A state-dependent control law (format version ≥ 2; excludes a `control_map`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_law: Option<ControlLaw>,
     /// Who made the model and how.
     pub provenance: Provenance,
 }
@@ -408,7 +582,7 @@ impl Artifact {
     pub fn otflow(params: OtFlowParams, time: [f64; 2], provenance: Provenance) -> Result<Self> {
         let card = ModelCard {
             format: FORMAT_NAME.into(),
-            format_version: FORMAT_VERSION,
+            format_version: BASE_FORMAT_VERSION,
             kind: ModelKind::Potential,
             architecture: Architecture::OtFlow {
                 m: params.m,
@@ -420,6 +594,7 @@ impl Artifact {
             dtype: StorageDtype::F64,
             normalization: None,
             control_dim: None,
+            control_law: None,
             provenance,
         };
         let a = Artifact {
@@ -441,7 +616,7 @@ impl Artifact {
     ) -> Result<Self> {
         let card = ModelCard {
             format: FORMAT_NAME.into(),
-            format_version: FORMAT_VERSION,
+            format_version: BASE_FORMAT_VERSION,
             kind,
             architecture: Architecture::Mlp {
                 hidden: params.hidden.clone(),
@@ -452,6 +627,7 @@ impl Artifact {
             dtype: StorageDtype::F64,
             normalization: None,
             control_dim: None,
+            control_law: None,
             provenance,
         };
         let a = Artifact {
@@ -479,6 +655,29 @@ impl Artifact {
         self.control_map = Some(control_map);
         self.validate()?;
         Ok(self)
+    }
+
+    /// Attaches a state-dependent control law (potentials only, of the law's state
+    /// dimension, without a control map) and raises the card's format version to
+    /// [`CONTROL_LAW_VERSION`].
+    pub fn with_control_law(mut self, law: ControlLaw) -> Result<Self> {
+        self.card.format_version = self.card.format_version.max(CONTROL_LAW_VERSION);
+        self.card.control_law = Some(law);
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// Attaches a problem's [`Feedback`]: a control map or a control law.
+    pub fn with_feedback(self, feedback: Feedback) -> Result<Self> {
+        match feedback {
+            Feedback::Map(m) => self.with_control_map(m),
+            Feedback::Law(l) => self.with_control_law(l),
+        }
+    }
+
+    /// The state-dependent control law, if the card has one.
+    pub fn control_law(&self) -> Option<&ControlLaw> {
+        self.card.control_law.as_ref()
     }
 
     /// State dimension.
@@ -602,7 +801,7 @@ impl Artifact {
         let mut metadata = serde_json::Map::new();
         metadata.insert(META_CARD.into(), card_json.into());
         metadata.insert(META_FORMAT.into(), FORMAT_NAME.into());
-        metadata.insert(META_VERSION.into(), FORMAT_VERSION.to_string().into());
+        metadata.insert(META_VERSION.into(), card.format_version.to_string().into());
         entries.insert("__metadata__".into(), metadata.into());
 
         let mut header = serde_json::to_vec(&serde_json::Value::Object(entries))
@@ -809,11 +1008,14 @@ impl Artifact {
                 );
             }
         }
-        match &self.control_map {
-            None => {
+        match (&self.control_map, &c.control_law) {
+            (_, Some(law)) => {
+                let _ = writeln!(s, "control law:   {}", law.describe());
+            }
+            (None, None) => {
                 let _ = writeln!(s, "control map:   none");
             }
-            Some(cm) => {
+            (Some(cm), None) => {
                 let _ = writeln!(
                     s,
                     "control map:   u = -M grad_x Phi, M is {} x {} (control dim {})",
@@ -990,6 +1192,33 @@ fn check_card(card: &ModelCard) -> Result<()> {
     }
     if let Some(n) = &card.normalization {
         n.validate(card.dim)?;
+    }
+    if let Some(law) = &card.control_law {
+        if card.format_version < CONTROL_LAW_VERSION {
+            return Err(Error::Format(format!(
+                "a control law needs format version {CONTROL_LAW_VERSION}, the card says {}",
+                card.format_version
+            )));
+        }
+        if card.kind != ModelKind::Potential {
+            return Err(Error::Format(
+                "only a potential can carry a control law".into(),
+            ));
+        }
+        if card.control_dim.is_some() {
+            return Err(Error::Format(
+                "a card has a control law or a control map (control_dim), not both".into(),
+            ));
+        }
+        law.validate()?;
+        if law.state_dim() != card.dim {
+            return Err(Error::Format(format!(
+                "the {} control law is for state dimension {}, the model's is {}",
+                law.name(),
+                law.state_dim(),
+                card.dim
+            )));
+        }
     }
     Ok(())
 }

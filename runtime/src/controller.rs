@@ -1,4 +1,6 @@
-//! Feedback controllers u = −M ∇ₓΦ(t, x) from a learned value function.
+//! Feedback controllers u = −M ∇ₓΦ(t, x) from a learned value function, or a
+//! state-dependent law u = u(x, ∇ₓΦ(t, x)) ([`ControlLaw`]: the quadcopter's
+//! u = −R⁻¹B(x)ᵀ∇ₓΦ).
 //!
 //! A [`Controller`] owns its scratch buffers, so [`Controller::control`] does no
 //! allocation, takes no lock and does no I/O: it is meant to be called from a control
@@ -9,6 +11,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use crate::artifact::ControlLaw;
 use crate::brownian::Brownian;
 use crate::error::{check_len, Error, Result};
 use crate::field::Potential;
@@ -53,10 +56,11 @@ impl<T: Real> ControlMatrix<T> {
 }
 
 /// A feedback controller over a potential: u(t, x) = −M ∇ₓΦ(t, x), M the identity
-/// when no control map is given.
+/// when no control map is given, or u = u(x, ∇ₓΦ(t, x)) for a [`ControlLaw`].
 pub struct Controller<T: Real> {
     potential: Arc<dyn Potential<T>>,
     map: Option<ControlMatrix<T>>,
+    law: Option<ControlLaw>,
     grad: Vec<T>,
     scratch: Vec<T>,
 }
@@ -66,6 +70,7 @@ impl<T: Real> Clone for Controller<T> {
         Controller {
             potential: Arc::clone(&self.potential),
             map: self.map.clone(),
+            law: self.law.clone(),
             grad: vec![T::zero(); self.grad.len()],
             scratch: vec![T::zero(); self.scratch.len()],
         }
@@ -90,7 +95,24 @@ impl<T: Real> Controller<T> {
             scratch: vec![T::zero(); potential.scratch_len()],
             potential,
             map,
+            law: None,
         })
+    }
+
+    /// A controller applying the state-dependent `law` to the potential's gradient;
+    /// the law's state dimension must be the potential's.
+    pub fn with_law(potential: Arc<dyn Potential<T>>, law: ControlLaw) -> Result<Self> {
+        let d = potential.dim();
+        if law.state_dim() != d {
+            return Err(Error::InvalidArgument(format!(
+                "the {} control law is for state dimension {}, the potential's is {d}",
+                law.name(),
+                law.state_dim()
+            )));
+        }
+        let mut c = Controller::new(potential, None)?;
+        c.law = Some(law);
+        Ok(c)
     }
 
     /// State dimension d.
@@ -98,9 +120,13 @@ impl<T: Real> Controller<T> {
         self.potential.dim()
     }
 
-    /// Control dimension (rows of the control map, or d).
+    /// Control dimension (the control law's, the rows of the control map, or d).
     pub fn control_dim(&self) -> usize {
-        self.map.as_ref().map_or(self.potential.dim(), |m| m.rows)
+        match (&self.law, &self.map) {
+            (Some(law), _) => law.control_dim(),
+            (None, Some(m)) => m.rows,
+            (None, None) => self.potential.dim(),
+        }
     }
 
     /// The potential the controller evaluates.
@@ -113,6 +139,11 @@ impl<T: Real> Controller<T> {
         self.map.as_ref()
     }
 
+    /// The state-dependent control law, if any.
+    pub fn control_law(&self) -> Option<&ControlLaw> {
+        self.law.as_ref()
+    }
+
     /// Writes the feedback control u(t, x) into `u` (length [`control_dim`]).
     /// Rejects wrong lengths and non-finite t or x with an error; does not allocate.
     ///
@@ -122,8 +153,7 @@ impl<T: Real> Controller<T> {
         check_len("control output", u.len(), self.control_dim())?;
         self.potential
             .grad(t, x, &mut self.grad, &mut self.scratch)?;
-        apply_map(self.map.as_ref(), &self.grad, u);
-        Ok(())
+        apply(self.law.as_ref(), self.map.as_ref(), x, &self.grad, u)
     }
 
     /// Returns Φ(t, x) (the value function: the optimal cost-to-go).
@@ -164,7 +194,7 @@ impl<T: Real> Controller<T> {
                 |(grad, scratch), (xb, ub)| {
                     for (x, u) in xb.chunks_exact(d).zip(ub.chunks_exact_mut(du)) {
                         self.potential.grad(t, x, grad, scratch)?;
-                        apply_map(self.map.as_ref(), grad, u);
+                        apply(self.law.as_ref(), self.map.as_ref(), x, grad, u)?;
                     }
                     Ok(())
                 },
@@ -285,6 +315,21 @@ impl<T: Real> Controller<T> {
             trajectories: keep.then_some(trajectories),
         })
     }
+}
+
+/// u from ∇ₓΦ at x: the control law when there is one, else −M∇ₓΦ (or −∇ₓΦ).
+fn apply<T: Real>(
+    law: Option<&ControlLaw>,
+    map: Option<&ControlMatrix<T>>,
+    x: &[T],
+    grad: &[T],
+    u: &mut [T],
+) -> Result<()> {
+    if let Some(law) = law {
+        return law.control(x, grad, u);
+    }
+    apply_map(map, grad, u);
+    Ok(())
 }
 
 fn apply_map<T: Real>(map: Option<&ControlMatrix<T>>, grad: &[T], u: &mut [T]) {

@@ -100,8 +100,12 @@ impl<T: Real> Model<T> {
         }
     }
 
-    /// A feedback controller u = −M∇ₓΦ over the model, with the artifact's control map.
+    /// A feedback controller over the model: the artifact's control law
+    /// u = u(x, ∇ₓΦ) when it has one, else u = −M∇ₓΦ with its control map (or −∇ₓΦ).
     pub fn controller(&self) -> Result<Controller<T>> {
+        if let Some(law) = self.artifact.control_law() {
+            return Controller::with_law(self.potential()?, law.clone());
+        }
         let map = match &self.artifact.control_map {
             Some(m) => Some(ControlMatrix::new(
                 m.rows,
