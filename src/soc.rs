@@ -8,6 +8,7 @@
 //! problems (f = b·u, L = (r/2)‖u‖² plus a constant, g = w·ln(½(1 + ‖z − c‖²))).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -601,7 +602,11 @@ pub fn simulate(args: &crate::SimulateArgs, model: &Model<f64>, problem_json: &s
         let Some(r) = &reference else {
             bail!("--reference: this problem has no reference answer (Riccati or Cole–Hopf)");
         };
-        let optimal = feedback_costs(&problem, &opts, |t, z| r.control(t, z))?;
+        // Cole–Hopf's feedback takes milliseconds an evaluation in 100-D: show progress.
+        let bar = crate::progress::Progress::new("reference", opts.paths as u64);
+        let optimal = feedback_costs(&problem, &opts, |t, z| r.control(t, z), |n| bar.set(n));
+        bar.finish();
+        let optimal = optimal?;
         let (m, s) = mean_and_standard_error(&optimal);
         println!(
             "mean cost of the {} feedback on the same paths: {m:.9} ± {s:.9}",
@@ -632,12 +637,14 @@ pub fn simulate(args: &crate::SimulateArgs, model: &Model<f64>, problem_json: &s
 /// and Brownian increments of the runtime's `Controller::simulate` with the same
 /// options: path p, step k uses the increments of (seed, p, k), so two policies
 /// rolled out with one seed see the same noise. Paths run in parallel; the result
-/// does not depend on the thread count.
+/// does not depend on the thread count. `done(n)` reports n finished paths.
 pub fn feedback_costs(
     problem: &QuadraticProblem,
     opts: &SimulateOptions<f64>,
     policy: impl Fn(f64, &[f64]) -> Result<Vec<f64>> + Sync,
+    done: impl Fn(u64) + Sync,
 ) -> Result<Vec<f64>> {
+    let finished = AtomicU64::new(0);
     let d = problem.dim;
     if opts.x0.len() != d || opts.steps == 0 {
         bail!("feedback roll-out: bad initial state or no steps");
@@ -659,7 +666,9 @@ pub fn feedback_costs(
                     z[j] += drift[j] * h + opts.sigma * dw[j];
                 }
             }
-            Ok(cost + Dynamics::<f64>::terminal_cost(problem, &z)?)
+            let cost = cost + Dynamics::<f64>::terminal_cost(problem, &z)?;
+            done(finished.fetch_add(1, Ordering::Relaxed) + 1);
+            Ok(cost)
         })
         .collect()
 }
@@ -752,7 +761,7 @@ pub fn demo(
         .zip(&learned.terminal_cost)
         .map(|(a, b)| a + b)
         .collect();
-    let optimal_costs = feedback_costs(&problem, &opts, |t, z| reference.control(t, z))?;
+    let optimal_costs = feedback_costs(&problem, &opts, |t, z| reference.control(t, z), |_| {})?;
     let diff: Vec<f64> = learned_costs
         .iter()
         .zip(&optimal_costs)
@@ -781,7 +790,7 @@ pub fn demo(
         &by_point,
         points,
         trajectories,
-        Window { r: 2.5 },
+        Window { r: 2.2 },
     )?;
     Ok(SocDemoReport {
         train_seconds: outcome.seconds,

@@ -669,6 +669,30 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_soc_examples_parse() {
+        let readme = include_str!("../README.md");
+        let block = |start: &str| {
+            let at = readme.find(start).expect("the README has the example");
+            let body = &readme[at + "```toml\n".len()..];
+            body[..body.find("```").unwrap()].to_string()
+        };
+        let text = block("```toml\nproblem = \"soc\"");
+        let c = TrainConfig::from_toml(&text).unwrap();
+        assert_eq!(c.problem, Problem::Soc);
+        assert_eq!(c.soc, Some(SocConfig::default()));
+        let spec = c.soc_problem.unwrap();
+        assert_eq!(spec.build().unwrap().name, "hjb100");
+        // The inline problem in place of the built-in one.
+        let inline = block("```toml\n[soc_problem]\nname = ");
+        let head = &text[..text.find("[soc_problem]").unwrap()];
+        let c = TrainConfig::from_toml(&format!("{head}{inline}")).unwrap();
+        let p = c.soc_problem.unwrap().build().unwrap();
+        assert_eq!((p.dim, p.control_dim), (2, 1));
+        let r = crate::soc::Reference::of(&p).unwrap().unwrap();
+        assert_eq!(r.method(), "Riccati");
+    }
+
+    #[test]
     fn data_alternatives_are_checked() {
         let base = "problem = \"flow_matching\"\n[data]\n";
         assert!(TrainConfig::from_toml(base).is_err());
