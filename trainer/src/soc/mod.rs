@@ -15,12 +15,14 @@
 
 pub mod evaluate;
 mod problem;
+mod quadcopter;
 mod quadratic;
 pub mod reference;
 pub mod simulate;
 pub mod train;
 
 pub use problem::ControlProblem;
+pub use quadcopter::{QuadcopterProblem, QUADCOPTER_CONTROLS, QUADCOPTER_DIM};
 pub use quadratic::{
     InitialDistribution, QuadraticProblem, StateCost, StateDrift, TerminalCost, INITIAL_STREAM,
 };

@@ -7,7 +7,7 @@
 //! closed form where one exists). [`QuadraticProblem`](super::QuadraticProblem) is the
 //! control-affine quadratic family with its closed-form u* and Hamiltonian.
 
-use socflow_runtime::artifact::ControlMap;
+use socflow_runtime::artifact::{ControlMap, Feedback};
 
 use crate::autodiff::{self, Backend, Graph, Var};
 use crate::Result;
@@ -71,5 +71,13 @@ pub trait ControlProblem<B: Backend> {
     /// controller applies), `None` otherwise.
     fn control_map(&self) -> Result<Option<ControlMap>> {
         Ok(None)
+    }
+
+    /// How the deployed controller computes u* from ∇ₓΦ: a constant map (by default
+    /// [`control_map`](ControlProblem::control_map)'s) or a state-dependent law the
+    /// runtime knows (such as the quadcopter's u* = −R⁻¹B(z)ᵀ∇ₓΦ); `None` exports no
+    /// control (the runtime then applies u = −∇ₓΦ).
+    fn feedback(&self) -> Result<Option<Feedback>> {
+        Ok(self.control_map()?.map(Feedback::Map))
     }
 }

@@ -675,8 +675,9 @@ pub struct TrainedSoc {
 }
 
 impl TrainedSoc {
-    /// The model file: the potential Φ_θ on [0, T] with the problem's control map
-    /// (u* = −M∇Φ, when constant), the config and problem in the provenance.
+    /// The model file: the potential Φ_θ on [0, T] with the problem's
+    /// [`feedback`](ControlProblem::feedback) (a control map u* = −M∇Φ when constant, or
+    /// a state-dependent control law), the config and problem in the provenance.
     pub fn to_artifact<B: Backend, P: ControlProblem<B> + ?Sized>(
         &self,
         problem: &P,
@@ -689,7 +690,8 @@ impl TrainedSoc {
             .with_detail(
                 "convention",
                 "Phi(t,x) is the value function (optimal cost-to-go) on [0,T]; the optimal \
-                 control is u = -M grad_x Phi with the stored control map M",
+                 control is u = -M grad_x Phi with the stored control map M, or the card's \
+                 control law u(x, grad_x Phi) when it has one",
             )
             .with_detail("iterations", self.costs.len());
         if let Some(j) = problem_json {
@@ -701,8 +703,8 @@ impl TrainedSoc {
                 .with_detail("validation_initial_value", v.initial_value);
         }
         let a = Artifact::otflow(self.params.clone(), [0.0, problem.horizon()], prov)?;
-        Ok(match problem.control_map()? {
-            Some(m) => a.with_control_map(m)?,
+        Ok(match problem.feedback()? {
+            Some(f) => a.with_feedback(f)?,
             None => a,
         })
     }
