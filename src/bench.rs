@@ -104,6 +104,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 pub fn run(args: &BenchArgs) -> Result<()> {
     println!("socflow bench{}", if args.quick { " (quick)" } else { "" });
     control_latency(args)?;
+    soc_controller_latency(args)?;
     sampling_throughput(args)?;
     Ok(())
 }
@@ -150,12 +151,67 @@ fn control_latency(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The exported NeuralSOC controllers' single-state latency: the 100-D HJB benchmark's
+/// network (d = 100, m = 64, nTh = 2, as `socflow train` trains it) with its control
+/// map M = R⁻¹Bᵀ (u = −M∇Φ, a dense 100 × 100 product), beside the bare gradient.
+fn soc_controller_latency(args: &BenchArgs) -> Result<()> {
+    use socflow_trainer::soc::{ControlProblem, QuadraticProblem};
+    println!("\n== exported NeuralSOC controller u = −M∇ₓΦ(t, x), one thread ==");
+    println!(
+        "{:>22} {:>6} {:>12} {:>12} {:>12} {:>14}",
+        "controller", "type", "median", "p99", "p99.9", "vs bare ∇Φ"
+    );
+    let calls = if args.quick { 2_000 } else { 50_000 };
+    let problem = QuadraticProblem::hjb100();
+    let map = ControlProblem::<socflow_trainer::autodiff::Cpu>::control_map(&problem)?
+        .ok_or_else(|| anyhow::anyhow!("the HJB-100 problem has a constant control map"))?;
+    let p = otflow_params(100, 64, 2, 42);
+    for ty in ["f32", "f64"] {
+        let (bare, with_map) = match ty {
+            "f32" => (
+                latency::<f32>(&p, calls)?,
+                latency_with::<f32>(&p, calls, Some(&map))?,
+            ),
+            _ => (
+                latency::<f64>(&p, calls)?,
+                latency_with::<f64>(&p, calls, Some(&map))?,
+            ),
+        };
+        println!(
+            "{:>22} {:>6} {:>9.3} µs {:>9.3} µs {:>9.3} µs {:>13.2}x",
+            "HJB-100 (d=100, m=64)",
+            ty,
+            with_map.0 * 1e6,
+            with_map.1 * 1e6,
+            with_map.2 * 1e6,
+            with_map.0 / bare.0
+        );
+    }
+    Ok(())
+}
+
 fn latency<T: socflow_runtime::Real>(p: &OtFlowParams, calls: usize) -> Result<(f64, f64, f64)> {
+    latency_with::<T>(p, calls, None)
+}
+
+fn latency_with<T: socflow_runtime::Real>(
+    p: &OtFlowParams,
+    calls: usize,
+    map: Option<&socflow_runtime::artifact::ControlMap>,
+) -> Result<(f64, f64, f64)> {
     let pot = Arc::new(OtFlow::<T>::new(p)?);
     let d = p.d;
-    let mut ctl = Controller::new(pot, None)?;
+    let matrix = match map {
+        Some(m) => Some(socflow_runtime::controller::ControlMatrix::new(
+            m.rows,
+            m.cols,
+            m.matrix.iter().map(|&v| T::of(v)).collect(),
+        )?),
+        None => None,
+    };
+    let mut ctl = Controller::new(pot, matrix)?;
     let mut x: Vec<T> = (0..d).map(|i| T::of(0.01 * i as f64 - 0.2)).collect();
-    let mut u = vec![T::zero(); d];
+    let mut u = vec![T::zero(); map.map_or(d, |m| m.rows)];
     for _ in 0..calls / 10 {
         ctl.control(T::of(0.3), &x, &mut u)?;
     }
