@@ -103,6 +103,28 @@ impl QuadcopterProblem {
         }
     }
 
+    /// The problem with every cost divided by `factor` > 0 (running offset, control
+    /// weight r and terminal weight): its value function is Φ/`factor` and its optimal
+    /// control the same u* = −(1/r)B(z)ᵀ∇Φ, since r/`factor` and ∇Φ/`factor` cancel.
+    /// Training on it keeps Φ_θ at a scale an optimizer's steps move (the issue's
+    /// problem has Φ(0, z₀) in the thousands and g in the hundreds of thousands); the
+    /// exported control law (r/`factor`) drives the original problem unchanged.
+    pub fn with_cost_scale(&self, factor: f64) -> Result<Self> {
+        if !(factor.is_finite() && factor > 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "quadcopter problem: cost scale {factor} (need a finite factor > 0)"
+            )));
+        }
+        let p = QuadcopterProblem {
+            running_offset: self.running_offset / factor,
+            control_weight: self.control_weight / factor,
+            terminal_weight: self.terminal_weight / factor,
+            ..self.clone()
+        };
+        p.validate()?;
+        Ok(p)
+    }
+
     /// Checks that every setting is finite, m, r and T positive, σ, w and the spread
     /// non-negative.
     pub fn validate(&self) -> Result<()> {
