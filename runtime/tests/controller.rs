@@ -293,3 +293,36 @@ fn simulate_noise_statistics_and_thread_independence() {
     let (c, se) = out.cost();
     assert!(c.is_finite() && se > 0.0 && se < c);
 }
+
+#[test]
+fn diagonal_and_dense_maps_apply_minus_m_grad() {
+    // A square diagonal map takes the elementwise path, a dense one the matrix–vector
+    // product; both equal −M∇Φ computed here, and the diagonal path does not allocate.
+    let d = 7;
+    let pot = Arc::new(OtFlow::<f64>::new(&random_otflow(d, 8, 2, 11)).unwrap());
+    let x: Vec<f64> = (0..d).map(|i| 0.2 * i as f64 - 0.5).collect();
+    let mut grad = vec![0.0; d];
+    let mut scratch = vec![0.0; pot.scratch_len()];
+    pot.grad(0.4, &x, &mut grad, &mut scratch).unwrap();
+    let mut diag = vec![0.0; d * d];
+    for i in 0..d {
+        diag[i * d + i] = 0.5 + i as f64;
+    }
+    let mut dense = diag.clone();
+    dense[d + 3] = -0.7;
+    for m in [diag, dense] {
+        let mut ctl = Controller::new(
+            pot.clone(),
+            Some(ControlMatrix::new(d, d, m.clone()).unwrap()),
+        )
+        .unwrap();
+        let mut u = vec![0.0; d];
+        ctl.control(0.4, &x, &mut u).unwrap();
+        let (_, allocs) = count_allocs(|| ctl.control(0.4, &x, &mut u).unwrap());
+        assert_eq!(allocs, 0);
+        for i in 0..d {
+            let want: f64 = -(0..d).map(|j| m[i * d + j] * grad[j]).sum::<f64>();
+            assert!((u[i] - want).abs() <= 1e-14 * want.abs().max(1.0), "{u:?}");
+        }
+    }
+}
