@@ -311,6 +311,29 @@ impl Reference {
         })
     }
 
+    /// For a Riccati reference, Φ(0, x) of the problem the trainer's roll-outs pose:
+    /// Euler–Maruyama on `steps` equal steps, solved exactly by the discrete Riccati
+    /// recursion, at each state of `points` (n × d); `None` for other references.
+    pub fn discrete_values(&self, steps: usize, points: &[f64]) -> Result<Option<Vec<f64>>> {
+        let Reference::Riccati {
+            solution,
+            center,
+            constant,
+            horizon,
+        } = self
+        else {
+            return Ok(None);
+        };
+        let d = center.len();
+        let disc = solution.problem().solve_discrete(steps)?;
+        let mut out = Vec::with_capacity(points.len() / d.max(1));
+        for x in points.chunks_exact(d) {
+            let z: Vec<f64> = x.iter().zip(center).map(|(a, c)| a - c).collect();
+            out.push(disc.value(0, &z)? + constant * horizon);
+        }
+        Ok(Some(out))
+    }
+
     /// The reference optimal control u*(t, x).
     pub fn control(&self, t: f64, x: &[f64]) -> Result<Vec<f64>> {
         Ok(match self {
@@ -336,20 +359,29 @@ pub struct SocOutcome {
     pub artifact: Artifact,
     /// The validation after the last iteration.
     pub validation: SocValidation,
-    /// The reference's mean Φ(0, z₀) over the validation starts, with its method.
-    pub reference: Option<(&'static str, f64)>,
+    /// The reference's mean Φ(0, z₀) over the validation starts.
+    pub reference: Option<ReferenceValues>,
     /// Wall-clock seconds of training.
     pub seconds: f64,
+}
+
+/// A reference's mean Φ(0, z₀) over the validation starts.
+#[derive(Clone, Copy, Debug)]
+pub struct ReferenceValues {
+    /// The method ("Riccati", "Cole–Hopf").
+    pub method: &'static str,
+    /// The continuous-time problem's value.
+    pub value: f64,
+    /// The optimum of the trainer's Euler–Maruyama problem (its `steps`), where known
+    /// exactly (discrete Riccati).
+    pub discrete: Option<f64>,
 }
 
 /// The reference's mean Φ(0, z₀) over the starts of `problem`'s validation paths (the
 /// states the trainer's mean Φ(0, z₀) is taken over); `None` without a reference. A
 /// reference that exists but fails is reported on stderr and left out.
-fn reference_at_starts(
-    problem: &QuadraticProblem,
-    config: &SocConfig,
-) -> Option<(&'static str, f64)> {
-    let compute = || -> Result<Option<(&'static str, f64)>> {
+fn reference_at_starts(problem: &QuadraticProblem, config: &SocConfig) -> Option<ReferenceValues> {
+    let compute = || -> Result<Option<ReferenceValues>> {
         let Some(r) = Reference::of(problem)? else {
             return Ok(None);
         };
@@ -369,7 +401,14 @@ fn reference_at_starts(
         for z in starts.chunks_exact(d) {
             sum += r.value(0.0, z)?;
         }
-        Ok(Some((r.method(), sum / n as f64)))
+        let discrete = r
+            .discrete_values(config.steps, &starts)?
+            .map(|v| v.iter().sum::<f64>() / n as f64);
+        Ok(Some(ReferenceValues {
+            method: r.method(),
+            value: sum / n as f64,
+            discrete,
+        }))
     };
     match compute() {
         Ok(r) => r,
@@ -509,8 +548,14 @@ pub fn train(
         )
     };
     println!("learned {at} (trainer): {:.6}", v.initial_value);
-    if let Some((method, value)) = outcome.reference {
-        println!("reference {at} ({method}): {value:.6}");
+    if let Some(r) = outcome.reference {
+        println!("reference {at} ({}): {:.6}", r.method, r.value);
+        if let Some(v) = r.discrete {
+            println!(
+                "optimum {at} of the trainer's {}-step Euler–Maruyama problem (discrete {}): {v:.6}",
+                config.steps, r.method
+            );
+        }
     }
     if point {
         let x0 = problem.initial.mean();
@@ -704,6 +749,10 @@ pub struct SocDemoReport {
     pub value: f64,
     /// Riccati's Φ(0, x₀).
     pub reference_value: f64,
+    /// The optimum of the trainer's Euler–Maruyama problem (discrete Riccati).
+    pub discrete_value: f64,
+    /// The trainer's Euler–Maruyama steps.
+    pub train_steps: usize,
     /// Paths and steps of the closed-loop estimates.
     pub paths: usize,
     /// Euler–Maruyama steps of the closed-loop estimates.
@@ -796,6 +845,11 @@ pub fn demo(
         train_seconds: outcome.seconds,
         value: ctl.clone().value(0.0, &x0)?,
         reference_value: reference.value(0.0, &x0)?,
+        discrete_value: reference
+            .discrete_values(config.steps, &x0)?
+            .and_then(|v| v.first().copied())
+            .context("Riccati has a discrete optimum")?,
+        train_steps: config.steps,
         paths,
         steps,
         learned_cost: mean_and_standard_error(&learned_costs),

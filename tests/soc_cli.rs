@@ -99,6 +99,16 @@ fn train_a_builtin_lqr_then_simulate_matches_the_library() {
     let riccati = lqr.solve().unwrap().value(0.0, &[0.5, 0.5]).unwrap();
     let printed = figure(&text, "reference Φ(0, x₀) (Riccati):");
     assert!((printed - riccati).abs() < 1e-6, "{printed} vs {riccati}");
+    let discrete = lqr
+        .solve_discrete(8)
+        .unwrap()
+        .value(0, &[0.5, 0.5])
+        .unwrap();
+    let printed = figure(
+        &text,
+        "optimum Φ(0, x₀) of the trainer's 8-step Euler–Maruyama problem (discrete Riccati):",
+    );
+    assert!((printed - discrete).abs() < 1e-6, "{printed} vs {discrete}");
     let learned = figure(&text, "learned Φ(0, x₀) (trainer):");
     let exported = figure(&text, "learned Φ(0, x₀) of the exported model (runtime):");
     assert!((learned - exported).abs() < 1e-6, "{learned} vs {exported}");
@@ -415,8 +425,28 @@ fn quick_demo_has_a_soc_part() {
         .lines()
         .find(|l| l.contains("Φ(0, z₀): learned"))
         .unwrap_or_else(|| panic!("{text}"));
-    let riccati: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!(riccati > 0.5 && riccati < 2.0, "{line}");
+    let after = |word: &str| -> f64 {
+        let rest = &line[line.find(word).unwrap_or_else(|| panic!("{line}")) + word.len()..];
+        let v = rest.split([' ', ')', ',']).next().unwrap();
+        v.parse().unwrap_or_else(|e| panic!("`{v}`: {e}"))
+    };
+    // Riccati's value of the demo problem, independently: Φ(0, x) = ½p(0)‖x‖² + c(0)
+    // with ṗ = 0.2p + p² (−Ṗ = AᵀP + PA − P² for A = −0.1I + 0.5J, P = pI), p(2) = 10,
+    // and −ċ = σ²p, so with q = 1/p: q̇ = −0.2q − 1, q(2) = 0.1.
+    let (mut q, mut c, steps) = (0.1f64, 0.0f64, 200_000);
+    let h = 2.0 / steps as f64;
+    for _ in 0..steps {
+        // Backward in time with RK2 (midpoint) on (q, c); error O(h²) ≈ 1e-10.
+        let dq = |q: f64| 0.2 * q + 1.0; // −q̇ in backward time
+        let qm = q + 0.5 * h * dq(q);
+        c += h * 0.04 / qm;
+        q += h * dq(qm);
+    }
+    let exact = 0.5 * 4.0 / q + c;
+    let riccati = after("Riccati ");
+    assert!((riccati - exact).abs() < 1e-4, "{line}: {exact}");
+    let discrete = after("Euler–Maruyama problem: ");
+    assert!(discrete > riccati && discrete < 1.1 * riccati, "{line}");
     let (d, s) = figure_pm(&text, "learned − Riccati, path by path:");
     assert!(d.is_finite() && s > 0.0, "{text}");
     let model = Model::<f64>::load(out.join("neuralsoc.safetensors")).unwrap();
