@@ -13,6 +13,16 @@
 //! `QuadcopterProblem::with_cost_scale`: the same optimal control, Φ/K); the validation
 //! costs it prints are in those units, the final roll-out in the original ones.
 //!
+//! Defaults: m = 32, 64 paths × 100 steps per iteration, Adam at 0.005 cut by 0.3 every
+//! third of the run, gradient norm clipped at 100, loss weights (control 1, terminal
+//! 0.01, gradient 0.001, BSDE 0.05), 4000 iterations. A run on 2 cores (release):
+//! 170 s of training, 42 ms per iteration; the deployed controller costs 3,304 ± 23 over
+//! 1,000 paths of 200 steps (running 2,390, terminal 914; mean final distance to the
+//! target 0.36), against 478,281 uncontrolled and the original's 3,350. Its learned
+//! Φ(0, z₀) is not the cost-to-go: with these weights the offset that the
+//! initialization matched to the first (falling) roll-outs is barely corrected; only
+//! ∇Φ drives the controller.
+//!
 //! `--spread S` trains from starts spread as (−1.5, −1.5, −1.5) + S·N(0, I₃) in position
 //! (the original trains with S = 1); the evaluation always starts at (−1.5, −1.5, −1.5).
 
@@ -32,7 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let iterations: u64 = match args.first() {
         Some(a) if !a.starts_with("--") => a.parse()?,
-        _ => 600,
+        _ => 4000,
     };
     let flag = |f: &str| -> Option<String> {
         args.iter()
@@ -65,21 +75,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 bsde: v[4],
             }
         }
-        None => LossWeights::default(),
+        // The control objective leads: the terminal weight makes the default
+        // terminal-match and BSDE weights (10, 50) swamp it, and the quadcopter never
+        // learns to fly (cost stuck near the uncontrolled one in short runs).
+        None => LossWeights {
+            control: 1.0,
+            hjb: 0.0,
+            terminal: 0.01,
+            terminal_gradient: 0.001,
+            bsde: 0.05,
+        },
     };
     let config = SocConfig {
-        m: num("--m", 64.0)? as usize,
+        m: num("--m", 32.0)? as usize,
         n_th: 2,
-        steps: num("--steps", 50.0)? as usize,
+        steps: num("--steps", 100.0)? as usize,
         batch_size: num("--batch", 64.0)? as usize,
         iterations,
-        optimizer: AdamConfig::adam(num("--lr", 0.05)?),
+        optimizer: AdamConfig::adam(num("--lr", 0.005)?),
         schedule: Schedule::Step {
             every: (iterations / 3).max(1),
             factor: 0.3,
         },
         weights,
-        clip_norm: flag("--clip").map(|s| s.parse()).transpose()?,
+        clip_norm: Some(num("--clip", 100.0)?),
         validate_every: (iterations / 10).max(1),
         validation_paths: 256,
         seed: num("--seed", 0.0)? as u64,

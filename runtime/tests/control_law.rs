@@ -3,6 +3,9 @@
 //! batch, value, roll-out), no allocation on the control path, the artifact round trip
 //! and format version, and every kind of bad card.
 
+// Index loops read several arrays in step, as the formulas are written.
+#![allow(clippy::needless_range_loop)]
+
 mod common;
 
 use std::sync::Arc;

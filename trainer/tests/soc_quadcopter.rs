@@ -4,6 +4,9 @@
 //! state-dependent law, the runtime roll-out against the reference Monte Carlo on the
 //! same noise, and a short training run against the uncontrolled cost.
 
+// Index loops read several arrays in step, as the formulas are written.
+#![allow(clippy::needless_range_loop)]
+
 use socflow_runtime::artifact::{ControlLaw, StorageDtype};
 use socflow_runtime::controller::{Controller, Dynamics};
 use socflow_runtime::model::Model;
