@@ -25,8 +25,9 @@ use socflow_trainer::soc::reference::{ColeHopf, Diffusion, Lqr, LqrSolution};
 use socflow_trainer::soc::simulate::{rollout_options, starts_at_a_point};
 use socflow_trainer::soc::train::VALIDATION_FIRST_SAMPLE;
 use socflow_trainer::soc::{
-    train_soc_checkpointed, ControlProblem, QuadraticProblem, Sampling, SocConfig, SocObjective,
-    SocValidation, StateCost, StateDrift, TerminalCost, TrainedSoc,
+    train_soc_checkpointed, ControlProblem, QuadcopterProblem, QuadraticProblem, Sampling,
+    SocConfig, SocObjective, SocValidation, StateCost, StateDrift, TerminalCost, TrainedSoc,
+    QUADCOPTER_CONTROLS, QUADCOPTER_DIM,
 };
 
 use crate::plot::{self, Window};
@@ -570,38 +571,57 @@ pub fn train(
 /// u = −M∇Φ under the problem's dynamics and noise and prints the mean cost with its
 /// standard error, the learned Φ(0, x₀) and the reference when there is one.
 pub fn simulate(args: &crate::SimulateArgs, model: &Model<f64>, problem_json: &str) -> Result<()> {
-    let problem = QuadraticProblem::from_json(problem_json)
-        .map_err(|e| anyhow!("the model's recorded problem (soc_problem): {e}"))?;
+    // The quadratic family, or the quadcopter (its own problem type, state-dependent
+    // control law); the first parse's error is the informative one.
+    let (quadratic, quadcopter) = match QuadraticProblem::from_json(problem_json) {
+        Ok(p) => (Some(p), None),
+        Err(e) => match QuadcopterProblem::from_json(problem_json) {
+            Ok(q) => (None, Some(q)),
+            Err(_) => bail!("the model's recorded problem (soc_problem): {e}"),
+        },
+    };
+    let (name, dim, controls, horizon, sigma, dynamics): (_, _, _, _, _, &dyn Dynamics<f64>) =
+        match (&quadratic, &quadcopter) {
+            (Some(p), _) => (p.name.as_str(), p.dim, p.control_dim, p.horizon, p.sigma, p),
+            (None, Some(q)) => (
+                "quadcopter",
+                QUADCOPTER_DIM,
+                QUADCOPTER_CONTROLS,
+                q.horizon,
+                q.sigma,
+                q,
+            ),
+            (None, None) => bail!("the model's recorded problem (soc_problem) is missing"),
+        };
     let ctl = model.controller()?;
-    if model.dim() != problem.dim || ctl.control_dim() != problem.control_dim {
+    if model.dim() != dim || ctl.control_dim() != controls {
         bail!(
-            "the model maps {} states to {} controls, its recorded problem has d = {}, k = {}",
+            "the model maps {} states to {} controls, its recorded problem has d = {dim}, k = {controls}",
             model.dim(),
             ctl.control_dim(),
-            problem.dim,
-            problem.control_dim
         );
     }
     let (t0, t1) = model.time_interval();
-    if t0 != 0.0 || t1 != problem.horizon {
-        bail!(
-            "the model's time interval [{t0}, {t1}] is not the problem's [0, {}]",
-            problem.horizon
-        );
+    if t0 != 0.0 || t1 != horizon {
+        bail!("the model's time interval [{t0}, {t1}] is not the problem's [0, {horizon}]");
     }
-    let mut opts = rollout_options(&problem, args.steps, args.paths, args.seed);
+    let mut opts = match (&quadratic, &quadcopter) {
+        (Some(p), _) => rollout_options(p, args.steps, args.paths, args.seed),
+        (None, Some(q)) => q.rollout_options(args.steps, args.paths, args.seed),
+        (None, None) => bail!("the model's recorded problem (soc_problem) is missing"),
+    };
     let from = if args.x0.is_empty() {
-        if starts_at_a_point(&problem) {
-            "the problem's start".to_string()
-        } else {
-            "the mean of the problem's initial distribution".to_string()
+        match &quadratic {
+            Some(p) if !starts_at_a_point(p) => {
+                "the mean of the problem's initial distribution".to_string()
+            }
+            _ => "the problem's start".to_string(),
         }
     } else {
-        if args.x0.len() != problem.dim {
+        if args.x0.len() != dim {
             bail!(
-                "--x0 has {} values, the problem's state dimension is {}",
-                args.x0.len(),
-                problem.dim
+                "--x0 has {} values, the problem's state dimension is {dim}",
+                args.x0.len()
             );
         }
         opts.x0 = args.x0.clone();
@@ -610,12 +630,11 @@ pub fn simulate(args: &crate::SimulateArgs, model: &Model<f64>, problem_json: &s
     if let Some(s) = args.sigma {
         opts.sigma = s;
     }
-    let out = ctl.simulate(&problem, &opts)?;
+    let out = ctl.simulate(dynamics, &opts)?;
     let (mean, se) = out.cost();
     println!(
-        "closed loop u = −M∇Φ on {}: {} paths, {} Euler–Maruyama steps, σ = {}, seed {}, \
-         from x₀ = {} ({from})",
-        problem.name,
+        "closed loop of the learned feedback on {name}: {} paths, {} Euler–Maruyama steps, \
+         σ = {}, seed {}, from x₀ = {} ({from})",
         opts.paths,
         opts.steps,
         opts.sigma,
@@ -628,8 +647,8 @@ pub fn simulate(args: &crate::SimulateArgs, model: &Model<f64>, problem_json: &s
     println!("  mean running cost ∫L ds: {running:.6}, mean terminal cost g(z(T)): {terminal:.6}");
     let phi = ctl.clone().value(0.0, &opts.x0)?;
     println!("learned Φ(0, x₀): {phi:.6}");
-    let reference = match Reference::of(&problem) {
-        Ok(r) => r,
+    let reference = match quadratic.as_ref().map(Reference::of).transpose() {
+        Ok(r) => r.flatten(),
         Err(e) => {
             eprintln!("note: no reference answer for this problem: {e:#}");
             None
@@ -637,19 +656,19 @@ pub fn simulate(args: &crate::SimulateArgs, model: &Model<f64>, problem_json: &s
     };
     match &reference {
         // The reference solves the problem at its own σ.
-        Some(r) if opts.sigma == problem.sigma => {
+        Some(r) if opts.sigma == sigma => {
             let v = r.value(0.0, &opts.x0)?;
             println!("reference Φ(0, x₀) ({}): {v:.6}", r.method());
         }
         _ => {}
     }
     if args.reference {
-        let Some(r) = &reference else {
+        let (Some(r), Some(problem)) = (&reference, &quadratic) else {
             bail!("--reference: this problem has no reference answer (Riccati or Cole–Hopf)");
         };
         // Cole–Hopf's feedback takes milliseconds an evaluation in 100-D: show progress.
         let bar = crate::progress::Progress::new("reference", opts.paths as u64);
-        let optimal = feedback_costs(&problem, &opts, |t, z| r.control(t, z), |n| bar.set(n));
+        let optimal = feedback_costs(problem, &opts, |t, z| r.control(t, z), |n| bar.set(n));
         bar.finish();
         let optimal = optimal?;
         let (m, s) = mean_and_standard_error(&optimal);
@@ -668,7 +687,7 @@ pub fn simulate(args: &crate::SimulateArgs, model: &Model<f64>, problem_json: &s
         println!("learned − {}, path by path: {m:.6} ± {s:.6}", r.method());
     }
     if let Some(path) = &args.output {
-        write_npy(path, &[opts.paths, problem.dim], &out.finals)
+        write_npy(path, &[opts.paths, dim], &out.finals)
             .with_context(|| format!("cannot write {}", path.display()))?;
         println!("{}", path.display());
     }

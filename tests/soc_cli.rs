@@ -459,3 +459,70 @@ fn quick_demo_has_a_soc_part() {
         .contains_key("soc_problem"));
     assert_png(&out.join("neuralsoc_trajectories.png"));
 }
+
+#[test]
+fn simulate_rolls_out_a_quadcopter_model_under_its_own_dynamics() {
+    use socflow_trainer::autodiff::{Cpu, Graph};
+    use socflow_trainer::soc::{ControlProblem, QuadcopterProblem, SocObjective, TrainedSoc};
+    // An untrained Φ_θ for the quadcopter (its initialization matches g on average),
+    // exported with the problem recorded, as the quadcopter example does.
+    let problem = QuadcopterProblem::neural_soc();
+    let config = SocConfig {
+        m: 8,
+        steps: 4,
+        batch_size: 4,
+        iterations: 1,
+        ..SocConfig::default()
+    };
+    let params = SocObjective::new(&problem, &config)
+        .unwrap()
+        .initial_params(&mut Graph::new(Cpu::new()))
+        .unwrap();
+    let trained = TrainedSoc {
+        config,
+        params,
+        costs: Vec::new(),
+        validation: Vec::new(),
+    };
+    let art = trained
+        .to_artifact(
+            &problem as &dyn ControlProblem<Cpu>,
+            Some(&problem.to_json().unwrap()),
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("quad.safetensors");
+    art.save(&path, socflow_runtime::artifact::StorageDtype::F64)
+        .unwrap();
+    let model = Model::<f64>::load(&path).unwrap();
+    let direct = model
+        .controller()
+        .unwrap()
+        .simulate(&problem, &problem.rollout_options(20, 16, 9))
+        .unwrap();
+    let (mean, se) = direct.cost();
+    let o = socflow(&[
+        "simulate",
+        path.to_str().unwrap(),
+        "--steps",
+        "20",
+        "--paths",
+        "16",
+        "--seed",
+        "9",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("on quadcopter"), "{text}");
+    let (m, s) = figure_pm(&text, "mean cost (running + terminal):");
+    assert!(
+        (m - mean).abs() < 1e-8 * (1.0 + mean.abs()),
+        "{m} vs {mean}"
+    );
+    assert!((s - se).abs() < 1e-8 * (1.0 + se), "{s} vs {se}");
+    assert!(!text.contains("reference"), "{text}");
+    // No reference answer for the quadcopter.
+    let o = socflow(&["simulate", path.to_str().unwrap(), "--reference"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no reference answer"), "{}", stderr(&o));
+}
