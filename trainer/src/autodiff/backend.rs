@@ -297,6 +297,23 @@ pub trait Backend: Debug + Send + Sync + 'static {
         broadcast: Broadcast,
     ) -> Result<Self::Buffer>;
 
+    /// The gradient of x through several maps of it computed together by
+    /// [`unary_many`](Backend::unary_many): Σ_j gs\[j\] ⊙ ops\[j\]'(x), given the maps'
+    /// values `ys` and their incoming gradients `gs` (`None` for a map nothing depends
+    /// on), all of x's precision, computed in the compute type and rounded once.
+    /// `Ok(None)` when the backend has no fused kernel for this set of maps (the
+    /// default): the graph then pulls each map's gradient through its own VJP.
+    fn unary_many_vjp(
+        &self,
+        ops: &[UnaryOp],
+        x: &Self::Buffer,
+        ys: &[&Self::Buffer],
+        gs: &[Option<&Self::Buffer>],
+    ) -> Result<Option<Self::Buffer>> {
+        let _ = (ops, x, ys, gs);
+        Ok(None)
+    }
+
     /// `dst ← dst + src` in place (same dtype and length): gradient accumulation.
     fn add_assign(&self, dst: &mut Self::Buffer, src: &Self::Buffer) -> Result<()>;
 

@@ -41,11 +41,14 @@ enum Op {
         tb: bool,
     },
     /// `deriv`: a node holding the value the VJP multiplies by (see
-    /// [`UnaryOp::derivative`]; for sech², the tanh of the same input).
+    /// [`UnaryOp::derivative`]; for sech², the tanh of the same input). `group`: the
+    /// first node and the count of the maps computed with it by one
+    /// [`Graph::unary_many`].
     Unary {
         op: UnaryOp,
         x: usize,
         deriv: Option<usize>,
+        group: Option<(usize, usize)>,
     },
     Affine {
         x: usize,
@@ -639,6 +642,7 @@ impl<B: Backend> Graph<B> {
                 op,
                 x: ix,
                 deriv: None,
+                group: None,
             },
             rg,
         ))
@@ -678,7 +682,17 @@ impl<B: Backend> Graph<B> {
                 UnaryOp::Sech2 => position(UnaryOp::Tanh),
                 _ => op.derivative().and_then(position),
             };
-            vars.push(self.push(value, Op::Unary { op, x: ix, deriv }, rg));
+            let group = (ops.len() > 1).then_some((first, ops.len()));
+            vars.push(self.push(
+                value,
+                Op::Unary {
+                    op,
+                    x: ix,
+                    deriv,
+                    group,
+                },
+                rg,
+            ));
         }
         Ok(vars)
     }
@@ -1077,6 +1091,9 @@ impl<B: Backend> Graph<B> {
             } else {
                 g.cast(&self.backend, node.value.dtype())?
             };
+            let Some(g) = self.group_vjp(i, g, &mut grads, accumulate)? else {
+                continue;
+            };
             self.vjp(i, g, &mut grads, accumulate)?;
         }
 
@@ -1098,6 +1115,67 @@ impl<B: Backend> Graph<B> {
             graph: self.id,
             grads,
         })
+    }
+
+    /// At the last map of a [`unary_many`](Graph::unary_many) group (whose members'
+    /// gradients are then complete: their uses all come later on the tape), the input's
+    /// gradient from every member at once if the backend has a fused kernel for the
+    /// group; `None` then (the members' gradients consumed), else `g` back for node
+    /// `i`'s own VJP.
+    fn group_vjp(
+        &self,
+        i: usize,
+        g: Tensor<B>,
+        grads: &mut [Option<Tensor<B>>],
+        acc: Option<DType>,
+    ) -> Result<Option<Tensor<B>>> {
+        let Op::Unary {
+            x,
+            group: Some((first, count)),
+            ..
+        } = self.nodes[i].op
+        else {
+            return Ok(Some(g));
+        };
+        if i + 1 != first + count || !self.nodes[x].requires_grad {
+            return Ok(Some(g));
+        }
+        let mut member_grads = Vec::with_capacity(count);
+        let mut ops = Vec::with_capacity(count);
+        for (node, grad) in self.nodes[first..i].iter().zip(&grads[first..i]) {
+            let Op::Unary { op, .. } = node.op else {
+                return Ok(Some(g));
+            };
+            ops.push(op);
+            member_grads.push(match grad {
+                Some(t) if t.dtype() != node.value.dtype() => {
+                    Some(t.cast(&self.backend, node.value.dtype())?)
+                }
+                _ => None,
+            });
+        }
+        let Op::Unary { op, .. } = self.nodes[i].op else {
+            return Ok(Some(g));
+        };
+        ops.push(op);
+        let gs: Vec<Option<&B::Buffer>> = (first..i)
+            .zip(&member_grads)
+            .map(|(j, cast)| cast.as_ref().or(grads[j].as_ref()).map(|t| t.buffer()))
+            .chain(std::iter::once(Some(g.buffer())))
+            .collect();
+        let ys: Vec<&B::Buffer> = (first..=i).map(|j| self.nodes[j].value.buffer()).collect();
+        let fused = self
+            .backend
+            .unary_many_vjp(&ops, self.nodes[x].value.buffer(), &ys, &gs)?;
+        let Some(dx) = fused else {
+            return Ok(Some(g));
+        };
+        for slot in &mut grads[first..i] {
+            *slot = None;
+        }
+        let shape = g.shape();
+        self.accumulate(&mut grads[x], Tensor::from_parts(shape, dx)?, acc)?;
+        Ok(None)
     }
 
     /// Adds the owned contribution `c` to `slot`: moved in when the slot is empty (cast
@@ -1356,7 +1434,7 @@ impl<B: Backend> Graph<B> {
                     }
                 }
             }
-            Op::Unary { op, x, deriv } => {
+            Op::Unary { op, x, deriv, .. } => {
                 if needs(x) {
                     let gb = g.buffer();
                     match self.unary_vjp(op, i, x, deriv, &g)? {
