@@ -313,23 +313,36 @@ fn laplacian_of<B: Backend>(
     // The Jacobian by input direction: J[k] (B × m) holds column k of every sample's
     // J_i (row b = ∂u_i/∂x_k at sample b), so that every op is on B × m values and no
     // row repeats or tiles are needed. J_0[k] = tanh(pre_0) ⊙ K_0[:, k]ᵀ, with the row
-    // K_0[:, k]ᵀ = e_k K_0ᵀ from a GEMM with the constant unit row e_k.
-    let mut jac = Vec::with_capacity(d);
+    // K_0[:, k]ᵀ = e_k K_0ᵀ from a GEMM with the constant unit row e_k. With nTh = 2,
+    // J_0[k] is only multiplied by K_1ᵀ, and J_0[k]·K_1ᵀ = tanh(pre_0)·(K_1 ⊙ K_0[:, k]ᵀ)ᵀ
+    // (K_1 with its columns scaled, m × m): J_0 is never formed.
+    let mut k0rows = Vec::with_capacity(d);
     for k in 0..d {
         let mut e = vec![0.0; d + 1];
         e[k] = 1.0;
         let e = Tensor::from_f64(g.backend(), 1, d + 1, &e, dtype)?;
         let e = g.constant(e);
-        let k0k = g.matmul(e, p.k[0], false, true)?;
-        jac.push(g.mul(tanh[0], k0k)?);
+        k0rows.push(g.matmul(e, p.k[0], false, true)?);
+    }
+    let form_jac = n_th > 2;
+    let mut jac = Vec::with_capacity(d);
+    if form_jac {
+        for &row in &k0rows {
+            jac.push(g.mul(tanh[0], row)?);
+        }
     }
 
     for i in 1..n_th {
         // KJ[k] = J[k] K_iᵀ; Σ_k KJ[k]² summed over directions in order k = 0, 1, ….
         let mut kj = Vec::with_capacity(d);
         let mut sq: Option<Var> = None;
-        for &jk in &jac {
-            let kjk = g.matmul(jk, p.k[i], false, true)?;
+        for k in 0..d {
+            let kjk = if form_jac {
+                g.matmul(jac[k], p.k[i], false, true)?
+            } else {
+                let scaled = g.mul(p.k[i], k0rows[k])?;
+                g.matmul(tanh[0], scaled, false, true)?
+            };
             sq = Some(match sq {
                 None => g.square(kjk)?,
                 Some(acc) => g.mul_add(acc, kjk, kjk, 1.0)?,
