@@ -693,7 +693,7 @@ impl TrainedSoc {
                  control is u = -M grad_x Phi with the stored control map M, or the card's \
                  control law u(x, grad_x Phi) when it has one",
             )
-            .with_detail("iterations", self.costs.len());
+            .with_detail("iterations", self.config.iterations);
         if let Some(j) = problem_json {
             prov = prov.with_detail("soc_problem", j);
         }
