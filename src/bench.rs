@@ -153,12 +153,13 @@ fn control_latency(args: &BenchArgs) -> Result<()> {
 
 /// The exported NeuralSOC controllers' single-state latency: the 100-D HJB benchmark's
 /// network (d = 100, m = 64, nTh = 2, as `socflow train` trains it) with its control
-/// map M = R⁻¹Bᵀ (u = −M∇Φ, a dense 100 × 100 product), beside the bare gradient.
+/// map M = R⁻¹Bᵀ (u = −M∇Φ), and the quadcopter with its state-dependent law, each
+/// beside the bare gradient.
 fn soc_controller_latency(args: &BenchArgs) -> Result<()> {
     use socflow_trainer::soc::{ControlProblem, QuadraticProblem};
     println!("\n== exported NeuralSOC controller u = −M∇ₓΦ(t, x), one thread ==");
     println!(
-        "{:>22} {:>6} {:>12} {:>12} {:>12} {:>14}",
+        "{:>23} {:>6} {:>12} {:>12} {:>12} {:>14}",
         "controller", "type", "median", "p99", "p99.9", "vs bare ∇Φ"
     );
     let calls = if args.quick { 2_000 } else { 50_000 };
@@ -178,7 +179,7 @@ fn soc_controller_latency(args: &BenchArgs) -> Result<()> {
             ),
         };
         println!(
-            "{:>22} {:>6} {:>9.3} µs {:>9.3} µs {:>9.3} µs {:>13.2}x",
+            "{:>23} {:>6} {:>9.3} µs {:>9.3} µs {:>9.3} µs {:>13.2}x",
             "HJB-100 (d=100, m=64)",
             ty,
             with_map.0 * 1e6,
@@ -187,7 +188,44 @@ fn soc_controller_latency(args: &BenchArgs) -> Result<()> {
             with_map.0 / bare.0
         );
     }
+    // The quadcopter (d = 12, m = 32 as examples/quadcopter.rs trains it) with its
+    // state-dependent law u = −½B(x)ᵀ∇Φ.
+    let law = socflow_runtime::artifact::ControlLaw::Quadcopter(
+        socflow_runtime::artifact::QuadcopterLaw::new(1.0, 9.81, 2.0)?,
+    );
+    let p = otflow_params(12, 32, 2, 42);
+    for ty in ["f32", "f64"] {
+        let (bare, with_law) = match ty {
+            "f32" => (
+                latency::<f32>(&p, calls)?,
+                law_latency::<f32>(&p, calls, &law)?,
+            ),
+            _ => (
+                latency::<f64>(&p, calls)?,
+                law_latency::<f64>(&p, calls, &law)?,
+            ),
+        };
+        println!(
+            "{:>23} {:>6} {:>9.3} µs {:>9.3} µs {:>9.3} µs {:>13.2}x",
+            "quadcopter (d=12, m=32)",
+            ty,
+            with_law.0 * 1e6,
+            with_law.1 * 1e6,
+            with_law.2 * 1e6,
+            with_law.0 / bare.0
+        );
+    }
     Ok(())
+}
+
+fn law_latency<T: socflow_runtime::Real>(
+    p: &OtFlowParams,
+    calls: usize,
+    law: &socflow_runtime::artifact::ControlLaw,
+) -> Result<(f64, f64, f64)> {
+    let pot = Arc::new(OtFlow::<T>::new(p)?);
+    let ctl = Controller::with_law(pot, law.clone())?;
+    time_controller(ctl, p.d, law.control_dim(), calls)
 }
 
 fn latency<T: socflow_runtime::Real>(p: &OtFlowParams, calls: usize) -> Result<(f64, f64, f64)> {
@@ -209,9 +247,19 @@ fn latency_with<T: socflow_runtime::Real>(
         )?),
         None => None,
     };
-    let mut ctl = Controller::new(pot, matrix)?;
+    let ctl = Controller::new(pot, matrix)?;
+    time_controller(ctl, d, map.map_or(d, |m| m.rows), calls)
+}
+
+/// Median, p99 and p99.9 seconds of single-state `control` calls.
+fn time_controller<T: socflow_runtime::Real>(
+    mut ctl: Controller<T>,
+    d: usize,
+    k: usize,
+    calls: usize,
+) -> Result<(f64, f64, f64)> {
     let mut x: Vec<T> = (0..d).map(|i| T::of(0.01 * i as f64 - 0.2)).collect();
-    let mut u = vec![T::zero(); map.map_or(d, |m| m.rows)];
+    let mut u = vec![T::zero(); k];
     for _ in 0..calls / 10 {
         ctl.control(T::of(0.3), &x, &mut u)?;
     }
