@@ -1127,23 +1127,11 @@ fn cast_to<E: Elem>(x: &CpuBuffer) -> Vec<E> {
     }
 }
 
-fn narrow<E: Elem<Acc = f32>>(x: &[f32]) -> Vec<E> {
-    let mut out = alloc(x.len());
-    out.extend(x.iter().map(|&v| E::from_acc(v)));
-    out
-}
-
 /// `len` copies of `value` rounded once.
 fn filled<E: Elem>(len: usize, value: f64) -> Vec<E> {
     let mut v = alloc(len);
     v.resize(len, E::from_f64(value));
     v
-}
-
-fn widen<E: Elem<Acc = f32>>(x: &[E]) -> Vec<f32> {
-    let mut out = alloc(x.len());
-    out.extend(x.iter().map(|&v| v.to_acc()));
-    out
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1302,26 +1290,6 @@ fn gemm_into<T: GemmFloat>(
     Ok(())
 }
 
-/// A 16-bit product: both operands widened to f32 (exactly), the f32 product rounded
-/// once.
-fn matmul_half<E: Elem<Acc = f32>>(
-    par: bool,
-    a: &[E],
-    a_shape: Shape,
-    ta: bool,
-    b: &[E],
-    b_shape: Shape,
-    tb: bool,
-) -> Result<Vec<E>> {
-    let (wa, wb) = (widen(a), widen(b));
-    let c = matmul_k(par, &wa, a_shape, ta, &wb, b_shape, tb)?;
-    let out = narrow(&c);
-    recycle(wa);
-    recycle(wb);
-    recycle(c);
-    Ok(out)
-}
-
 fn matmul_k<T: GemmFloat>(
     par: bool,
     a: &[T],
@@ -1379,31 +1347,6 @@ fn matmul_acc_k<T: GemmFloat>(
     })?;
     check_len("matmul_acc destination", dst.len(), len)?;
     gemm_into(par, m, n, k, dst, lhs, rhs, Some(T::from_f64(beta)))
-}
-
-/// [`matmul_acc_k`] for 16-bit buffers: everything widened to f32, the updated f32
-/// destination rounded once.
-#[allow(clippy::too_many_arguments)]
-fn matmul_acc_half<E: Elem<Acc = f32>>(
-    par: bool,
-    dst: &mut [E],
-    a: &[E],
-    a_shape: Shape,
-    ta: bool,
-    b: &[E],
-    b_shape: Shape,
-    tb: bool,
-    beta: f64,
-) -> Result<()> {
-    let (mut wd, wa, wb) = (widen(dst), widen(a), widen(b));
-    matmul_acc_k(par, &mut wd, &wa, a_shape, ta, &wb, b_shape, tb, beta)?;
-    for (d, &v) in dst.iter_mut().zip(&wd) {
-        *d = E::from_acc(v);
-    }
-    recycle(wd);
-    recycle(wa);
-    recycle(wb);
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1539,6 +1482,77 @@ fn skinny_gemm<T: GemmFloat>(
 }
 
 // ---------------------------------------------------------------------------------------
+// 16-bit buffers through the f32 kernels
+// ---------------------------------------------------------------------------------------
+
+/// A 16-bit buffer widened (exactly) to f32, in bulk (F16C where the CPU has it);
+/// `None` for f32 and f64 buffers. A 16-bit kernel computes in f32 and rounds once, so
+/// running the f32 kernel on widened inputs and narrowing its output is that kernel,
+/// without a conversion call per element.
+fn widened(x: &CpuBuffer) -> Option<CpuBuffer> {
+    match x {
+        CpuBuffer::F16(v) => Some(CpuBuffer::F32(to_f32_bulk(v))),
+        CpuBuffer::Bf16(v) => Some(CpuBuffer::F32(to_f32_bulk(v))),
+        _ => None,
+    }
+}
+
+/// Block size of the bulk conversions (through a stack buffer, so that the output is
+/// written once and never zero-filled).
+const CONVERT_BLOCK: usize = 512;
+
+fn to_f32_bulk<H>(v: &[H]) -> Vec<f32>
+where
+    [H]: half::slice::HalfFloatSliceExt,
+{
+    use half::slice::HalfFloatSliceExt;
+    let mut out = alloc::<f32>(v.len());
+    let mut buf = [0.0f32; CONVERT_BLOCK];
+    for c in v.chunks(CONVERT_BLOCK) {
+        let b = &mut buf[..c.len()];
+        c.convert_to_f32_slice(b);
+        out.extend_from_slice(b);
+    }
+    out
+}
+
+fn from_f32_bulk<H: Elem>(v: &[f32]) -> Vec<H>
+where
+    [H]: half::slice::HalfFloatSliceExt,
+{
+    use half::slice::HalfFloatSliceExt;
+    let mut out = alloc::<H>(v.len());
+    let mut buf = [H::from_f64(0.0); CONVERT_BLOCK];
+    for c in v.chunks(CONVERT_BLOCK) {
+        let b = &mut buf[..c.len()];
+        b.convert_from_f32_slice(c);
+        out.extend_from_slice(b);
+    }
+    out
+}
+
+/// An f32 buffer rounded to `dtype` (to nearest, ties to even) in bulk when `dtype` is
+/// a 16-bit type; otherwise `x` itself.
+fn narrowed(x: CpuBuffer, dtype: DType) -> CpuBuffer {
+    let Some(v) = x.as_f32() else {
+        return x;
+    };
+    match dtype {
+        DType::F16 => CpuBuffer::F16(from_f32_bulk(v)),
+        DType::Bf16 => CpuBuffer::Bf16(from_f32_bulk(v)),
+        _ => x,
+    }
+}
+
+/// Both operands widened when both are of the same 16-bit type.
+fn widened_pair(a: &CpuBuffer, b: &CpuBuffer) -> Option<(CpuBuffer, CpuBuffer)> {
+    if a.dtype() != b.dtype() {
+        return None;
+    }
+    Some((widened(a)?, widened(b)?))
+}
+
+// ---------------------------------------------------------------------------------------
 // The backend
 // ---------------------------------------------------------------------------------------
 
@@ -1584,6 +1598,15 @@ impl Backend for Cpu {
         if x.dtype() == dtype {
             return Ok(x.clone());
         }
+        // Between f32 and a 16-bit type: bulk conversions (the same roundings).
+        if dtype == DType::F32 {
+            if let Some(w) = widened(x) {
+                return Ok(w);
+            }
+        }
+        if x.dtype() == DType::F32 && dtype.is_half() {
+            return Ok(narrowed(x.clone(), dtype));
+        }
         Ok(match dtype {
             DType::F64 => CpuBuffer::F64(cast_to(x)),
             DType::F32 => CpuBuffer::F32(cast_to(x)),
@@ -1611,11 +1634,11 @@ impl Backend for Cpu {
             (CpuBuffer::F32(x), CpuBuffer::F32(y)) => {
                 CpuBuffer::F32(matmul_k(par, x, a_shape, ta, y, b_shape, tb)?)
             }
-            (CpuBuffer::F16(x), CpuBuffer::F16(y)) => {
-                CpuBuffer::F16(matmul_half(par, x, a_shape, ta, y, b_shape, tb)?)
-            }
-            (CpuBuffer::Bf16(x), CpuBuffer::Bf16(y)) => {
-                CpuBuffer::Bf16(matmul_half(par, x, a_shape, ta, y, b_shape, tb)?)
+            (CpuBuffer::F16(_), CpuBuffer::F16(_)) | (CpuBuffer::Bf16(_), CpuBuffer::Bf16(_)) => {
+                // Both widened exactly, the f32 product rounded once (not `gemm`'s own
+                // f16 path, which rounds partial sums to f16 between blocks).
+                let (wa, wb) = widened_pair(a, b).expect("two 16-bit buffers of one type");
+                narrowed(self.matmul(&wa, a_shape, ta, &wb, b_shape, tb)?, a.dtype())
             }
             (x, y) => {
                 return Err(Error::DType {
@@ -1628,11 +1651,18 @@ impl Backend for Cpu {
     }
 
     fn unary(&self, op: UnaryOp, x: &CpuBuffer) -> Result<CpuBuffer> {
+        if let Some(w) = widened(x) {
+            return Ok(narrowed(self.unary(op, &w)?, x.dtype()));
+        }
         let par = self.parallel;
         Ok(dispatch1!(x, |v| unary_k(par, op, v)))
     }
 
     fn unary_many(&self, ops: &[UnaryOp], x: &CpuBuffer) -> Result<Vec<CpuBuffer>> {
+        if let Some(w) = widened(x) {
+            let ys = self.unary_many(ops, &w)?;
+            return Ok(ys.into_iter().map(|y| narrowed(y, x.dtype())).collect());
+        }
         let family = logcosh_family(ops).filter(|_| !(self.parallel && x.len() >= PAR_ELEMS));
         let Some(at) = family else {
             return ops.iter().map(|&op| self.unary(op, x)).collect();
@@ -1662,6 +1692,9 @@ impl Backend for Cpu {
     }
 
     fn affine(&self, x: &CpuBuffer, alpha: f64, beta: f64) -> Result<CpuBuffer> {
+        if let Some(w) = widened(x) {
+            return Ok(narrowed(self.affine(&w, alpha, beta)?, x.dtype()));
+        }
         let par = self.parallel;
         Ok(dispatch1!(x, |v| affine_k(par, v, alpha, beta)))
     }
@@ -1674,6 +1707,10 @@ impl Backend for Cpu {
         b: &CpuBuffer,
         broadcast: Broadcast,
     ) -> Result<CpuBuffer> {
+        if let Some((wa, wb)) = widened_pair(a, b) {
+            let c = self.binary(op, &wa, a_shape, &wb, broadcast)?;
+            return Ok(narrowed(c, a.dtype()));
+        }
         let len = checked_len(op.name(), a_shape)?;
         check_len("binary lhs", a.len(), len)?;
         check_len("binary rhs", b.len(), rhs_len(a_shape, broadcast))?;
@@ -1684,6 +1721,11 @@ impl Backend for Cpu {
     }
 
     fn add_assign(&self, dst: &mut CpuBuffer, src: &CpuBuffer) -> Result<()> {
+        if let Some((mut wd, ws)) = widened_pair(dst, src) {
+            self.add_assign(&mut wd, &ws)?;
+            *dst = narrowed(wd, dst.dtype());
+            return Ok(());
+        }
         check_len("add_assign source", src.len(), dst.len())?;
         match (dst, src) {
             (CpuBuffer::F64(d), CpuBuffer::F64(s)) => add_assign_k(d, s),
@@ -1716,6 +1758,18 @@ impl Backend for Cpu {
         let (Some(ti), Some(qi)) = (at[1], at[2]) else {
             return Ok(None);
         };
+        if let Some(wx) = widened(x) {
+            let same = |b: &CpuBuffer| b.dtype() == x.dtype();
+            if ys.iter().all(|b| same(b)) && gs.iter().flatten().all(|b| same(b)) {
+                let wide = |b: &CpuBuffer| widened(b).unwrap_or_else(|| b.clone());
+                let wys: Vec<CpuBuffer> = ys.iter().map(|b| wide(b)).collect();
+                let wgs: Vec<Option<CpuBuffer>> = gs.iter().map(|b| b.map(wide)).collect();
+                let yr: Vec<&CpuBuffer> = wys.iter().collect();
+                let gr: Vec<Option<&CpuBuffer>> = wgs.iter().map(Option::as_ref).collect();
+                let d = self.unary_many_vjp(ops, &wx, &yr, &gr)?;
+                return Ok(d.map(|d| narrowed(d, x.dtype())));
+            }
+        }
         if ys.len() != ops.len() || gs.len() != ops.len() {
             return Err(Error::InvalidArgument(format!(
                 "unary_many_vjp: {} maps, {} values, {} gradients",
@@ -1767,6 +1821,10 @@ impl Backend for Cpu {
         broadcast: Broadcast,
         alpha: f64,
     ) -> Result<CpuBuffer> {
+        if let Some((wa, wb)) = widened_pair(a, b) {
+            let c = self.add_scaled(&wa, a_shape, &wb, broadcast, alpha)?;
+            return Ok(narrowed(c, a.dtype()));
+        }
         let len = checked_len("add_scaled", a_shape)?;
         check_len("add_scaled lhs", a.len(), len)?;
         check_len("add_scaled rhs", b.len(), rhs_len(a_shape, broadcast))?;
@@ -1789,6 +1847,11 @@ impl Backend for Cpu {
         broadcast: Broadcast,
         alpha: f64,
     ) -> Result<CpuBuffer> {
+        if let (Some((wa, wb)), true) = (widened_pair(a, b), c.dtype() == a.dtype()) {
+            let wc = widened(c).unwrap_or_else(|| c.clone());
+            let d = self.mul_add(&wa, &wb, shape, &wc, broadcast, alpha)?;
+            return Ok(narrowed(d, a.dtype()));
+        }
         let len = checked_len("mul_add", shape)?;
         check_len("mul_add a", a.len(), len)?;
         check_len("mul_add b", b.len(), len)?;
@@ -1823,6 +1886,14 @@ impl Backend for Cpu {
 
     fn axpy(&self, dst: &mut CpuBuffer, alpha: f64, src: &CpuBuffer) -> Result<()> {
         check_len("axpy source", src.len(), dst.len())?;
+        if let Some(ws) = widened(src) {
+            return self.axpy(dst, alpha, &ws);
+        }
+        if let Some(mut wd) = widened(dst) {
+            self.axpy(&mut wd, alpha, src)?;
+            *dst = narrowed(wd, dst.dtype());
+            return Ok(());
+        }
         fn mixed<D: Elem>(d: &mut [D], alpha: f64, src: &CpuBuffer) {
             match src {
                 CpuBuffer::F64(s) => axpy_mixed_k(d, alpha, s),
@@ -1873,11 +1944,14 @@ impl Backend for Cpu {
             (CpuBuffer::F32(d), CpuBuffer::F32(x), CpuBuffer::F32(y)) => {
                 matmul_acc_k(par, d, x, a_shape, ta, y, b_shape, tb, beta)
             }
-            (CpuBuffer::Bf16(d), CpuBuffer::Bf16(x), CpuBuffer::Bf16(y)) => {
-                matmul_acc_half(par, d, x, a_shape, ta, y, b_shape, tb, beta)
-            }
-            (CpuBuffer::F16(d), CpuBuffer::F16(x), CpuBuffer::F16(y)) => {
-                matmul_acc_half(par, d, x, a_shape, ta, y, b_shape, tb, beta)
+            (d @ CpuBuffer::Bf16(_), CpuBuffer::Bf16(_), CpuBuffer::Bf16(_))
+            | (d @ CpuBuffer::F16(_), CpuBuffer::F16(_), CpuBuffer::F16(_)) => {
+                // Everything widened exactly, the updated f32 destination rounded once.
+                let (wa, wb) = widened_pair(a, b).expect("two 16-bit buffers of one type");
+                let mut wd = widened(d).expect("a 16-bit buffer");
+                self.matmul_acc(&mut wd, &wa, a_shape, ta, &wb, b_shape, tb, beta)?;
+                *d = narrowed(wd, d.dtype());
+                Ok(())
             }
             (d, x, y) => Err(Error::DType {
                 op: "matmul_acc",
@@ -1898,6 +1972,9 @@ impl Backend for Cpu {
         axis: Reduction,
         alpha: f64,
     ) -> Result<CpuBuffer> {
+        if let Some(w) = widened(x) {
+            return Ok(narrowed(self.reduce(&w, shape, axis, alpha)?, x.dtype()));
+        }
         check_len("reduce input", x.len(), checked_len("reduce", shape)?)?;
         Ok(dispatch1!(x, |v| reduce_k(v, shape, axis, alpha)))
     }
