@@ -62,7 +62,7 @@ use crate::dto::{Cotangents, Method, PrecisionPolicy, Rhs, Solver};
 use crate::error::{check_len, Error, Result};
 use crate::flow_matching::Precision;
 use crate::mlp::{MlpNet, MlpVars};
-use crate::optim::{clip_grad_norm, Adam, AdamConfig, Schedule, Scheduler};
+use crate::optim::{optimizer_step, Adam, AdamConfig, Schedule, Scheduler};
 
 /// Stream of the Hutchinson probes (well after the flow-matching streams).
 pub const HUTCHINSON_STREAM: Stream = Stream(FIRST_FREE_AFTER_DATA.0 + 16);
@@ -688,17 +688,15 @@ pub fn train_cnf(
         let mut grad = o
             .grad
             .ok_or_else(|| Error::Numerical("no CNF gradient".into()))?;
-        let grad_norm = match config.clip_norm {
-            Some(c) => clip_grad_norm(&mut grad, c)?,
-            None => grad.iter().flatten().map(|v| v * v).sum::<f64>().sqrt(),
-        };
-        if !grad_norm.is_finite() {
-            return Err(Error::Numerical(format!(
-                "the CNF gradient norm is {grad_norm} at iteration {it}"
-            )));
-        }
-        let lr = scheduler.lr(it);
-        adam.step(net.params_mut(), &grad, lr)?;
+        let (grad_norm, lr) = optimizer_step(
+            &mut adam,
+            &mut scheduler,
+            net.params_mut(),
+            &mut grad,
+            config.clip_norm,
+            it,
+            "CNF",
+        )?;
         losses.push(o.loss + shift);
         let done = it + 1;
         let due = done == config.iterations

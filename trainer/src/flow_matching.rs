@@ -65,7 +65,7 @@ use crate::data::rng::{Draws, FIRST_FREE_AFTER_DATA};
 use crate::data::{BatchSampler, Dataset};
 use crate::error::{check_len, Error, Result};
 use crate::mlp::{MlpNet, MlpVars};
-use crate::optim::{clip_grad_norm, Adam, AdamConfig, Schedule, Scheduler};
+use crate::optim::{optimizer_step, Adam, AdamConfig, Schedule, Scheduler};
 
 /// Stream of the training noise x₁ (after [`crate::mlp::INIT_STREAM`]).
 pub const NOISE_STREAM: Stream = Stream(FIRST_FREE_AFTER_DATA.0 + 1);
@@ -531,12 +531,15 @@ fn train(
         let grads = g.backward(loss, None)?;
         let mut grad = vars.gradients(&g, &grads)?;
         drop(grads);
-        let grad_norm = match config.clip_norm {
-            Some(c) => clip_grad_norm(&mut grad, c)?,
-            None => grad.iter().flatten().map(|v| v * v).sum::<f64>().sqrt(),
-        };
-        let lr = scheduler.lr(it);
-        adam.step(net.params_mut(), &grad, lr)?;
+        let (grad_norm, lr) = optimizer_step(
+            &mut adam,
+            &mut scheduler,
+            net.params_mut(),
+            &mut grad,
+            config.clip_norm,
+            it,
+            "flow matching",
+        )?;
         losses.push(loss_value);
 
         let done = it + 1;

@@ -437,6 +437,34 @@ pub fn clip_grad_norm(grads: &mut [Vec<f64>], max_norm: f64) -> Result<f64> {
     Ok(norm)
 }
 
+/// One optimizer step of a training loop: the gradient's global norm (clipped to
+/// `clip_norm` when given), an error naming `what` and the iteration when it is not
+/// finite, the schedule's learning rate for iteration `it`, and Adam's update. Returns
+/// (norm before clipping, learning rate).
+#[allow(clippy::too_many_arguments)]
+pub fn optimizer_step(
+    adam: &mut Adam,
+    scheduler: &mut Scheduler,
+    params: &mut ParamSet,
+    grads: &mut [Vec<f64>],
+    clip_norm: Option<f64>,
+    it: u64,
+    what: &str,
+) -> Result<(f64, f64)> {
+    let grad_norm = match clip_norm {
+        Some(c) => clip_grad_norm(grads, c)?,
+        None => grads.iter().flatten().map(|v| v * v).sum::<f64>().sqrt(),
+    };
+    if !grad_norm.is_finite() {
+        return Err(Error::Numerical(format!(
+            "the {what} gradient norm is {grad_norm} at iteration {it}"
+        )));
+    }
+    let lr = scheduler.lr(it);
+    adam.step(params, grads, lr)?;
+    Ok((grad_norm, lr))
+}
+
 /// Bounds for a parameter, applied after every update (e.g. to keep a scale positive).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -75,7 +75,7 @@ use crate::data::rng::{Draws, FIRST_FREE_AFTER_DATA};
 use crate::data::{BatchSampler, Dataset};
 use crate::dto::{Cotangents, Method, PrecisionPolicy, Rhs, Solver, Trajectory};
 use crate::error::{Error, Result};
-use crate::optim::{clip_grad_norm, Adam, AdamConfig, ParamSet, Schedule, Scheduler};
+use crate::optim::{optimizer_step, Adam, AdamConfig, ParamSet, Schedule, Scheduler};
 
 /// Stream of the parameters' initial draws.
 pub const INIT_STREAM: Stream = Stream(FIRST_FREE_AFTER_DATA.0 + 16);
@@ -851,17 +851,15 @@ pub fn train_otflow_checkpointed(
             )));
         }
         let mut grad = to_param_set(&grad)?.values;
-        let grad_norm = match config.clip_norm {
-            Some(cn) => clip_grad_norm(&mut grad, cn)?,
-            None => grad.iter().flatten().map(|v| v * v).sum::<f64>().sqrt(),
-        };
-        if !grad_norm.is_finite() {
-            return Err(Error::Numerical(format!(
-                "the OT-Flow gradient norm is {grad_norm} at iteration {it}"
-            )));
-        }
-        let lr = scheduler.lr(it);
-        adam.step(&mut set, &grad, lr)?;
+        let (grad_norm, lr) = optimizer_step(
+            &mut adam,
+            &mut scheduler,
+            &mut set,
+            &mut grad,
+            config.clip_norm,
+            it,
+            "OT-Flow",
+        )?;
         params = params_from_flat(&params, set.values.clone())?;
         let seconds = start.elapsed().as_secs_f64();
         losses.push(c.j);

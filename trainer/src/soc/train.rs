@@ -37,7 +37,7 @@ use super::problem::ControlProblem;
 use crate::autodiff::{self, otflow::potential, Backend, Cpu, DType, Graph, Tensor, Var};
 use crate::checkpoint::Checkpointing;
 use crate::dto::{BrownianNoise, Cotangents, SdeRhs, Solver};
-use crate::optim::{clip_grad_norm, Adam, AdamConfig, Schedule, Scheduler};
+use crate::optim::{optimizer_step, Adam, AdamConfig, Schedule, Scheduler};
 use crate::otflow::{
     init_params, params_from_flat, to_param_set, OtFlowProblem, OtFlowRhs, Precision,
 };
@@ -775,17 +775,15 @@ pub fn train_soc_checkpointed<P: ControlProblem<Cpu> + ?Sized>(
         let (c, grad) =
             objective.evaluate(&mut g, &params, b, it * b as u64, config.sampling, true)?;
         let mut grad = grad.ok_or_else(|| Error::Numerical("SOC: no gradient".into()))?;
-        let grad_norm = match config.clip_norm {
-            Some(cn) => clip_grad_norm(&mut grad, cn)?,
-            None => grad.iter().flatten().map(|v| v * v).sum::<f64>().sqrt(),
-        };
-        if !grad_norm.is_finite() {
-            return Err(Error::Numerical(format!(
-                "the SOC gradient norm is {grad_norm} at iteration {it}"
-            )));
-        }
-        let lr = scheduler.lr(it);
-        adam.step(&mut set, &grad, lr)?;
+        let (grad_norm, lr) = optimizer_step(
+            &mut adam,
+            &mut scheduler,
+            &mut set,
+            &mut grad,
+            config.clip_norm,
+            it,
+            "SOC",
+        )?;
         params = params_from_flat(&params, set.values.clone())?;
         let seconds = start.elapsed().as_secs_f64();
         costs.push(c);
