@@ -233,7 +233,7 @@ impl Reduction {
 ///
 /// Every method takes shapes explicitly (buffers know only their dtype and length) and
 /// returns a fresh buffer unless it says otherwise. Mixed-dtype inputs are an error
-/// except in [`cast`](Backend::cast). See the [module documentation](self) for the
+/// except in [`cast`](Backend::cast) and [`axpy`](Backend::axpy). See the [module documentation](self) for the
 /// precision contract.
 pub trait Backend: Debug + Send + Sync + 'static {
     /// Device memory holding one tensor's elements.
@@ -351,9 +351,9 @@ pub trait Backend: Debug + Send + Sync + 'static {
     fn axpy(&self, dst: &mut Self::Buffer, alpha: f64, src: &Self::Buffer) -> Result<()>;
 
     /// `dst ← dst + β·op(A)·op(B)` in place (`dst` of the product's shape, all three of
-    /// one dtype); as [`matmul`](Backend::matmul) otherwise (cuBLAS with β = 1 on the
-    /// product and 1 on `dst`). A 16-bit `dst` is read exactly, updated in f32 and
-    /// rounded once.
+    /// one dtype); as [`matmul`](Backend::matmul) otherwise (cuBLAS: `alpha` = β on the
+    /// product, `beta` = 1 on `dst`). A 16-bit `dst` is read exactly, updated in f32
+    /// and rounded once.
     #[allow(clippy::too_many_arguments)]
     fn matmul_acc(
         &self,
