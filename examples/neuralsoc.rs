@@ -2,7 +2,8 @@
 //! Φ(0, z₀), the closed-loop cost on validation paths and the time per iteration.
 //!
 //! `cargo run --release --example neuralsoc -- [hjb100|shifted1|shifted1000|lqr10] [ITERATIONS]
-//! [--brownian] [--m M] [--batch B] [--steps N] [--lr LR]`
+//! [--brownian] [--m M] [--batch B] [--steps N] [--lr LR] [--w A,HJB,T,GRAD,BSDE]
+//! [--constant-lr]`
 
 use socflow_runtime::artifact::StorageDtype;
 use socflow_runtime::brownian::{Brownian, Stream};
@@ -52,9 +53,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or(64),
         iterations,
         optimizer: AdamConfig::adam(lr),
-        schedule: Schedule::Step {
-            every: (iterations / 3).max(1),
-            factor: 0.3,
+        schedule: if args.iter().any(|a| a == "--constant-lr") {
+            Schedule::Constant
+        } else {
+            Schedule::Step {
+                every: (iterations / 3).max(1),
+                factor: 0.3,
+            }
         },
         sampling: if args.iter().any(|a| a == "--brownian") {
             Sampling::Brownian
