@@ -2,6 +2,9 @@
 //! reads the output), control, simulate; bad files and arguments give a clear message
 //! and a non-zero exit.
 
+mod common;
+use common::{socflow, stderr, stdout};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -11,18 +14,8 @@ use socflow_runtime::model::Model;
 use socflow_runtime::nn::{Activation, MlpParams, OtFlowParams};
 use socflow_runtime::npy::read_npy_f64;
 
-fn socflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_socflow"))
-        .args(args)
-        .output()
-        .expect("the socflow binary runs")
-}
-
 fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    (stdout(o), stderr(o))
 }
 
 fn otflow_params(d: usize, m: usize) -> OtFlowParams {

@@ -4,8 +4,10 @@
 //! exact one within its standard error, a seed reproduces its file whatever the thread
 //! count, and bad arguments fail with a message.
 
+mod common;
+use common::socflow;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use socflow_runtime::artifact::{Artifact, ModelKind, Normalization, Provenance, StorageDtype};
 use socflow_runtime::controller::mean_and_standard_error;
@@ -16,13 +18,6 @@ use socflow_runtime::ode::OdeOptions;
 use socflow_runtime::ode::OdeSolver;
 use socflow_trainer::cnf::Noise;
 use socflow_trainer::likelihood::{log_likelihood, Hutchinson, LikelihoodOptions};
-
-fn socflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_socflow"))
-        .args(args)
-        .output()
-        .expect("the socflow binary runs")
-}
 
 /// Runs socflow, asserts success, and returns stdout.
 fn ok(args: &[&str]) -> String {

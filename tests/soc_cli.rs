@@ -3,8 +3,10 @@
 //! the library with the same seed, resumption from a mid-run checkpoint, config errors
 //! that name the offending key, and the quick demo's SOC part.
 
+mod common;
+use common::{socflow, stderr, stdout};
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use serde::Deserialize;
 use socflow_runtime::artifact::Artifact;
@@ -13,21 +15,6 @@ use socflow_trainer::checkpoint::{Checkpoint, Checkpointing};
 use socflow_trainer::soc::reference::{closed_loop_cost, Lqr};
 use socflow_trainer::soc::simulate::rollout_options;
 use socflow_trainer::soc::{train_soc_checkpointed, QuadraticProblem, SocConfig};
-
-fn socflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_socflow"))
-        .args(args)
-        .output()
-        .expect("the socflow binary runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// The number after `label` on the line that starts with it (up to a space or `±`).
 fn figure(text: &str, label: &str) -> f64 {

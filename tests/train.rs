@@ -1,27 +1,14 @@
 //! `socflow train` and `socflow demo` end to end: the binary on tiny configs.
 
+mod common;
+use common::{socflow, stderr, stdout};
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use socflow_runtime::model::Model;
 use socflow_runtime::ode::{OdeOptions, OdeSolver};
 use socflow_runtime::sampler::{Sampler, SamplerOptions};
 use socflow_trainer::checkpoint::Checkpoint;
-
-fn socflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_socflow"))
-        .args(args)
-        .output()
-        .expect("the socflow binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// Loads a model file and draws samples from it with the runtime; checks they are
 /// finite and 2-D.
