@@ -3,7 +3,7 @@
 mod bench;
 mod demo;
 mod likelihood;
-mod plot;
+use socflow::plot;
 mod progress;
 mod soc;
 mod train;

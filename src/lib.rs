@@ -1,0 +1,4 @@
+//! The socflow command line's shared pieces, as a library so that the examples use
+//! them too: PNG plots with the shipped font ([`plot`]).
+
+pub mod plot;
