@@ -3,7 +3,11 @@
 //!
 //! `cargo run --release --example neuralsoc -- [hjb100|shifted1|shifted1000|lqr10] [ITERATIONS]
 //! [--brownian] [--m M] [--batch B] [--steps N] [--lr LR] [--w A,HJB,T,GRAD,BSDE]
-//! [--constant-lr]`
+//! [--constant-lr] [--ema DECAY[,START]] [--cost-scale K]`
+//!
+//! `--cost-scale K` trains on the problem with every cost divided by K (same optimal
+//! control, value Φ/K: [`QuadraticProblem::with_cost_scale`]); everything printed is
+//! in the original problem's units.
 
 use socflow_runtime::artifact::StorageDtype;
 use socflow_runtime::brownian::{Brownian, Stream};
@@ -13,8 +17,8 @@ use socflow_trainer::optim::{AdamConfig, Schedule};
 use socflow_trainer::soc::evaluate::{errors_along_optimal_paths, PathOptions};
 use socflow_trainer::soc::reference::{ColeHopf, Lqr};
 use socflow_trainer::soc::{
-    train_soc, ControlProblem, InitialDistribution, LossWeights, QuadraticProblem, Sampling,
-    SocConfig,
+    train_soc, Averaging, ControlProblem, InitialDistribution, LossWeights, QuadraticProblem,
+    Sampling, SocConfig,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -39,6 +43,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         other => return Err(format!("unknown problem {other}").into()),
     };
+    let scale: f64 = flag("--cost-scale")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(1.0);
+    let scaled = problem.with_cost_scale(scale)?;
     let lr: f64 = flag("--lr").map(|s| s.parse()).transpose()?.unwrap_or(0.01);
     let config = SocConfig {
         m: flag("--m").map(|s| s.parse()).transpose()?.unwrap_or(64),
@@ -84,17 +93,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         validate_every: (iterations / 10).max(1),
         validation_paths: 512,
+        averaging: match flag("--ema") {
+            Some(e) => {
+                let mut it = e.split(',');
+                let decay = it.next().unwrap_or("").parse()?;
+                let start = it.next().map(str::parse).transpose()?.unwrap_or(0);
+                Some(Averaging { decay, start })
+            }
+            None => None,
+        },
         ..SocConfig::default()
     };
     let start = std::time::Instant::now();
-    let trained = train_soc(&problem, &config, &mut |p| {
+    let trained = train_soc(&scaled, &config, &mut |p| {
         if let Some(v) = p.validation {
             println!(
                 "it {:5}  loss {:10.4}  val cost {:10.4}  Phi(0,z0) {:.6}  term {:.4}  bsde {:.4}  {:.3} s/it",
                 p.iteration,
                 p.costs.loss,
-                v.costs.cost,
-                v.initial_value,
+                v.costs.cost * scale,
+                v.initial_value * scale,
                 v.costs.terminal,
                 v.costs.bsde,
                 p.seconds
@@ -103,7 +121,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     })?;
     let v = trained.validation.last().ok_or("no validation")?;
     // Against the reference along its optimal paths (16 paths, 100 steps).
-    let art = trained.to_artifact(&problem as &dyn ControlProblem<Cpu>, None)?;
+    let art = trained.to_artifact(&scaled as &dyn ControlProblem<Cpu>, None)?;
     let model = Model::<f64>::from_bytes(&art.to_bytes(StorageDtype::F64)?)?;
     let mut ctl = model.controller()?;
     let d = problem.dim;
@@ -141,7 +159,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut learned = |t: f64, z: &[f64]| {
         let mut u = vec![0.0; d];
         ctl.control(t, z, &mut u)?;
-        Ok((ctl.value(t, z)?, u))
+        Ok((ctl.value(t, z)? * scale, u))
     };
     let errors = if name == "lqr10" {
         let lqr = Lqr::standard(10, 5)?;
@@ -178,8 +196,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!(
         "{name}: Phi(0,z0) = {:.6}, closed-loop cost {:.4}, {:.1} s",
-        v.initial_value,
-        v.costs.cost,
+        v.initial_value * scale,
+        v.costs.cost * scale,
         start.elapsed().as_secs_f64()
     );
     Ok(())

@@ -17,8 +17,9 @@ use crate::optim::{AdamState, ParamSet, SchedulerState};
 
 /// Format name in the checkpoint's metadata.
 pub const CHECKPOINT_FORMAT: &str = "socflow-checkpoint";
-/// Newest checkpoint version this build writes and reads.
-pub const CHECKPOINT_VERSION: u32 = 1;
+/// Newest checkpoint version this build writes and reads (2 added the optional
+/// averaged parameters; version 1 files still read).
+pub const CHECKPOINT_VERSION: u32 = 2;
 
 /// The state of a training run at the end of an iteration.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,6 +34,9 @@ pub struct Checkpoint {
     pub scheduler: SchedulerState,
     /// Free-form run state (configuration, best validation loss, …) as strings.
     pub extra: BTreeMap<String, String>,
+    /// A running average of the parameters (one array per parameter, in the order and
+    /// shapes of `params`), for loops that average their iterates.
+    pub averaged: Option<Vec<Vec<f64>>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -49,6 +53,9 @@ struct Header {
     cooldown_left: u32,
     names: Vec<String>,
     extra: BTreeMap<String, String>,
+    /// Whether `avg/…` tensors follow (version ≥ 2).
+    #[serde(default)]
+    averaged: bool,
 }
 
 fn to_le(values: &[f64]) -> Vec<u8> {
@@ -75,7 +82,11 @@ impl Checkpoint {
             cooldown_left: self.scheduler.cooldown_left,
             names: self.params.names.clone(),
             extra: self.extra.clone(),
+            averaged: self.averaged.is_some(),
         };
+        if let Some(avg) = &self.averaged {
+            self.params.check_grads(avg)?;
+        }
         let meta = serde_json::to_string(&header)
             .map_err(|e| Error::InvalidArgument(format!("checkpoint header: {e}")))?;
         let mut bytes: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -91,7 +102,14 @@ impl Checkpoint {
                 shape.clone(),
                 to_le(&self.optimizer.m[i]),
             ));
-            bytes.push((format!("adam_v/{name}"), shape, to_le(&self.optimizer.v[i])));
+            bytes.push((
+                format!("adam_v/{name}"),
+                shape.clone(),
+                to_le(&self.optimizer.v[i]),
+            ));
+            if let Some(avg) = &self.averaged {
+                bytes.push((format!("avg/{name}"), shape, to_le(&avg[i])));
+            }
         }
         let mut views = Vec::with_capacity(bytes.len());
         for (name, shape, data) in &bytes {
@@ -163,9 +181,10 @@ impl Checkpoint {
                 header.version
             )));
         }
-        if st.len() != 3 * header.names.len() {
+        let per = if header.averaged { 4 } else { 3 };
+        if st.len() != per * header.names.len() {
             return Err(bad(format!(
-                "{} tensors for {} parameters (expected 3 each)",
+                "{} tensors for {} parameters (expected {per} each)",
                 st.len(),
                 header.names.len()
             )));
@@ -197,6 +216,7 @@ impl Checkpoint {
         let mut params = ParamSet::new();
         let mut m = Vec::new();
         let mut v = Vec::new();
+        let mut avg = Vec::new();
         for name in &header.names {
             let (shape, p) = read(&format!("param/{name}"))?;
             let (sm, mm) = read(&format!("adam_m/{name}"))?;
@@ -205,6 +225,13 @@ impl Checkpoint {
                 return Err(bad(format!(
                     "optimizer state of `{name}` has the wrong shape"
                 )));
+            }
+            if header.averaged {
+                let (sa, aa) = read(&format!("avg/{name}"))?;
+                if sa != shape {
+                    return Err(bad(format!("averaged `{name}` has the wrong shape")));
+                }
+                avg.push(aa);
             }
             params.push(name.clone(), shape, p)?;
             m.push(mm);
@@ -225,6 +252,7 @@ impl Checkpoint {
                 cooldown_left: header.cooldown_left,
             },
             extra: header.extra,
+            averaged: header.averaged.then_some(avg),
         })
     }
 }
@@ -297,6 +325,22 @@ impl Checkpointing<'_> {
         adam: &crate::optim::Adam,
         scheduler: &crate::optim::Scheduler,
     ) -> Result<()> {
+        self.after_iteration_averaged(done, iterations, config_json, params, adam, scheduler, None)
+    }
+
+    /// [`after_iteration`](Self::after_iteration) for a loop that also keeps a running
+    /// average of its parameters (`averaged`, saved with the checkpoint).
+    #[allow(clippy::too_many_arguments)]
+    pub fn after_iteration_averaged(
+        &mut self,
+        done: u64,
+        iterations: u64,
+        config_json: &str,
+        params: &crate::optim::ParamSet,
+        adam: &crate::optim::Adam,
+        scheduler: &crate::optim::Scheduler,
+        averaged: Option<&[Vec<f64>]>,
+    ) -> Result<()> {
         let due = done == iterations || (self.every > 0 && done % self.every == 0);
         if !due {
             return Ok(());
@@ -309,6 +353,7 @@ impl Checkpointing<'_> {
             optimizer: adam.state().clone(),
             scheduler: scheduler.state(),
             extra,
+            averaged: averaged.map(|a| a.to_vec()),
         })
     }
 }

@@ -249,6 +249,7 @@ fn resumed_run_continues_bitwise() {
             optimizer: opt2.state().clone(),
             scheduler: sched2.state(),
             extra: extra.clone(),
+            averaged: None,
         }
         .save(&path)
         .unwrap();
@@ -285,9 +286,14 @@ fn malformed_checkpoints_are_typed_errors() {
         optimizer: opt.state().clone(),
         scheduler: sched.state(),
         extra: BTreeMap::new(),
+        // A running average travels with the checkpoint (version 2), bit for bit.
+        averaged: Some(vec![vec![0.1, -2.5e-300]]),
     };
     let bytes = ck.to_bytes().unwrap();
     assert_eq!(Checkpoint::from_bytes(&bytes).unwrap(), ck);
+    let mut wrong = ck.clone();
+    wrong.averaged = Some(vec![vec![0.1]]);
+    assert!(wrong.to_bytes().is_err(), "an average of the wrong length");
     for cut in [0, 5, 8, 20, bytes.len() / 2, bytes.len() - 1] {
         assert!(
             Checkpoint::from_bytes(&bytes[..cut]).is_err(),
@@ -309,7 +315,7 @@ fn malformed_checkpoints_are_typed_errors() {
     ));
     // A newer version.
     // (The header JSON sits escaped inside the safetensors header; same length.)
-    let pat = br#"\"version\":1"#;
+    let pat = br#"\"version\":2"#;
     let at = bytes
         .windows(pat.len())
         .position(|w| w == pat)

@@ -417,3 +417,151 @@ fn hjb100_value_matches_cole_hopf() {
     assert!(ev < 0.01, "Φ(0,0) rel err {ev}");
     assert!(ec < 0.01, "closed-loop cost rel err {ec}");
 }
+
+/// Parameter averaging: each checkpoint's average is δ·(previous average) + (1 − δ)·
+/// (its iterate), starting at the iterate after step `start + 1`; the trained model is
+/// the final average, and a run resumed from a mid-run checkpoint ends bitwise equal.
+#[test]
+fn averaging_is_the_ema_of_the_iterates_and_resumes_bitwise() {
+    use socflow_trainer::checkpoint::{Checkpoint, Checkpointing};
+    use socflow_trainer::soc::{train_soc_checkpointed, Averaging};
+    let p = small_lqr();
+    let decay = 0.75;
+    let cfg = SocConfig {
+        iterations: 6,
+        validate_every: 0,
+        averaging: Some(Averaging { decay, start: 2 }),
+        ..small_config(Sampling::Pmp)
+    };
+    let mut saved: Vec<Checkpoint> = Vec::new();
+    let mut save = |c: &Checkpoint| {
+        saved.push(c.clone());
+        Ok(())
+    };
+    let mut ck = Checkpointing {
+        every: 1,
+        resume: None,
+        save: &mut save,
+    };
+    let full = train_soc_checkpointed(&p, &cfg, &mut ck, &mut |_| {}).unwrap();
+    assert_eq!(saved.len(), 6);
+    for c in &saved[..2] {
+        assert!(c.averaged.is_none(), "no average before `start`");
+    }
+    let avg = |c: &Checkpoint| c.averaged.clone().unwrap();
+    assert_eq!(
+        avg(&saved[2]),
+        saved[2].params.values,
+        "the average starts at θ₃"
+    );
+    for k in 3..6 {
+        let (prev, cur) = (avg(&saved[k - 1]), &saved[k]);
+        for ((a, b), theta) in avg(cur).iter().zip(&prev).zip(&cur.params.values) {
+            for ((x, y), t) in a.iter().zip(b).zip(theta) {
+                assert_eq!(x.to_bits(), (decay * y + (1.0 - decay) * t).to_bits());
+            }
+        }
+        assert_ne!(avg(cur), cur.params.values, "the average lags the iterate");
+    }
+    let flat = |q: &socflow_runtime::nn::OtFlowParams| {
+        socflow_trainer::otflow::to_param_set(q).unwrap().values
+    };
+    assert_eq!(
+        flat(&full.params),
+        avg(&saved[5]),
+        "the model is the average"
+    );
+    // Resume from iteration 4 (inside the averaging window): same bits.
+    let mut save2 = |_: &Checkpoint| Ok(());
+    let mut ck2 = Checkpointing {
+        every: 0,
+        resume: Some(saved[3].clone()),
+        save: &mut save2,
+    };
+    let resumed = train_soc_checkpointed(&p, &cfg, &mut ck2, &mut |_| {}).unwrap();
+    assert_eq!(flat(&resumed.params), flat(&full.params));
+    // A checkpoint without its average cannot resume an averaging run.
+    let mut stripped = saved[3].clone();
+    stripped.averaged = None;
+    let mut ck3 = Checkpointing {
+        every: 0,
+        resume: Some(stripped),
+        save: &mut save2,
+    };
+    assert!(train_soc_checkpointed(&p, &cfg, &mut ck3, &mut |_| {}).is_err());
+    // Bad settings are errors.
+    for bad in [
+        Averaging {
+            decay: 1.0,
+            start: 0,
+        },
+        Averaging {
+            decay: f64::NAN,
+            start: 0,
+        },
+        Averaging {
+            decay: 0.5,
+            start: 6,
+        },
+    ] {
+        let c = SocConfig {
+            averaging: Some(bad),
+            ..cfg.clone()
+        };
+        assert!(c.validate().is_err(), "{bad:?}");
+    }
+}
+
+/// `with_cost_scale(K)`: the problem with every cost divided by K has value Φ/K and the
+/// same optimal control. Φ_θ/K on the scaled problem drives the same paths as Φ_θ on
+/// the original (u* = −(R/K)⁻¹Bᵀ∇Φ_θ/K), so every cost term is the original's / K.
+#[test]
+fn cost_scaling_divides_every_cost_and_keeps_the_paths() {
+    use socflow_trainer::otflow::scale_potential;
+    let k = 250.0;
+    for problem in [small_lqr(), QuadraticProblem::shifted_target(1000.0)] {
+        let scaled = problem.with_cost_scale(k).unwrap();
+        let cfg = SocConfig {
+            weights: LossWeights {
+                control: 1.0,
+                hjb: if problem.dim <= 2 { 0.7 } else { 0.0 },
+                terminal: 0.5,
+                terminal_gradient: 0.3,
+                bsde: 2.0,
+            },
+            m: 6,
+            ..small_config(Sampling::Pmp)
+        };
+        let theta = params(&problem, &cfg);
+        let theta_k = scale_potential(&theta, k).unwrap();
+        let mut g = Graph::new(Cpu::new());
+        let a = SocObjective::new(&problem, &cfg)
+            .unwrap()
+            .costs(&mut g, &theta, 8, 0, Sampling::Pmp)
+            .unwrap();
+        let b = SocObjective::new(&scaled, &cfg)
+            .unwrap()
+            .costs(&mut g, &theta_k, 8, 0, Sampling::Pmp)
+            .unwrap();
+        // The gradient match is √(‖∇Φ − ∇g‖² + 1e-12): the floor is not scaled, so
+        // that term is homogeneous only to ~1e-12/(2‖·‖²) ≈ 4e-8 relative here.
+        for (what, x, y, tol) in [
+            ("cost", a.cost, b.cost, 1e-11),
+            ("running", a.running, b.running, 1e-11),
+            ("hjb", a.hjb, b.hjb, 1e-11),
+            ("terminal", a.terminal, b.terminal, 1e-11),
+            ("gradient", a.terminal_gradient, b.terminal_gradient, 1e-6),
+            ("bsde", a.bsde, b.bsde, 1e-11),
+        ] {
+            assert!(
+                (x / k - y).abs() <= tol * (x / k).abs().max(1e-300),
+                "{}: {what} {x}/K vs {y}",
+                problem.name
+            );
+        }
+        assert!(a.cost > 0.0 && a.terminal > 0.0 && a.bsde > 0.0);
+    }
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        assert!(small_lqr().with_cost_scale(bad).is_err(), "{bad}");
+    }
+}

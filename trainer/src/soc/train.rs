@@ -134,6 +134,25 @@ pub struct SocConfig {
     pub validate_every: u64,
     /// Paths of the validation estimate (closed-loop PMP roll-outs on fixed noise).
     pub validation_paths: usize,
+    /// Average the iterates ([`Averaging`]): validation and the trained model use the
+    /// average. None (default): the last iterate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub averaging: Option<Averaging>,
+}
+
+/// An exponential moving average of the parameters, θ̄ ← δθ̄ + (1 − δ)θ after every
+/// step from iteration `start` on (θ̄ starts at the iterate after step `start + 1`).
+/// Averaging the last iterates of a stochastic-gradient run removes most of their
+/// noise (Polyak–Ruppert); the average is saved in checkpoints, so a resumed run
+/// continues bitwise.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Averaging {
+    /// The decay δ ∈ [0, 1) (0: no averaging; 0.99: about the last 100 iterates).
+    pub decay: f64,
+    /// Iterations before averaging starts.
+    #[serde(default)]
+    pub start: u64,
 }
 
 impl Default for SocConfig {
@@ -154,6 +173,7 @@ impl Default for SocConfig {
             bsde_residual: Residual::Absolute,
             validate_every: 100,
             validation_paths: 256,
+            averaging: None,
         }
     }
 }
@@ -176,6 +196,20 @@ impl SocConfig {
         }
         if all.iter().all(|v| *v == 0.0) {
             return Err(Error::InvalidArgument("SOC: every loss weight is 0".into()));
+        }
+        if let Some(a) = self.averaging {
+            if !(a.decay >= 0.0 && a.decay < 1.0) {
+                return Err(Error::InvalidArgument(format!(
+                    "SOC: averaging decay = {} (need 0 ≤ decay < 1)",
+                    a.decay
+                )));
+            }
+            if a.start >= self.iterations {
+                return Err(Error::InvalidArgument(format!(
+                    "SOC: averaging starts after iteration {} of {}",
+                    a.start, self.iterations
+                )));
+            }
         }
         if self.validation_paths == 0 {
             return Err(Error::InvalidArgument(
@@ -746,6 +780,7 @@ pub fn train_soc_checkpointed<P: ControlProblem<Cpu> + ?Sized>(
     let mut set = to_param_set(&params)?;
     let mut adam = Adam::new(config.optimizer, &set)?;
     let mut scheduler = Scheduler::new(config.schedule, config.optimizer.lr)?;
+    let mut averaged = ckpt.resume.as_ref().and_then(|c| c.averaged.clone());
     let start_it = ckpt.restore(
         &config_json,
         &mut set,
@@ -755,6 +790,19 @@ pub fn train_soc_checkpointed<P: ControlProblem<Cpu> + ?Sized>(
         config.iterations,
     )?;
     params = params_from_flat(&params, set.values.clone())?;
+    if let Some(avg) = &averaged {
+        set.check_grads(avg)?;
+    }
+    if config.averaging.is_some_and(|a| start_it > a.start) != averaged.is_some() {
+        return Err(Error::Checkpoint(
+            "the checkpoint's parameter average does not match the run's averaging".into(),
+        ));
+    }
+    // The parameters validation and the result use: the average once there is one.
+    let current = |params: &OtFlowParams, averaged: &Option<Vec<Vec<f64>>>| match averaged {
+        Some(a) => params_from_flat(params, a.clone()),
+        None => Ok(params.clone()),
+    };
     let validate = |g: &mut Graph<Cpu>, p: &OtFlowParams, it: u64| -> Result<SocValidation> {
         let n = config.validation_paths;
         let costs = objective.costs(g, p, n, VALIDATION_FIRST_SAMPLE, Sampling::Pmp)?;
@@ -785,6 +833,18 @@ pub fn train_soc_checkpointed<P: ControlProblem<Cpu> + ?Sized>(
             "SOC",
         )?;
         params = params_from_flat(&params, set.values.clone())?;
+        if let Some(a) = config.averaging.filter(|a| it >= a.start) {
+            match &mut averaged {
+                None => averaged = Some(set.values.clone()),
+                Some(avg) => {
+                    for (ar, pr) in avg.iter_mut().zip(&set.values) {
+                        for (x, &p) in ar.iter_mut().zip(pr) {
+                            *x = a.decay * *x + (1.0 - a.decay) * p;
+                        }
+                    }
+                }
+            }
+        }
         let seconds = start.elapsed().as_secs_f64();
         costs.push(c);
         let done = it + 1;
@@ -792,18 +852,19 @@ pub fn train_soc_checkpointed<P: ControlProblem<Cpu> + ?Sized>(
             || (config.validate_every > 0 && done % config.validate_every == 0);
         let mut val = None;
         if due {
-            let v = validate(&mut g, &params, done)?;
+            let v = validate(&mut g, &current(&params, &averaged)?, done)?;
             scheduler.observe(v.costs.cost);
             record.push(v);
             val = Some(v);
         }
-        ckpt.after_iteration(
+        ckpt.after_iteration_averaged(
             done,
             config.iterations,
             &config_json,
             &set,
             &adam,
             &scheduler,
+            averaged.as_deref(),
         )?;
         progress(&SocProgress {
             iteration: done,
@@ -817,7 +878,7 @@ pub fn train_soc_checkpointed<P: ControlProblem<Cpu> + ?Sized>(
     }
     Ok(TrainedSoc {
         config: config.clone(),
-        params,
+        params: current(&params, &averaged)?,
         costs,
         validation: record,
     })
