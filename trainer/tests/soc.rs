@@ -383,22 +383,32 @@ fn lqr_value_and_control_match_riccati() {
     );
 }
 
-/// The 100-D HJB benchmark (Han, Jentzen and E) against Cole–Hopf, a short run: the
-/// learned Φ(0, 0) within 1% of 4.590162 and the closed-loop cost of the learned
-/// feedback on validation paths within 1% of it (the issue's goal, 1e-3, is for the
-/// long runs of the `neuralsoc` example).
+/// The 100-D HJB benchmark (Han, Jentzen and E) against Cole–Hopf, at the issue's
+/// goal: the learned Φ(0, 0) within 1e-3 of 4.590162 (the 20-step discrete optimum is
+/// 4.590676, 1.1e-4 above), and the closed-loop cost of the learned feedback on
+/// validation paths within 1% of it. 1000 iterations with the last 500 averaged
+/// (without averaging Φ(0, 0) swings by ±3e-3 between iterations from SGD noise).
 #[test]
 fn hjb100_value_matches_cole_hopf() {
     use socflow_trainer::soc::reference::ColeHopf;
+    use socflow_trainer::soc::Averaging;
     let exact = ColeHopf::hjb100().value(0.0, &[0.0; 100]).unwrap();
     assert!((exact - 4.590162).abs() < 1e-6);
     let problem = QuadraticProblem::hjb100();
     let cfg = SocConfig {
-        iterations: 300,
+        iterations: 1000,
         schedule: socflow_trainer::optim::Schedule::Step {
-            every: 100,
+            every: 333,
             factor: 0.3,
         },
+        weights: LossWeights {
+            bsde: 100.0,
+            ..LossWeights::default()
+        },
+        averaging: Some(Averaging {
+            decay: 0.99,
+            start: 500,
+        }),
         validate_every: 0,
         validation_paths: 512,
         ..SocConfig::default()
@@ -414,7 +424,7 @@ fn hjb100_value_matches_cole_hopf() {
          Cole–Hopf {exact:.6}",
         v.initial_value, v.costs.cost
     );
-    assert!(ev < 0.01, "Φ(0,0) rel err {ev}");
+    assert!(ev < 1e-3, "Φ(0,0) rel err {ev}");
     assert!(ec < 0.01, "closed-loop cost rel err {ec}");
 }
 
