@@ -27,6 +27,7 @@ pub mod dto;
 pub mod error;
 pub mod flow_matching;
 pub mod likelihood;
+pub mod mfg;
 pub mod mlp;
 pub mod optim;
 pub mod otflow;

@@ -181,14 +181,7 @@ impl<B: Backend> Rhs<B> for OtFlowRhs {
             )));
         }
         let x = g.slice_cols(y, 0, d)?;
-        let tt = g.tile_rows(t, shape.rows)?;
-        let s = g.concat_cols(&[x, tt])?;
-        let out = potential(g, &vars, s, true)?;
-        let lap = out.lap.ok_or_else(|| {
-            autodiff::Error::InvalidArgument("OT-Flow potential without a Laplacian".into())
-        })?;
-        let gx = out.grad_x(g)?;
-        let dt = out.dt(g)?;
+        let (gx, lap, dt) = potential_terms(g, &vars, x, t)?;
         let inv = -1.0 / self.alpha0;
         let dx = g.scale(gx, inv)?;
         let dl = g.scale(lap, inv)?;
@@ -200,6 +193,27 @@ impl<B: Backend> Rhs<B> for OtFlowRhs {
         let dr = g.abs(res)?;
         g.concat_cols(&[dx, dl, dv, dr])
     }
+}
+
+/// ∇ₓΦ (B × d), ΔₓΦ (B × 1) and ∂ₜΦ (B × 1) of the potential at the states `x`
+/// (B × d) and the time `t` (1 × 1): what every right-hand side moving particles by
+/// −∇ₓΦ reads (OT-Flow's here, the crowd's in [`crate::mfg`]).
+pub(crate) fn potential_terms<B: Backend>(
+    g: &mut Graph<B>,
+    vars: &OtFlowVars,
+    x: Var,
+    t: Var,
+) -> autodiff::Result<(Var, Var, Var)> {
+    let rows = g.shape(x)?.rows;
+    let tt = g.tile_rows(t, rows)?;
+    let s = g.concat_cols(&[x, tt])?;
+    let out = potential(g, vars, s, true)?;
+    let lap = out.lap.ok_or_else(|| {
+        autodiff::Error::InvalidArgument("OT-Flow potential without a Laplacian".into())
+    })?;
+    let gx = out.grad_x(g)?;
+    let dt = out.dt(g)?;
+    Ok((gx, lap, dt))
 }
 
 /// The three costs of the OT-Flow objective and J (batch means, see the module docs).
