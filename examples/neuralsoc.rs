@@ -3,7 +3,8 @@
 //!
 //! `cargo run --release --example neuralsoc -- [hjb100|shifted1|shifted1000|lqr10] [ITERATIONS]
 //! [--brownian] [--m M] [--batch B] [--steps N] [--lr LR] [--w A,HJB,T,GRAD,BSDE]
-//! [--constant-lr] [--ema DECAY[,START]] [--cost-scale K]`
+//! [--constant-lr] [--ema DECAY[,START]] [--cost-scale K]
+//! [--rank R]`
 //!
 //! `--cost-scale K` trains on the problem with every cost divided by K (same optimal
 //! control, value Φ/K: [`QuadraticProblem::with_cost_scale`]); everything printed is
@@ -15,7 +16,7 @@ use socflow_runtime::model::Model;
 use socflow_trainer::autodiff::Cpu;
 use socflow_trainer::optim::{AdamConfig, Schedule};
 use socflow_trainer::soc::evaluate::{errors_along_optimal_paths, PathOptions};
-use socflow_trainer::soc::reference::{ColeHopf, Lqr};
+use socflow_trainer::soc::reference::{closed_loop_cost, ColeHopf, Lqr};
 use socflow_trainer::soc::{
     train_soc, Averaging, ControlProblem, InitialDistribution, LossWeights, QuadraticProblem,
     Sampling, SocConfig,
@@ -52,6 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = SocConfig {
         m: flag("--m").map(|s| s.parse()).transpose()?.unwrap_or(64),
         n_th: 2,
+        rank: flag("--rank").map(|s| s.parse()).transpose()?,
         steps: flag("--steps")
             .map(|s| s.parse())
             .transpose()?
@@ -108,14 +110,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let trained = train_soc(&scaled, &config, &mut |p| {
         if let Some(v) = p.validation {
             println!(
-                "it {:5}  loss {:10.4}  val cost {:10.4}  Phi(0,z0) {:.6}  term {:.4}  bsde {:.4}  {:.3} s/it",
+                "it {:5}  loss {:10.4}  val cost {:10.4}  Phi(0,z0) {:.6}  term {:.4}  bsde {:.4}  {:.3} s/it  {:.0} s",
                 p.iteration,
                 p.costs.loss,
                 v.costs.cost * scale,
                 v.initial_value * scale,
                 v.costs.terminal,
                 v.costs.bsde,
-                p.seconds
+                p.seconds,
+                start.elapsed().as_secs_f64()
             );
         }
     })?;
@@ -124,6 +127,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let art = trained.to_artifact(&scaled as &dyn ControlProblem<Cpu>, None)?;
     let model = Model::<f64>::from_bytes(&art.to_bytes(StorageDtype::F64)?)?;
     let mut ctl = model.controller()?;
+    let mut ctl2 = model.controller()?;
     let d = problem.dim;
     let gen = Brownian::new(99);
     let mean = problem.initial.mean().to_vec();
@@ -187,6 +191,45 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ => ColeHopf::shifted_target(1000.0),
         };
         println!("Cole–Hopf Phi(0,z0) = {:.6}", ch.value(0.0, &mean)?);
+        // Closed-loop costs from z0 at the training step count and finer: the learned
+        // feedback, Cole–Hopf's exact (continuous-time) feedback and no control.
+        for n in [config.steps, 100, 200] {
+            let paths = 512;
+            let mine = closed_loop_cost(
+                &ch,
+                &mean,
+                |t, z, u| Ok(ctl2.control(t, z, u)?),
+                n,
+                paths,
+                7,
+            )?;
+            let exact = closed_loop_cost(
+                &ch,
+                &mean,
+                |t, z, u| {
+                    u.copy_from_slice(&ch.control(t, z)?);
+                    Ok(())
+                },
+                n,
+                paths,
+                7,
+            )?;
+            let free = closed_loop_cost(
+                &ch,
+                &mean,
+                |_, _, u| {
+                    u.fill(0.0);
+                    Ok(())
+                },
+                n,
+                paths,
+                7,
+            )?;
+            println!(
+                "{n:4} steps, {paths} paths: learned {:.4} ± {:.4}, Cole–Hopf feedback {:.4} ± {:.4}, uncontrolled {:.4} ± {:.4}",
+                mine.mean, mine.std_err, exact.mean, exact.std_err, free.mean, free.std_err
+            );
+        }
         let reference = |t: f64, z: &[f64]| Ok((ch.value(t, z)?, ch.control(t, z)?));
         errors_along_optimal_paths(&drift, &reference, &mut learned, &opts)?
     };

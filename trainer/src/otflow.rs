@@ -504,12 +504,27 @@ pub fn to_param_set(p: &OtFlowParams) -> Result<ParamSet> {
 ///
 /// Errors: [`Error::InvalidArgument`] for d = 0, m = 0 or nTh < 2.
 pub fn init_params(d: usize, m: usize, n_th: usize, seed: u64) -> Result<OtFlowParams> {
-    if d == 0 || m == 0 || n_th < 2 {
+    init_params_with_rank(d, m, n_th, default_rank(d), seed)
+}
+
+/// [`init_params`] with the rank r of A chosen (1 ≤ r ≤ d + 1): the quadratic part
+/// ½‖A(x, t)‖² curves Φ in at most r directions, which a value function with curvature
+/// in every direction (a target to reach in 100-D) needs all of.
+///
+/// Errors: [`Error::InvalidArgument`] for d = 0, m = 0, nTh < 2 or r outside 1..=d+1.
+pub fn init_params_with_rank(
+    d: usize,
+    m: usize,
+    n_th: usize,
+    r: usize,
+    seed: u64,
+) -> Result<OtFlowParams> {
+    if d == 0 || m == 0 || n_th < 2 || r == 0 || r > d + 1 {
         return Err(Error::InvalidArgument(format!(
-            "OT-Flow sizes d = {d}, m = {m}, nTh = {n_th} (need d, m ≥ 1, nTh ≥ 2)"
+            "OT-Flow sizes d = {d}, m = {m}, nTh = {n_th}, rank {r} \
+             (need d, m ≥ 1, nTh ≥ 2, 1 ≤ rank ≤ d + 1)"
         )));
     }
-    let r = default_rank(d);
     let uniform = |sample: u64, n: usize, bound: f64| -> Result<Vec<f64>> {
         let mut draws = Draws::new(seed, INIT_STREAM, sample, 0)?;
         Ok((0..n)

@@ -39,7 +39,7 @@ use crate::checkpoint::Checkpointing;
 use crate::dto::{BrownianNoise, Cotangents, SdeRhs, Solver};
 use crate::optim::{optimizer_step, Adam, AdamConfig, Schedule, Scheduler};
 use crate::otflow::{
-    init_params, params_from_flat, to_param_set, OtFlowProblem, OtFlowRhs, Precision,
+    default_rank, init_params_with_rank, params_from_flat, to_param_set, OtFlowProblem, OtFlowRhs, Precision,
 };
 use crate::{Error, Result};
 
@@ -107,6 +107,10 @@ pub struct SocConfig {
     pub m: usize,
     /// OT-Flow ResNet layers nTh (≥ 2).
     pub n_th: usize,
+    /// Rank r of the potential's quadratic part A (1 ≤ r ≤ d + 1); None: OT-Flow's
+    /// min(10, d + 1). See [`init_params_with_rank`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rank: Option<usize>,
     /// Euler–Maruyama steps on [0, T].
     pub steps: usize,
     /// Paths per iteration.
@@ -160,6 +164,7 @@ impl Default for SocConfig {
         SocConfig {
             m: 64,
             n_th: 2,
+            rank: None,
             steps: 20,
             batch_size: 64,
             iterations: 1000,
@@ -471,7 +476,9 @@ impl<'a, P: ControlProblem<Cpu> + ?Sized> SocObjective<'a, P> {
     /// Φ(T, ·) matches g on average over the first batch's roll-outs.
     pub fn initial_params(&self, g: &mut Graph<Cpu>) -> Result<OtFlowParams> {
         let c = &self.config;
-        let mut p = init_params(self.problem.dim(), c.m, c.n_th, c.seed)?;
+        let d = self.problem.dim();
+        let r = c.rank.unwrap_or_else(|| default_rank(d));
+        let mut p = init_params_with_rank(d, c.m, c.n_th, r, c.seed)?;
         p.a.iter_mut().for_each(|v| *v *= INIT_SHRINK);
         p.w.iter_mut().for_each(|v| *v *= INIT_SHRINK);
         let mut w = c.weights;
