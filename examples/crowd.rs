@@ -9,8 +9,17 @@
 //! [--lr LR] [--batch B] [--m M] [--seed S] [--out-dir DIR]`
 //!
 //! Defaults: [`CrowdConfig::default`] (m = 16, RK4 nt = 4, 256 particles resampled
-//! every 25 iterations, Adam 0.02 cut by 0.3 at 80% of the run) with λ_P = 10,
-//! 1000 iterations.
+//! every 25 iterations, Adam 0.05 cut by 0.3 at 80% of the run, 5000 iterations, f32)
+//! with λ_P = 10.
+//!
+//! A run on 2 cores (release, default settings): 37.5 s of training (7.5 ms per
+//! iteration); on 2000 fresh agents with RK4 16 steps in f64: J 24.60, transport 17.25,
+//! ∫Q 1.80, ∫ρ 0.124, entropy −2.33, KL(ρ_T‖ρ₁) 0.237, HJB residual 0.59, terminal HJB
+//! 0.21; the straight-line map x ↦ x + t(μ₁ − μ₀) has transport 18 and ∫Q 2.90. The
+//! crowd opens around the obstacle (at t = ½ the density is a ring whose centre is
+//! empty; its peak falls from 0.53 to 0.135) and closes again towards ρ₁, stopping
+//! short of it (KL weight 4). With λ_P = 0 (the original setting) the same run ends
+//! with ∫Q 2.47 and a peak of 0.33 at t = ½.
 
 use std::path::PathBuf;
 use std::time::Instant;

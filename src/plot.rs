@@ -234,7 +234,7 @@ fn obstacle_shade(v: f64) -> RGBColor {
         0.0
     };
     let mix = |hi: f64, lo: f64| (hi + v * (lo - hi)).round() as u8;
-    RGBColor(mix(255.0, 150.0), mix(255.0, 130.0), mix(255.0, 120.0))
+    RGBColor(mix(255.0, 120.0), mix(255.0, 100.0), mix(255.0, 90.0))
 }
 
 /// Draws an obstacle cost given on a `k × k` grid of cell centres (the layout of
