@@ -1,6 +1,15 @@
 //! NeuralSOC on the command line: the `[soc_problem]` table of `socflow train` configs,
 //! training with progress lines and independent reference answers, closed-loop
-//! roll-outs of exported SOC models (`socflow simulate`), and the demo's small problem.
+//! roll-outs of exported SOC models (`socflow simulate`, `--plot` for their paths), and
+//! the demo's small problem.
+//!
+//! Every problem (the quadratic family, built-in or inline, and the quadcopter) goes
+//! through [`SocProblem`], and a training run through [`SocTask`]: the problem in its
+//! own units, and the factor its costs are multiplied by for training (`cost_scale`,
+//! the quadcopter's). The model records the problem in its own units and the factor
+//! ([`COST_SCALE_DETAIL`]), with the training problem's control law (which gives the
+//! same u* from Φ_θ ≈ cost_scale·Φ), so every cost the commands print is in the
+//! problem's units.
 //!
 //! Reference answers are found from the problem's structure, whatever its name:
 //! Riccati for linear–quadratic problems (linear or zero drift, quadratic costs about
