@@ -2,3 +2,4 @@
 //! them too: PNG plots with the shipped font ([`plot`]).
 
 pub mod plot;
+pub mod plot_paths;

@@ -168,6 +168,11 @@ struct SimulateArgs {
     /// also roll out the reference's optimal feedback on the same Brownian paths.
     #[arg(long)]
     reference: bool,
+    /// Draw the first closed-loop paths (at most 48) to this PNG: the first two state
+    /// coordinates, or a quadcopter's ground track and altitude, start and target
+    /// marked.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -377,6 +382,18 @@ fn simulate(args: &SimulateArgs) -> Result<()> {
         control_weight: 1.0,
     };
     let out = ctl.simulate(&dynamics, &opts)?;
+    if let Some(path) = &args.plot {
+        let name = "dz = u dt + σ dW";
+        soc::plot_closed_loop(
+            path,
+            name,
+            &ctl,
+            &dynamics,
+            &opts,
+            None,
+            soc::PlotLayout::Plane,
+        )?;
+    }
     let (mean, se) = out.cost();
     println!(
         "control cost ∫½‖u‖²ds over {} paths, {} steps, σ = {sigma}: {mean:.6} ± {se:.6} (standard error)",

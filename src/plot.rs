@@ -224,3 +224,205 @@ mod tests {
         assert_eq!(g, vec![-0.5, -0.5, 0.5, -0.5, -0.5, 0.5, 0.5, 0.5]);
     }
 }
+
+/// Colours a cell of an obstacle background: white where `v` = 0, deepening to a
+/// warm grey at `v` = 1 (so trajectories drawn over it stay visible).
+fn obstacle_shade(v: f64) -> RGBColor {
+    let v = if v.is_finite() {
+        v.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let mix = |hi: f64, lo: f64| (hi + v * (lo - hi)).round() as u8;
+    RGBColor(mix(255.0, 120.0), mix(255.0, 100.0), mix(255.0, 90.0))
+}
+
+/// Draws an obstacle cost given on a `k × k` grid of cell centres (the layout of
+/// [`grid_points`]) as a shaded background scaled to its maximum.
+fn draw_obstacle<DB: DrawingBackend>(
+    chart: &mut ChartContext<
+        '_,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    q: &[f64],
+    k: usize,
+    win: Window,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let max = q
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max);
+    if max <= 0.0 {
+        return Ok(());
+    }
+    let h = 2.0 * win.r / k as f64;
+    chart
+        .draw_series((0..k * k).map(|c| {
+            let (i, j) = (c % k, c / k);
+            let x0 = -win.r + i as f64 * h;
+            let y0 = -win.r + j as f64 * h;
+            Rectangle::new(
+                [(x0, y0), (x0 + h, y0 + h)],
+                obstacle_shade(q[c] / max).filled(),
+            )
+        }))
+        .map_err(|e| anyhow!("obstacle background: {e}"))?;
+    Ok(())
+}
+
+/// An obstacle cost sampled on a `k × k` grid of cell centres over a window (the
+/// layout of [`grid_points`]), for the crowd plots' shaded background.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObstacleGrid {
+    /// The cost at each cell centre, row-major by y then x.
+    pub q: Vec<f64>,
+    /// Cells per side.
+    pub k: usize,
+}
+
+impl ObstacleGrid {
+    /// Samples `cost` at the centres of a `k × k` grid over `win`.
+    pub fn sample(k: usize, win: Window, cost: impl Fn(&[f64]) -> f64) -> Self {
+        let q = grid_points(k, win).chunks_exact(2).map(cost).collect();
+        ObstacleGrid { q, k }
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.k == 0 || self.q.len() != self.k * self.k {
+            bail!(
+                "obstacle grid: {} values for a {} × {} grid",
+                self.q.len(),
+                self.k,
+                self.k
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Writes `path`: crowd trajectories over the obstacle (drawn as a shaded background
+/// scaled to its maximum); `states` is `points × n × 2` (point 0 at t = 0): each particle's path
+/// in blue, its start black and its end orange.
+pub fn crowd_trajectories_png(
+    path: &Path,
+    title: &str,
+    obstacle: &ObstacleGrid,
+    states: &[f64],
+    points: usize,
+    n: usize,
+    win: Window,
+) -> Result<()> {
+    ensure_font()?;
+    obstacle.check()?;
+    if points < 2 || states.len() != points * n * 2 {
+        bail!(
+            "trajectories: {} values for {points} points of {n} 2-D particles",
+            states.len()
+        );
+    }
+    let at = |p: usize, i: usize| (states[(p * n + i) * 2], states[(p * n + i) * 2 + 1]);
+    let root = BitMapBackend::new(path, (620, 620)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(40)
+        .build_cartesian_2d(win.range(), win.range())?;
+    chart.configure_mesh().disable_mesh().draw()?;
+    draw_obstacle(&mut chart, &obstacle.q, obstacle.k, win)?;
+    for i in 0..n {
+        chart.draw_series(LineSeries::new(
+            (0..points).map(|p| at(p, i)),
+            BLUE.mix(0.6).stroke_width(1),
+        ))?;
+    }
+    chart.draw_series((0..n).map(|i| Circle::new(at(0, i), 2, BLACK.mix(0.6).filled())))?;
+    chart.draw_series((0..n).map(|i| Circle::new(at(points - 1, i), 2, ORANGE.filled())))?;
+    root.present()?;
+    Ok(())
+}
+
+/// One panel of [`crowd_density_png`]: the time, the particles' positions (n × 2) and
+/// the density ρ_t at each of them (log ρ, n values).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DensityPanel {
+    /// The time t.
+    pub t: f64,
+    /// Particle positions, row-major n × 2.
+    pub points: Vec<f64>,
+    /// log ρ_t at each particle.
+    pub log_rho: Vec<f64>,
+}
+
+/// Writes `path`: the crowd's density over time, one panel per entry of `panels` in a
+/// row, each particle coloured (viridis) by its density ρ_t on one scale shared by
+/// every panel (labelled with its maximum), over the shaded obstacle.
+pub fn crowd_density_png(
+    path: &Path,
+    title: &str,
+    obstacle: &ObstacleGrid,
+    panels: &[DensityPanel],
+    win: Window,
+) -> Result<()> {
+    ensure_font()?;
+    obstacle.check()?;
+    if panels.is_empty() {
+        bail!("density over time: no panels");
+    }
+    for p in panels {
+        check_2d("density panel", &p.points)?;
+        if p.points.len() != 2 * p.log_rho.len() {
+            bail!(
+                "density panel at t = {}: {} points, {} densities",
+                p.t,
+                p.points.len() / 2,
+                p.log_rho.len()
+            );
+        }
+    }
+    let max = panels
+        .iter()
+        .flat_map(|p| p.log_rho.iter().copied())
+        .filter(|v| v.is_finite())
+        .fold(f64::NEG_INFINITY, f64::max);
+    if !max.is_finite() {
+        bail!("density over time: no finite log-density");
+    }
+    let rho_max = max.exp();
+    let w = 330 * panels.len() as u32;
+    let root = BitMapBackend::new(path, (w, 400)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(
+        &format!("{title} (colour: ρ_t / {rho_max:.3})"),
+        ("sans-serif", 22),
+    )?;
+    let areas = root.split_evenly((1, panels.len()));
+    for (area, p) in areas.iter().zip(panels) {
+        let mut chart = ChartBuilder::on(area)
+            .caption(format!("t = {:.2}", p.t), ("sans-serif", 18))
+            .margin(8)
+            .x_label_area_size(25)
+            .y_label_area_size(30)
+            .build_cartesian_2d(win.range(), win.range())?;
+        chart.configure_mesh().disable_mesh().draw()?;
+        draw_obstacle(&mut chart, &obstacle.q, obstacle.k, win)?;
+        // Densest particles last, so that they are drawn on top.
+        let mut order: Vec<usize> = (0..p.log_rho.len()).collect();
+        order.sort_by(|&a, &b| p.log_rho[a].total_cmp(&p.log_rho[b]));
+        chart.draw_series(order.into_iter().filter_map(|i| {
+            let pt = &p.points[2 * i..2 * i + 2];
+            win.contains(pt).then(|| {
+                let v = (p.log_rho[i] - max).exp();
+                Circle::new((pt[0], pt[1]), 2, viridis(v).filled())
+            })
+        }))?;
+    }
+    root.present()?;
+    Ok(())
+}

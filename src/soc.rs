@@ -1,6 +1,15 @@
 //! NeuralSOC on the command line: the `[soc_problem]` table of `socflow train` configs,
 //! training with progress lines and independent reference answers, closed-loop
-//! roll-outs of exported SOC models (`socflow simulate`), and the demo's small problem.
+//! roll-outs of exported SOC models (`socflow simulate`, `--plot` for their paths), and
+//! the demo's small problem.
+//!
+//! Every problem (the quadratic family, built-in or inline, and the quadcopter) goes
+//! through [`SocProblem`], and a training run through [`SocTask`]: the problem in its
+//! own units, and the factor its costs are multiplied by for training (`cost_scale`,
+//! the quadcopter's). The model records the problem in its own units and the factor
+//! ([`COST_SCALE_DETAIL`]), with the training problem's control law (which gives the
+//! same u* from Φ_θ ≈ cost_scale·Φ), so every cost the commands print is in the
+//! problem's units.
 //!
 //! Reference answers are found from the problem's structure, whatever its name:
 //! Riccati for linear–quadratic problems (linear or zero drift, quadratic costs about
@@ -16,7 +25,7 @@ use rayon::prelude::*;
 use serde::Deserialize;
 use socflow_runtime::artifact::{Artifact, StorageDtype};
 use socflow_runtime::brownian::Brownian;
-use socflow_runtime::controller::{mean_and_standard_error, Dynamics, SimulateOptions};
+use socflow_runtime::controller::{mean_and_standard_error, Controller, Dynamics, SimulateOptions};
 use socflow_runtime::model::Model;
 use socflow_runtime::npy::write_npy;
 use socflow_trainer::autodiff::{Cpu, Graph};
@@ -27,11 +36,11 @@ use socflow_trainer::soc::train::VALIDATION_FIRST_SAMPLE;
 use socflow_trainer::soc::{
     train_soc_checkpointed, ControlProblem, QuadcopterProblem, QuadraticProblem, Sampling,
     SocConfig, SocObjective, SocValidation, StateCost, StateDrift, TerminalCost, TrainedSoc,
-    QUADCOPTER_CONTROLS, QUADCOPTER_DIM,
 };
 
 use crate::plot::{self, Window};
 use crate::train::{Tick, TrainProgress};
+use socflow::plot_paths::{plane_png, quadcopter_png, Marks, Paths};
 
 /// Largest state dimension of the built-in LQR (its matrices are d × d).
 pub const MAX_LQR_DIM: usize = 1000;
@@ -42,6 +51,10 @@ fn default_shifted_weight() -> f64 {
 
 fn default_lqr_dim() -> usize {
     10
+}
+
+fn default_cost_scale() -> f64 {
+    1.0
 }
 
 /// A built-in problem of the `[soc_problem]` table, chosen by `builtin = "…"`.
@@ -69,12 +82,28 @@ pub enum Builtin {
         #[serde(default)]
         seed: u64,
     },
+    /// The 12-D quadcopter of Onken et al. (2022) as NeuralSOC poses it
+    /// ([`QuadcopterProblem::neural_soc`]): from (−1.5, −1.5, −1.5) to (2, 2, 2) in
+    /// T = 1 under σ = 0.2, L = 2 + ‖u‖², g = 2500‖z − z_target‖².
+    Quadcopter {
+        /// The factor the costs are multiplied by for training (default 1; 0.001 keeps
+        /// Φ_θ at a scale Adam's steps move). The optimal control is the same; the
+        /// model records the problem in its own units, so reported and simulated costs
+        /// are in those.
+        #[serde(default = "default_cost_scale")]
+        cost_scale: f64,
+        /// Training starts spread as start + `position_std`·N(0, I₃) in position
+        /// (default 0: every path starts at the paper's single start).
+        #[serde(default)]
+        position_std: f64,
+    },
 }
 
 /// The `[soc_problem]` table: a built-in problem or a full [`QuadraticProblem`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum SocProblemSpec {
-    /// `builtin = "hjb100" | "shifted_target" | "lqr"` with its parameters.
+    /// `builtin = "hjb100" | "shifted_target" | "lqr" | "quadcopter"` with its
+    /// parameters.
     Builtin(Builtin),
     /// Every field of a [`QuadraticProblem`] (validated when parsed).
     Inline(Box<QuadraticProblem>),
@@ -106,21 +135,242 @@ impl SocProblemSpec {
         }
     }
 
-    /// The problem itself (validated).
-    pub fn build(&self) -> Result<QuadraticProblem> {
-        let p = match self {
-            SocProblemSpec::Builtin(Builtin::Hjb100 {}) => QuadraticProblem::hjb100(),
+    /// The problem itself and the scale its costs are trained at (validated); an
+    /// error names the offending key.
+    pub fn build(&self) -> Result<SocTask> {
+        let (problem, cost_scale) = match self {
+            SocProblemSpec::Builtin(Builtin::Hjb100 {}) => {
+                (SocProblem::Quadratic(QuadraticProblem::hjb100()), 1.0)
+            }
             SocProblemSpec::Builtin(Builtin::ShiftedTarget { weight }) => {
                 if !(weight.is_finite() && *weight > 0.0) {
                     bail!("[soc_problem]: weight = {weight} (need a finite weight > 0)");
                 }
-                QuadraticProblem::shifted_target(*weight)
+                let p = QuadraticProblem::shifted_target(*weight);
+                (SocProblem::Quadratic(p), 1.0)
             }
-            SocProblemSpec::Builtin(Builtin::Lqr { dim, seed }) => lqr_problem(*dim, *seed)?,
-            SocProblemSpec::Inline(p) => (**p).clone(),
+            SocProblemSpec::Builtin(Builtin::Lqr { dim, seed }) => {
+                (SocProblem::Quadratic(lqr_problem(*dim, *seed)?), 1.0)
+            }
+            SocProblemSpec::Builtin(Builtin::Quadcopter {
+                cost_scale,
+                position_std,
+            }) => {
+                if !(position_std.is_finite() && *position_std >= 0.0) {
+                    bail!(
+                        "[soc_problem]: position_std = {position_std} (need a finite spread ≥ 0)"
+                    );
+                }
+                let p = if *position_std > 0.0 {
+                    QuadcopterProblem::neural_soc_spread(*position_std)
+                } else {
+                    QuadcopterProblem::neural_soc()
+                };
+                (SocProblem::Quadcopter(p), *cost_scale)
+            }
+            SocProblemSpec::Inline(p) => (SocProblem::Quadratic((**p).clone()), 1.0),
         };
-        p.validate().map_err(|e| anyhow!("[soc_problem]: {e}"))?;
-        Ok(p)
+        SocTask::new(problem, cost_scale)
+    }
+}
+
+/// A problem `socflow train` and `socflow simulate` know: the quadratic family or the
+/// quadcopter. Each is a [`ControlProblem`] (training) and a [`Dynamics`] (closed-loop
+/// roll-outs of the deployed controller); everything else goes through this type, so
+/// the commands have one code path for every problem.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SocProblem {
+    /// A [`QuadraticProblem`] (built-in or inline).
+    Quadratic(QuadraticProblem),
+    /// The quadcopter (a state-dependent control law).
+    Quadcopter(QuadcopterProblem),
+}
+
+impl SocProblem {
+    /// Parses a model's recorded problem: the quadratic family, else the quadcopter;
+    /// when neither parses, the quadratic family's error (the informative one).
+    pub fn from_json(text: &str) -> Result<Self> {
+        match QuadraticProblem::from_json(text) {
+            Ok(p) => Ok(SocProblem::Quadratic(p)),
+            Err(e) => match QuadcopterProblem::from_json(text) {
+                Ok(q) => Ok(SocProblem::Quadcopter(q)),
+                Err(_) => bail!("{e}"),
+            },
+        }
+    }
+
+    /// The problem as JSON (what a model records).
+    pub fn to_json(&self) -> Result<String> {
+        Ok(match self {
+            SocProblem::Quadratic(p) => p.to_json()?,
+            SocProblem::Quadcopter(q) => q.to_json()?,
+        })
+    }
+
+    /// Checks every setting.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            SocProblem::Quadratic(p) => p.validate()?,
+            SocProblem::Quadcopter(q) => q.validate()?,
+        }
+        Ok(())
+    }
+
+    /// The problem as the trainer sees it.
+    pub fn control(&self) -> &dyn ControlProblem<Cpu> {
+        match self {
+            SocProblem::Quadratic(p) => p,
+            SocProblem::Quadcopter(q) => q,
+        }
+    }
+
+    /// The problem as the runtime's closed loop rolls it out.
+    pub fn dynamics(&self) -> &dyn Dynamics<f64> {
+        match self {
+            SocProblem::Quadratic(p) => p,
+            SocProblem::Quadcopter(q) => q,
+        }
+    }
+
+    /// A short name ("quadcopter" for the quadcopter).
+    pub fn name(&self) -> &str {
+        match self {
+            SocProblem::Quadratic(p) => &p.name,
+            SocProblem::Quadcopter(_) => "quadcopter",
+        }
+    }
+
+    /// The mean of z(0) (the start of the runtime's roll-outs).
+    pub fn start(&self) -> &[f64] {
+        match self {
+            SocProblem::Quadratic(p) => p.initial.mean(),
+            SocProblem::Quadcopter(q) => &q.start,
+        }
+    }
+
+    /// The state the terminal cost pulls towards (its center), where it has one.
+    pub fn target(&self) -> Option<&[f64]> {
+        match self {
+            SocProblem::Quadratic(p) => match &p.terminal {
+                TerminalCost::Quadratic { center, .. } | TerminalCost::LogRadial { center, .. } => {
+                    Some(center)
+                }
+            },
+            SocProblem::Quadcopter(q) => Some(&q.target),
+        }
+    }
+
+    /// Whether every path starts at one state.
+    pub fn starts_at_a_point(&self) -> bool {
+        match self {
+            SocProblem::Quadratic(p) => starts_at_a_point(p),
+            SocProblem::Quadcopter(q) => q.start_std.is_none(),
+        }
+    }
+
+    /// Options for the runtime's closed loop on [0, T] under the problem's noise:
+    /// `paths` Euler–Maruyama paths of `steps` steps from [`start`](Self::start).
+    pub fn rollout_options(&self, steps: usize, paths: usize, seed: u64) -> SimulateOptions<f64> {
+        match self {
+            SocProblem::Quadratic(p) => rollout_options(p, steps, paths, seed),
+            SocProblem::Quadcopter(q) => q.rollout_options(steps, paths, seed),
+        }
+    }
+
+    /// The independent answer for the value function (quadratic problems of the
+    /// structures [`Reference`] knows), `None` otherwise.
+    pub fn reference(&self) -> Result<Option<Reference>> {
+        match self {
+            SocProblem::Quadratic(p) => Reference::of(p),
+            SocProblem::Quadcopter(_) => Ok(None),
+        }
+    }
+
+    /// The same problem with every cost multiplied by `factor` > 0 (the same optimal
+    /// control, Φ·`factor`); only the quadcopter scales, other problems take 1.
+    pub fn with_costs_times(&self, factor: f64) -> Result<Self> {
+        if !(factor.is_finite() && factor > 0.0) {
+            bail!("[soc_problem]: cost_scale = {factor} (need a finite factor > 0)");
+        }
+        match self {
+            SocProblem::Quadcopter(q) => Ok(SocProblem::Quadcopter(
+                q.with_cost_scale(1.0 / factor)
+                    .map_err(|e| anyhow!("[soc_problem]: cost_scale = {factor}: {e}"))?,
+            )),
+            p if factor == 1.0 => Ok(p.clone()),
+            p => bail!(
+                "[soc_problem]: cost_scale = {factor}: only the quadcopter trains at a cost \
+                 scale (problem {})",
+                p.name()
+            ),
+        }
+    }
+
+    /// A short description: name, sizes, horizon, noise.
+    pub fn describe(&self) -> String {
+        let c = self.control();
+        let spread = match self {
+            SocProblem::Quadcopter(QuadcopterProblem {
+                start_std: Some(s), ..
+            }) => format!(", starts spread by {} in position", s[0]),
+            _ => String::new(),
+        };
+        format!(
+            "{} (d = {}, k = {}, T = {}, σ = {:.6}{spread})",
+            self.name(),
+            c.dim(),
+            c.control_dim(),
+            c.horizon(),
+            c.sigma()
+        )
+    }
+}
+
+/// The provenance detail of a model trained at a cost scale: the factor its costs were
+/// multiplied by, so Φ_θ / cost_scale is in the recorded problem's units.
+pub const COST_SCALE_DETAIL: &str = "cost_scale";
+
+/// A problem as `socflow train` trains it: posed in its own units, trained with its
+/// costs multiplied by `cost_scale`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SocTask {
+    /// The problem in its own units (what the model records and simulate rolls out).
+    pub problem: SocProblem,
+    /// The factor the costs are multiplied by for training (1: none).
+    pub cost_scale: f64,
+    /// The problem the trainer sees (costs times `cost_scale`).
+    pub training: SocProblem,
+}
+
+impl SocTask {
+    /// `problem` trained at `cost_scale` (both validated).
+    pub fn new(problem: SocProblem, cost_scale: f64) -> Result<Self> {
+        problem
+            .validate()
+            .map_err(|e| anyhow!("[soc_problem]: {e:#}"))?;
+        let training = problem.with_costs_times(cost_scale)?;
+        Ok(SocTask {
+            problem,
+            cost_scale,
+            training,
+        })
+    }
+
+    /// A training figure (a cost, a value of Φ_θ) in the problem's own units.
+    pub fn unscaled(&self, v: f64) -> f64 {
+        v / self.cost_scale
+    }
+
+    /// What the run prints first: the problem and its cost scale.
+    pub fn describe(&self) -> String {
+        let mut s = self.problem.describe();
+        if self.cost_scale != 1.0 {
+            s.push_str(&format!(
+                ", costs × {} for training (reported in the problem's units)",
+                self.cost_scale
+            ));
+        }
+        s
     }
 }
 
@@ -420,35 +670,54 @@ fn reference_at_starts(problem: &QuadraticProblem, config: &SocConfig) -> Option
     }
 }
 
-/// Trains Φ_θ for `problem`, reporting every iteration to `progress` (validation
-/// closed-loop cost and mean Φ(0, z₀) when computed), and builds the model file.
+/// Trains Φ_θ for `task`, reporting every iteration to `progress` (validation
+/// closed-loop cost and mean Φ(0, z₀) when computed, in the problem's units), and
+/// builds the model file: Φ_θ with the training problem's control law, the problem in
+/// its own units and the cost scale.
 pub fn run_soc(
-    problem: &QuadraticProblem,
+    task: &SocTask,
     config: &SocConfig,
     ckpt: &mut Checkpointing<'_>,
     progress: &mut dyn FnMut(&Tick),
 ) -> Result<SocOutcome> {
-    problem.validate()?;
+    let training = task.training.control();
     let start = Instant::now();
-    let trained = train_soc_checkpointed(problem, config, ckpt, &mut |p| {
+    let trained = train_soc_checkpointed(training, config, ckpt, &mut |p| {
         progress(&Tick {
             iteration: p.iteration,
             iterations: p.iterations,
             loss: p.costs.loss,
-            validation: p.validation.map(|v| ("validation cost", v.costs.cost)),
-            detail: p.validation.map(|v| ("Φ(0,z₀)", v.initial_value)),
+            validation: p
+                .validation
+                .map(|v| ("validation cost", task.unscaled(v.costs.cost))),
+            detail: p
+                .validation
+                .map(|v| ("Φ(0,z₀)", task.unscaled(v.initial_value))),
         })
     })?;
     let seconds = start.elapsed().as_secs_f64();
     let validation = match trained.validation.last() {
         Some(v) if v.iteration == config.iterations => *v,
         // A run resumed from its last checkpoint runs no iteration, so no validation.
-        _ => validate(problem, config, &trained)?,
+        _ => validate(training, config, &trained)?,
     };
-    let json = problem.to_json()?;
-    let artifact = trained.to_artifact::<Cpu, QuadraticProblem>(problem, Some(&json))?;
+    // The law comes from the training problem (its control weight carries the scale,
+    // so the same u* follows from ∇Φ_θ); the record is the problem in its own units.
+    let json = task.problem.to_json()?;
+    let mut artifact = trained.to_artifact(training, Some(&json))?;
+    if task.cost_scale != 1.0 {
+        artifact
+            .card
+            .provenance
+            .details
+            .insert(COST_SCALE_DETAIL.into(), format!("{}", task.cost_scale));
+    }
+    let reference = match &task.problem {
+        SocProblem::Quadratic(p) => reference_at_starts(p, config),
+        SocProblem::Quadcopter(_) => None,
+    };
     Ok(SocOutcome {
-        reference: reference_at_starts(problem, config),
+        reference,
         trained,
         artifact,
         validation,
@@ -459,7 +728,7 @@ pub fn run_soc(
 /// The trainer's validation of `trained` (what the training loop computes after its
 /// last iteration).
 fn validate(
-    problem: &QuadraticProblem,
+    problem: &dyn ControlProblem<Cpu>,
     config: &SocConfig,
     trained: &TrainedSoc,
 ) -> Result<SocValidation> {
@@ -476,14 +745,6 @@ fn validate(
     })
 }
 
-/// A short description of a problem: name, sizes, horizon, noise.
-fn describe(p: &QuadraticProblem) -> String {
-    format!(
-        "{} (d = {}, k = {}, T = {}, σ = {:.6})",
-        p.name, p.dim, p.control_dim, p.horizon, p.sigma
-    )
-}
-
 /// A state for messages: its values when short, its size otherwise.
 fn show_state(x: &[f64]) -> String {
     if x.len() <= 6 {
@@ -498,24 +759,25 @@ fn show_state(x: &[f64]) -> String {
 
 /// `socflow train` for `problem = "soc"`: trains, writes the model file (f64, so the
 /// deployed Φ is the trained one), reloads it through the runtime and prints the final
-/// figures beside the reference answer when the problem has one.
+/// figures (in the problem's units) beside the reference answer when the problem has
+/// one.
 pub fn train(
     spec: &SocProblemSpec,
     config: &SocConfig,
     ckpt: &mut Checkpointing<'_>,
     output: &Path,
 ) -> Result<()> {
-    let problem = spec.build()?;
+    let task = spec.build()?;
     config.validate().context("[soc]")?;
     eprintln!(
         "soc: {}; {} iterations of {} paths, {} Euler–Maruyama steps",
-        describe(&problem),
+        task.describe(),
         config.iterations,
         config.batch_size,
         config.steps
     );
     let mut bar = TrainProgress::new("NeuralSOC", config.iterations);
-    let r = run_soc(&problem, config, ckpt, &mut |t| bar.tick(t));
+    let r = run_soc(&task, config, ckpt, &mut |t| bar.tick(t));
     bar.finish();
     let outcome = r?;
     outcome
@@ -537,9 +799,11 @@ pub fn train(
     let v = &outcome.validation;
     println!(
         "validation closed-loop cost (trainer, {} Euler–Maruyama steps, {} paths): {:.6}",
-        config.steps, config.validation_paths, v.costs.cost
+        config.steps,
+        config.validation_paths,
+        task.unscaled(v.costs.cost)
     );
-    let point = starts_at_a_point(&problem);
+    let point = task.problem.starts_at_a_point();
     let at = if point {
         "Φ(0, x₀)".to_string()
     } else {
@@ -548,7 +812,10 @@ pub fn train(
             config.validation_paths
         )
     };
-    println!("learned {at} (trainer): {:.6}", v.initial_value);
+    println!(
+        "learned {at} (trainer): {:.6}",
+        task.unscaled(v.initial_value)
+    );
     if let Some(r) = outcome.reference {
         println!("reference {at} ({}): {:.6}", r.method, r.value);
         if let Some(v) = r.discrete {
@@ -559,40 +826,100 @@ pub fn train(
         }
     }
     if point {
-        let x0 = problem.initial.mean();
-        let phi = model.controller()?.value(0.0, x0)?;
-        println!("learned Φ(0, x₀) of the exported model (runtime): {phi:.6}");
+        let phi = model.controller()?.value(0.0, task.problem.start())?;
+        println!(
+            "learned Φ(0, x₀) of the exported model (runtime): {:.6}",
+            task.unscaled(phi)
+        );
     }
     println!("model: {}", output.display());
     Ok(())
 }
 
-/// `socflow simulate` on a model whose provenance records its SOC problem: rolls out
-/// u = −M∇Φ under the problem's dynamics and noise and prints the mean cost with its
-/// standard error, the learned Φ(0, x₀) and the reference when there is one.
-pub fn simulate(args: &crate::SimulateArgs, model: &Model<f64>, problem_json: &str) -> Result<()> {
-    // The quadratic family, or the quadcopter (its own problem type, state-dependent
-    // control law); the first parse's error is the informative one.
-    let (quadratic, quadcopter) = match QuadraticProblem::from_json(problem_json) {
-        Ok(p) => (Some(p), None),
-        Err(e) => match QuadcopterProblem::from_json(problem_json) {
-            Ok(q) => (None, Some(q)),
-            Err(_) => bail!("the model's recorded problem (soc_problem): {e}"),
-        },
+/// The cost scale a model was trained at (its [`COST_SCALE_DETAIL`]; 1 when absent).
+pub fn recorded_cost_scale(model: &Model<f64>) -> Result<f64> {
+    let Some(text) = model
+        .artifact()
+        .card
+        .provenance
+        .details
+        .get(COST_SCALE_DETAIL)
+    else {
+        return Ok(1.0);
     };
-    let (name, dim, controls, horizon, sigma, dynamics): (_, _, _, _, _, &dyn Dynamics<f64>) =
-        match (&quadratic, &quadcopter) {
-            (Some(p), _) => (p.name.as_str(), p.dim, p.control_dim, p.horizon, p.sigma, p),
-            (None, Some(q)) => (
-                "quadcopter",
-                QUADCOPTER_DIM,
-                QUADCOPTER_CONTROLS,
-                q.horizon,
-                q.sigma,
-                q,
-            ),
-            (None, None) => bail!("the model's recorded problem (soc_problem) is missing"),
-        };
+    match text.parse::<f64>() {
+        Ok(k) if k.is_finite() && k > 0.0 => Ok(k),
+        _ => bail!("the model's {COST_SCALE_DETAIL} `{text}` is not a finite factor > 0"),
+    }
+}
+
+/// Closed-loop paths drawn by `socflow simulate --plot` (at most).
+pub const PLOT_PATHS: usize = 48;
+
+/// How [`plot_closed_loop`] draws the paths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlotLayout {
+    /// The plane of the first two coordinates ([`plane_png`]).
+    Plane,
+    /// The quadcopter's ground track and altitude ([`quadcopter_png`]).
+    Quadcopter,
+}
+
+/// Writes `path`: the first (at most [`PLOT_PATHS`]) paths of the closed loop that
+/// `opts` rolls out (path p sees the noise of (seed, p), so these are the first paths
+/// of that roll-out), from `opts.x0` to `target`, titled with `name`.
+pub fn plot_closed_loop<D: Dynamics<f64> + ?Sized>(
+    path: &Path,
+    name: &str,
+    ctl: &Controller<f64>,
+    dynamics: &D,
+    opts: &SimulateOptions<f64>,
+    target: Option<&[f64]>,
+    layout: PlotLayout,
+) -> Result<()> {
+    let mut popts = opts.clone();
+    popts.paths = opts.paths.min(PLOT_PATHS);
+    popts.keep_trajectories = true;
+    let states = ctl
+        .simulate(dynamics, &popts)?
+        .trajectories
+        .context("the controller returned no trajectories")?;
+    let paths = Paths {
+        states: &states,
+        paths: popts.paths,
+        points: popts.steps + 1,
+        dim: ctl.state_dim(),
+        t0: popts.t0,
+        t1: popts.t1,
+    };
+    let marks = Marks {
+        start: &popts.x0,
+        target,
+    };
+    let title = format!("{name}: {} closed-loop paths", popts.paths);
+    match layout {
+        PlotLayout::Quadcopter => quadcopter_png(path, &title, &paths, &marks),
+        PlotLayout::Plane => plane_png(path, &title, &paths, &marks),
+    }
+    .with_context(|| format!("cannot write the plot {}", path.display()))?;
+    println!("plot: {}", path.display());
+    Ok(())
+}
+
+/// `socflow simulate` on a model whose provenance records its SOC problem: rolls out
+/// the deployed feedback (u = −M∇Φ or the model's control law) under the problem's
+/// dynamics and noise and prints the mean cost with its standard error, the learned
+/// Φ(0, x₀) (in the problem's units) and the reference when there is one; `--plot`
+/// draws the first paths.
+pub fn simulate(args: &crate::SimulateArgs, model: &Model<f64>, problem_json: &str) -> Result<()> {
+    let problem = SocProblem::from_json(problem_json)
+        .map_err(|e| anyhow!("the model's recorded problem (soc_problem): {e:#}"))?;
+    let cost_scale = recorded_cost_scale(model)?;
+    let control = problem.control();
+    let (dim, controls) = (control.dim(), control.control_dim());
+    let (horizon, sigma) = (control.horizon(), control.sigma());
+    let name = problem.name();
+    let dynamics = problem.dynamics();
     let ctl = model.controller()?;
     if model.dim() != dim || ctl.control_dim() != controls {
         bail!(
@@ -605,17 +932,12 @@ pub fn simulate(args: &crate::SimulateArgs, model: &Model<f64>, problem_json: &s
     if t0 != 0.0 || t1 != horizon {
         bail!("the model's time interval [{t0}, {t1}] is not the problem's [0, {horizon}]");
     }
-    let mut opts = match (&quadratic, &quadcopter) {
-        (Some(p), _) => rollout_options(p, args.steps, args.paths, args.seed),
-        (None, Some(q)) => q.rollout_options(args.steps, args.paths, args.seed),
-        (None, None) => bail!("the model's recorded problem (soc_problem) is missing"),
-    };
+    let mut opts = problem.rollout_options(args.steps, args.paths, args.seed);
     let from = if args.x0.is_empty() {
-        match &quadratic {
-            Some(p) if !starts_at_a_point(p) => {
-                "the mean of the problem's initial distribution".to_string()
-            }
-            _ => "the problem's start".to_string(),
+        if problem.starts_at_a_point() {
+            "the problem's start".to_string()
+        } else {
+            "the mean of the problem's initial distribution".to_string()
         }
     } else {
         if args.x0.len() != dim {
@@ -645,10 +967,14 @@ pub fn simulate(args: &crate::SimulateArgs, model: &Model<f64>, problem_json: &s
     let (running, _) = mean_and_standard_error(&out.running_cost);
     let (terminal, _) = mean_and_standard_error(&out.terminal_cost);
     println!("  mean running cost ∫L ds: {running:.6}, mean terminal cost g(z(T)): {terminal:.6}");
-    let phi = ctl.clone().value(0.0, &opts.x0)?;
-    println!("learned Φ(0, x₀): {phi:.6}");
-    let reference = match quadratic.as_ref().map(Reference::of).transpose() {
-        Ok(r) => r.flatten(),
+    let phi = ctl.clone().value(0.0, &opts.x0)? / cost_scale;
+    if cost_scale == 1.0 {
+        println!("learned Φ(0, x₀): {phi:.6}");
+    } else {
+        println!("learned Φ(0, x₀): {phi:.6} (Φ_θ / cost_scale {cost_scale})");
+    }
+    let reference = match problem.reference() {
+        Ok(r) => r,
         Err(e) => {
             eprintln!("note: no reference answer for this problem: {e:#}");
             None
@@ -663,12 +989,12 @@ pub fn simulate(args: &crate::SimulateArgs, model: &Model<f64>, problem_json: &s
         _ => {}
     }
     if args.reference {
-        let (Some(r), Some(problem)) = (&reference, &quadratic) else {
+        let (Some(r), SocProblem::Quadratic(quadratic)) = (&reference, &problem) else {
             bail!("--reference: this problem has no reference answer (Riccati or Cole–Hopf)");
         };
         // Cole–Hopf's feedback takes milliseconds an evaluation in 100-D: show progress.
         let bar = crate::progress::Progress::new("reference", opts.paths as u64);
-        let optimal = feedback_costs(problem, &opts, |t, z| r.control(t, z), |n| bar.set(n));
+        let optimal = feedback_costs(quadratic, &opts, |t, z| r.control(t, z), |n| bar.set(n));
         bar.finish();
         let optimal = optimal?;
         let (m, s) = mean_and_standard_error(&optimal);
@@ -690,6 +1016,13 @@ pub fn simulate(args: &crate::SimulateArgs, model: &Model<f64>, problem_json: &s
         write_npy(path, &[opts.paths, dim], &out.finals)
             .with_context(|| format!("cannot write {}", path.display()))?;
         println!("{}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        let layout = match &problem {
+            SocProblem::Quadcopter(_) => PlotLayout::Quadcopter,
+            SocProblem::Quadratic(_) => PlotLayout::Plane,
+        };
+        plot_closed_loop(path, name, &ctl, dynamics, &opts, problem.target(), layout)?;
     }
     if !mean.is_finite() {
         bail!("the closed loop produced a non-finite cost");
@@ -795,9 +1128,10 @@ pub fn demo(
     trajectories: usize,
 ) -> Result<SocDemoReport> {
     let problem = demo_problem()?;
+    let task = SocTask::new(SocProblem::Quadratic(problem.clone()), 1.0)?;
     let mut bar = TrainProgress::new("NeuralSOC", config.iterations);
     let r = run_soc(
-        &problem,
+        &task,
         config,
         &mut Checkpointing {
             every: 0,
@@ -891,6 +1225,14 @@ mod tests {
         SocProblemSpec::from_toml(text, &t)
     }
 
+    /// The quadratic problem a spec builds.
+    fn quadratic(s: &SocProblemSpec) -> QuadraticProblem {
+        match s.build().unwrap().problem {
+            SocProblem::Quadratic(p) => p,
+            other => panic!("not a quadratic problem: {other:?}"),
+        }
+    }
+
     #[test]
     fn builtins_parse_with_defaults_and_reject_typos() {
         let s = spec("[soc_problem]\nbuiltin = \"hjb100\"\n").unwrap();
@@ -902,7 +1244,7 @@ mod tests {
         );
         let s = spec("[soc_problem]\nbuiltin = \"lqr\"\ndim = 3\n").unwrap();
         assert_eq!(s, SocProblemSpec::Builtin(Builtin::Lqr { dim: 3, seed: 0 }));
-        let p = s.build().unwrap();
+        let p = quadratic(&s);
         assert_eq!((p.dim, p.control_dim), (3, 3));
         assert_eq!(p.initial.mean(), &[0.5, 0.5, 0.5]);
         for (text, word) in [
@@ -921,13 +1263,84 @@ mod tests {
     }
 
     #[test]
+    fn the_quadcopter_trains_at_its_cost_scale_and_records_its_own_units() {
+        let s = spec("[soc_problem]\nbuiltin = \"quadcopter\"\n").unwrap();
+        assert_eq!(
+            s,
+            SocProblemSpec::Builtin(Builtin::Quadcopter {
+                cost_scale: 1.0,
+                position_std: 0.0
+            })
+        );
+        let task = s.build().unwrap();
+        assert_eq!(
+            task.problem,
+            SocProblem::Quadcopter(QuadcopterProblem::neural_soc())
+        );
+        assert_eq!(task.training, task.problem);
+        let text = "[soc_problem]\nbuiltin = \"quadcopter\"\ncost_scale = 0.001\n\
+                    position_std = 0.5\n";
+        let task = spec(text).unwrap().build().unwrap();
+        let (SocProblem::Quadcopter(q), SocProblem::Quadcopter(t)) =
+            (&task.problem, &task.training)
+        else {
+            panic!("{task:?}");
+        };
+        // The record keeps the issue's costs; the trainer's are a thousandth of them.
+        assert_eq!(q, &QuadcopterProblem::neural_soc_spread(0.5));
+        assert_eq!((q.terminal_weight, q.control_weight), (2500.0, 2.0));
+        assert!((t.terminal_weight - 2.5).abs() < 1e-12, "{t:?}");
+        assert!((t.running_offset - 0.002).abs() < 1e-15, "{t:?}");
+        assert!((t.control_weight - 0.002).abs() < 1e-15, "{t:?}");
+        assert_eq!(t.start_std, q.start_std);
+        assert!((task.unscaled(3.3) - 3300.0).abs() < 1e-9);
+        assert!(!task.problem.starts_at_a_point());
+        assert_eq!(
+            task.problem.target(),
+            Some(&[2.0, 2.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0][..])
+        );
+        // The recorded JSON reads back as the quadcopter in its own units.
+        let back = SocProblem::from_json(&task.problem.to_json().unwrap()).unwrap();
+        assert_eq!(back, task.problem);
+        // Typos and bad values name their key.
+        for (text, word) in [
+            ("cost_scal = 0.001\n", "cost_scal"),
+            ("position_sd = 1.0\n", "position_sd"),
+        ] {
+            let e = format!(
+                "{:#}",
+                spec(&format!("[soc_problem]\nbuiltin = \"quadcopter\"\n{text}")).unwrap_err()
+            );
+            assert!(e.contains(word) && e.contains("line"), "{e}");
+        }
+        for (text, word) in [
+            ("position_std = -1.0\n", "position_std = -1"),
+            ("position_std = nan\n", "position_std = NaN"),
+            ("cost_scale = 0.0\n", "cost_scale = 0"),
+            ("cost_scale = -0.5\n", "cost_scale = -0.5"),
+            ("cost_scale = inf\n", "cost_scale = inf"),
+        ] {
+            let e = spec(&format!("[soc_problem]\nbuiltin = \"quadcopter\"\n{text}"))
+                .unwrap()
+                .build()
+                .unwrap_err();
+            assert!(format!("{e:#}").contains(word), "{e:#}");
+        }
+        // Only the quadcopter trains at a scale.
+        let lqr = SocProblem::Quadratic(lqr_problem(2, 0).unwrap());
+        assert!(SocTask::new(lqr.clone(), 1.0).is_ok());
+        let e = SocTask::new(lqr, 0.5).unwrap_err();
+        assert!(format!("{e:#}").contains("cost_scale = 0.5"), "{e:#}");
+    }
+
+    #[test]
     fn inline_problems_parse_validate_and_name_typos() {
         let text = "[soc_problem]\nname = \"t\"\ndim = 2\ncontrol_dim = 1\nhorizon = 1.0\n\
                     sigma = 0.1\ndrift = { type = \"zero\" }\ninput = [0.0, 1.0]\n\
                     control_cost = [2.0]\nstate_cost = { type = \"constant\", value = 1.0 }\n\
                     terminal = { type = \"quadratic\", matrix = [1.0, 0.0, 0.0, 1.0], center = [1.0, 0.0] }\n\
                     initial = { type = \"point\", x = [0.0, 0.0] }\n";
-        let p = spec(text).unwrap().build().unwrap();
+        let p = quadratic(&spec(text).unwrap());
         assert_eq!(p.input, vec![0.0, 1.0]);
         let e = format!("{:#}", spec(&text.replace("sigma", "sigmaa")).unwrap_err());
         assert!(e.contains("sigmaa") && e.contains("line 6"), "{e}");

@@ -22,6 +22,7 @@
 //!
 //! `problem = "soc"` takes no `[data]`: a `[soc]` table (`SocConfig`) and a
 //! `[soc_problem]` table (a built-in or a full problem; [`crate::soc`]).
+//! `examples/configs/quadcopter.toml` trains the built-in quadcopter.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -201,7 +202,8 @@ impl TrainConfig {
             if self.soc_problem_table.is_none() {
                 bail!(
                     "problem = \"soc\" needs a [soc_problem] table: `builtin = \"hjb100\"`, \
-                     \"shifted_target\" or \"lqr\", or a full problem (see the README)"
+                     \"shifted_target\", \"lqr\" or \"quadcopter\", or a full problem (see the \
+                     README)"
                 );
             }
             return Ok(());
@@ -681,15 +683,35 @@ mod tests {
         assert_eq!(c.problem, Problem::Soc);
         assert_eq!(c.soc, Some(SocConfig::default()));
         let spec = c.soc_problem.unwrap();
-        assert_eq!(spec.build().unwrap().name, "hjb100");
+        assert_eq!(spec.build().unwrap().problem.name(), "hjb100");
         // The inline problem in place of the built-in one.
         let inline = block("```toml\n[soc_problem]\nname = ");
         let head = &text[..text.find("[soc_problem]").unwrap()];
         let c = TrainConfig::from_toml(&format!("{head}{inline}")).unwrap();
-        let p = c.soc_problem.unwrap().build().unwrap();
+        let p = c.soc_problem.unwrap().build().unwrap().problem;
+        let crate::soc::SocProblem::Quadratic(p) = p else {
+            panic!("the README's inline problem is quadratic: {p:?}");
+        };
         assert_eq!((p.dim, p.control_dim), (2, 1));
         let r = crate::soc::Reference::of(&p).unwrap().unwrap();
         assert_eq!(r.method(), "Riccati");
+    }
+
+    #[test]
+    fn the_quadcopter_example_config_parses() {
+        let text = include_str!("../examples/configs/quadcopter.toml");
+        let c = TrainConfig::from_toml(text).unwrap();
+        assert_eq!(c.problem, Problem::Soc);
+        let soc = c.soc.unwrap();
+        assert_eq!((soc.m, soc.steps, soc.batch_size), (32, 100, 64));
+        assert_eq!(soc.iterations, 4000);
+        assert_eq!(soc.optimizer.lr, 0.005);
+        assert_eq!(soc.clip_norm, Some(100.0));
+        soc.validate().unwrap();
+        let task = c.soc_problem.unwrap().build().unwrap();
+        assert_eq!(task.problem.name(), "quadcopter");
+        assert_eq!(task.cost_scale, 0.001);
+        assert!(task.problem.starts_at_a_point());
     }
 
     #[test]

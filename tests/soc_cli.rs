@@ -182,8 +182,12 @@ fn train_a_builtin_lqr_then_simulate_matches_the_library() {
         "1,-1",
         "--sigma",
         "0",
+        "--plot",
+        out.join("lqr.png").to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // One panel: the plane of the two coordinates.
+    assert_eq!(png_size(&out.join("lqr.png")), (640, 640));
     let mut opts = rollout_options(&problem, steps, paths, 0);
     opts.x0 = vec![1.0, -1.0];
     opts.sigma = 0.0;
@@ -384,6 +388,20 @@ fn config_typos_and_bad_builtins_are_named() {
     assert!(err.contains("[soc]"), "{err}");
     let err = run("bad_m.toml", &LQR_CONFIG.replace("m = 8", "m = 0"));
     assert!(err.contains("m = 0"), "{err}");
+    let quad = QUADCOPTER_CONFIG.replace("SCALE", "0.001");
+    let err = run("quad_typo.toml", &quad.replace("cost_scale", "cost_scal"));
+    assert!(err.contains("unknown field `cost_scal`"), "{err}");
+    assert!(
+        err.contains("position_std"),
+        "the valid keys are listed: {err}"
+    );
+    let err = run("quad_std.toml", &format!("{quad}position_std = -1\n"));
+    assert!(err.contains("position_std = -1"), "{err}");
+    let err = run("quad_scale.toml", &quad.replace("0.001", "0"));
+    assert!(err.contains("cost_scale = 0"), "{err}");
+    // A cost scale is the quadcopter's alone.
+    let err = run("lqr_scale.toml", &format!("{LQR_CONFIG}cost_scale = 0.5\n"));
+    assert!(err.contains("cost_scale"), "{err}");
 }
 
 /// Checks a PNG file's signature and size.
@@ -512,4 +530,262 @@ fn simulate_rolls_out_a_quadcopter_model_under_its_own_dynamics() {
     let o = socflow(&["simulate", path.to_str().unwrap(), "--reference"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("no reference answer"), "{}", stderr(&o));
+}
+
+/// A short quadcopter run (`cost_scale` is substituted).
+const QUADCOPTER_CONFIG: &str = r#"
+problem = "soc"
+output = "quad.safetensors"
+checkpoint_every = 3
+
+[soc]
+m = 8
+steps = 20
+batch_size = 16
+iterations = 6
+optimizer = { lr = 0.005, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0, decoupled = false }
+clip_norm = 100.0
+weights = { control = 1.0, hjb = 0.0, terminal = 0.01, terminal_gradient = 0.001, bsde = 0.05 }
+validate_every = 3
+validation_paths = 64
+
+[soc_problem]
+builtin = "quadcopter"
+cost_scale = SCALE
+"#;
+
+/// Width and height of a PNG (its IHDR chunk), after checking the signature and size.
+fn png_size(path: &Path) -> (u32, u32) {
+    assert_png(path);
+    let bytes = std::fs::read(path).unwrap();
+    let be = |i: usize| u32::from_be_bytes(bytes[i..i + 4].try_into().unwrap());
+    (be(16), be(20))
+}
+
+#[test]
+fn train_a_quadcopter_then_simulate_reports_the_problems_units_and_plots() {
+    use socflow_runtime::artifact::ControlLaw;
+    use socflow_runtime::npy::read_npy_f64;
+    use socflow_trainer::soc::QuadcopterProblem;
+    let problem = QuadcopterProblem::neural_soc();
+    let dir = tempfile::tempdir().unwrap();
+    for (scale, text) in [(0.001, "0.001"), (0.01, "0.01")] {
+        let cfg = dir.path().join(format!("quad_{text}.toml"));
+        std::fs::write(&cfg, QUADCOPTER_CONFIG.replace("SCALE", text)).unwrap();
+        let out = dir.path().join(format!("out_{text}"));
+        let o = socflow(&[
+            "train",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains("soc: quadcopter (d = 12, k = 4"), "{err}");
+        assert!(
+            err.contains(&format!("costs × {text} for training")),
+            "{err}"
+        );
+        let train = stdout(&o);
+        let validation = figure(
+            &train,
+            "validation closed-loop cost (trainer, 20 Euler–Maruyama steps, 64 paths):",
+        );
+        let exported = figure(&train, "learned Φ(0, x₀) of the exported model (runtime):");
+
+        // The model records the issue's problem in its own units, the scale, and the
+        // training problem's law: r·scale with ∇Φ_θ ≈ scale·∇Φ gives the same u*.
+        let model_path = out.join("quad.safetensors");
+        let model = Model::<f64>::load(&model_path).unwrap();
+        let details = &model.artifact().card.provenance.details;
+        let recorded = QuadcopterProblem::from_json(&details["soc_problem"]).unwrap();
+        assert_eq!(recorded, problem);
+        assert_eq!(details["cost_scale"].parse::<f64>().unwrap(), scale);
+        let Some(ControlLaw::Quadcopter(law)) = &model.artifact().card.control_law else {
+            panic!("the quadcopter model carries its control law");
+        };
+        assert!(
+            (law.control_weight - 2.0 * scale).abs() < 1e-15,
+            "{}",
+            law.control_weight
+        );
+        let ctl = model.controller().unwrap();
+        let phi = ctl.clone().value(0.0, &problem.start).unwrap() / scale;
+        assert!(
+            (exported - phi).abs() < 1e-6 * phi.abs(),
+            "{exported} vs {phi}"
+        );
+
+        let finals = out.join("finals.npy");
+        let png = out.join("paths.png");
+        let o = socflow(&[
+            "simulate",
+            model_path.to_str().unwrap(),
+            "--steps",
+            "20",
+            "--paths",
+            "256",
+            "--seed",
+            "3",
+            "-o",
+            finals.to_str().unwrap(),
+            "--plot",
+            png.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let sim = stdout(&o);
+        let (mean, se) = figure_pm(&sim, "mean cost (running + terminal):");
+        // The runtime's roll-out of the issue's problem, from the library.
+        let direct = ctl
+            .simulate(&problem, &problem.rollout_options(20, 256, 3))
+            .unwrap()
+            .cost();
+        assert!(
+            (mean - direct.0).abs() < 1e-8 * direct.0,
+            "{mean} vs {direct:?}"
+        );
+        assert!(
+            (se - direct.1).abs() < 1e-8 * direct.0,
+            "{se} vs {direct:?}"
+        );
+        // The trainer's validation (other noise, the training problem's costs divided
+        // by the scale) estimates the same closed loop: a scale applied wrongly on
+        // either side, or the law's r, would put them orders of magnitude apart.
+        assert!(
+            (mean / validation - 1.0).abs() < 0.1,
+            "simulate {mean} ± {se}, trainer {validation}"
+        );
+        assert!(mean > 10_000.0 && se < 0.05 * mean, "{mean} ± {se}");
+        // g(z(T)) = 2500‖z(T) − z_target‖² on the final states written, and
+        // ∫L ds = ∫(2 + ‖u‖²)ds ≥ 2: the issue's units.
+        let (shape, z) = read_npy_f64(&finals).unwrap();
+        assert_eq!(shape, vec![256, 12]);
+        let g = z
+            .chunks_exact(12)
+            .map(|z| {
+                let sq: f64 = z
+                    .iter()
+                    .zip(&problem.target)
+                    .map(|(a, b)| (a - b).powi(2))
+                    .sum();
+                2500.0 * sq
+            })
+            .sum::<f64>()
+            / 256.0;
+        let line = sim
+            .lines()
+            .find(|l| l.contains("mean running cost ∫L ds:"))
+            .unwrap();
+        let after = |label: &str| -> f64 {
+            let rest = &line[line.find(label).unwrap() + label.len()..];
+            rest.trim()
+                .trim_end_matches(',')
+                .split([',', ' '])
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let (running, terminal) = (
+            after("mean running cost ∫L ds:"),
+            after("mean terminal cost g(z(T)):"),
+        );
+        assert!((terminal - g).abs() < 1e-5 * g, "{terminal} vs {g}");
+        assert!(running > 2.0, "{running}");
+        assert!((running + terminal - mean).abs() < 1e-5 * mean, "{line}");
+        let printed_phi = figure(&sim, "learned Φ(0, x₀):");
+        assert!(
+            (printed_phi - phi).abs() < 1e-6 * phi.abs(),
+            "{printed_phi} vs {phi}"
+        );
+        // Two panels: the ground track and the altitude.
+        assert_eq!(png_size(&png), (1200, 600));
+        assert!(sim.contains("plot: "), "{sim}");
+    }
+}
+
+#[test]
+fn quadcopter_resume_from_a_mid_run_checkpoint_continues_bitwise() {
+    use socflow_trainer::soc::QuadcopterProblem;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}position_std = 0.5\n",
+        QUADCOPTER_CONFIG.replace("SCALE", "0.001")
+    );
+    let cfg = dir.path().join("quad.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    let full = dir.path().join("full");
+    let o = socflow(&[
+        "train",
+        cfg.to_str().unwrap(),
+        "--out",
+        full.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("starts spread by 0.5 in position"),
+        "{}",
+        stderr(&o)
+    );
+    // Spread starts: the trainer's mean over the validation starts.
+    let learned = figure(
+        &stdout(&o),
+        "learned mean Φ(0, z₀) over 64 validation starts (trainer):",
+    );
+
+    // The library on the problem the config poses, its costs times 0.001: the
+    // checkpoint after iteration 3, and the parameters after 6.
+    #[derive(Deserialize)]
+    struct Soc {
+        soc: SocConfig,
+    }
+    let soc = toml::from_str::<Soc>(&text).unwrap().soc;
+    let training = QuadcopterProblem::neural_soc_spread(0.5)
+        .with_cost_scale(1.0 / 0.001)
+        .unwrap();
+    let ckpt_path = dir.path().join("after3.safetensors");
+    let mut save = |c: &Checkpoint| {
+        if c.iteration == 3 {
+            c.save(&ckpt_path)?;
+        }
+        Ok(())
+    };
+    let mut ckpt = Checkpointing {
+        every: 3,
+        resume: None,
+        save: &mut save,
+    };
+    let lib = train_soc_checkpointed(&training, &soc, &mut ckpt, &mut |_| {}).unwrap();
+
+    let resumed = dir.path().join("resumed");
+    let o = socflow(&[
+        "train",
+        cfg.to_str().unwrap(),
+        "--out",
+        resumed.to_str().unwrap(),
+        "--resume",
+        ckpt_path.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("resuming at iteration 3"),
+        "{}",
+        stderr(&o)
+    );
+    let a = Artifact::load(full.join("quad.safetensors")).unwrap();
+    let b = Artifact::load(resumed.join("quad.safetensors")).unwrap();
+    assert_eq!(a.params, b.params);
+    let socflow_runtime::artifact::Params::OtFlow(p) = &a.params else {
+        panic!("a SOC model is an OT-Flow potential");
+    };
+    assert_eq!(p, &lib.params);
+    assert_eq!(a.card.control_law, b.card.control_law);
+    let again = figure(
+        &stdout(&o),
+        "learned mean Φ(0, z₀) over 64 validation starts (trainer):",
+    );
+    assert_eq!(again, learned);
+    // The trainer's own figure, in its units, times 1/0.001.
+    let v = lib.validation.last().unwrap().initial_value / 0.001;
+    assert!((learned - v).abs() < 1e-6 * v.abs(), "{learned} vs {v}");
 }
