@@ -6,7 +6,9 @@
 //! over time (particles coloured by their exact ρ_t from the log-determinant).
 //!
 //! `cargo run --release --example crowd -- [ITERATIONS] [--congestion λ_P]
-//! [--lr LR] [--batch B] [--m M] [--seed S] [--out-dir DIR]`
+//! [--lr LR] [--batch B] [--m M] [--seed S] [--out-dir DIR]` writes
+//! `crowd_trajectories.png` and `crowd_density.png` into DIR (default: the current
+//! directory).
 //!
 //! Defaults: [`CrowdConfig::default`] (m = 16, RK4 nt = 4, 256 particles resampled
 //! every 25 iterations, Adam 0.05 cut by 0.3 at 80% of the run, 5000 iterations, f32)
