@@ -6,8 +6,8 @@
 //! [--constant-lr] [--ema DECAY[,START]] [--cost-scale K]
 //! [--rank R]`
 //!
-//! `--cost-scale K` trains on the problem with every cost divided by K (same optimal
-//! control, value Φ/K: [`QuadraticProblem::with_cost_scale`]); everything printed is
+//! `--cost-scale K` trains on the problem with every cost multiplied by K (same optimal
+//! control, value Φ·K: [`QuadraticProblem::with_cost_scale`]); everything printed is
 //! in the original problem's units.
 
 use socflow_runtime::artifact::StorageDtype;
@@ -113,8 +113,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "it {:5}  loss {:10.4}  val cost {:10.4}  Phi(0,z0) {:.6}  term {:.4}  bsde {:.4}  {:.3} s/it  {:.0} s",
                 p.iteration,
                 p.costs.loss,
-                v.costs.cost * scale,
-                v.initial_value * scale,
+                v.costs.cost / scale,
+                v.initial_value / scale,
                 v.costs.terminal,
                 v.costs.bsde,
                 p.seconds,
@@ -163,7 +163,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut learned = |t: f64, z: &[f64]| {
         let mut u = vec![0.0; d];
         ctl.control(t, z, &mut u)?;
-        Ok((ctl.value(t, z)? * scale, u))
+        Ok((ctl.value(t, z)? / scale, u))
     };
     let errors = if name == "lqr10" {
         let lqr = Lqr::standard(10, 5)?;
@@ -239,8 +239,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!(
         "{name}: Phi(0,z0) = {:.6}, closed-loop cost {:.4}, {:.1} s",
-        v.initial_value * scale,
-        v.costs.cost * scale,
+        v.initial_value / scale,
+        v.costs.cost / scale,
         start.elapsed().as_secs_f64()
     );
     Ok(())

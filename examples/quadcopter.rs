@@ -163,7 +163,7 @@ fn main() -> AnyResult<()> {
     if !(scale.is_finite() && scale > 0.0) {
         return Err(format!("--cost-scale {scale}: need a finite factor > 0").into());
     }
-    let scaled = problem.with_cost_scale(1.0 / scale)?;
+    let scaled = problem.with_cost_scale(scale)?;
     let mut config = file.soc;
     if let Some(w) = flag("--w") {
         let v: Vec<f64> = w.split(',').map(str::parse).collect::<Result<_, _>>()?;

@@ -294,7 +294,7 @@ impl SocProblem {
         }
         match self {
             SocProblem::Quadcopter(q) => Ok(SocProblem::Quadcopter(
-                q.with_cost_scale(1.0 / factor)
+                q.with_cost_scale(factor)
                     .map_err(|e| anyhow!("[soc_problem]: cost_scale = {factor}: {e}"))?,
             )),
             p if factor == 1.0 => Ok(p.clone()),

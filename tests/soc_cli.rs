@@ -741,7 +741,7 @@ fn quadcopter_resume_from_a_mid_run_checkpoint_continues_bitwise() {
     }
     let soc = toml::from_str::<Soc>(&text).unwrap().soc;
     let training = QuadcopterProblem::neural_soc_spread(0.5)
-        .with_cost_scale(1.0 / 0.001)
+        .with_cost_scale(0.001)
         .unwrap();
     let ckpt_path = dir.path().join("after3.safetensors");
     let mut save = |c: &Checkpoint| {

@@ -522,7 +522,7 @@ fn averaging_is_the_ema_of_the_iterates_and_resumes_bitwise() {
     }
 }
 
-/// `with_cost_scale(K)`: the problem with every cost divided by K has value Φ/K and the
+/// `with_cost_scale(1/K)`: the problem with every cost divided by K has value Φ/K and the
 /// same optimal control. Φ_θ/K on the scaled problem drives the same paths as Φ_θ on
 /// the original (u* = −(R/K)⁻¹Bᵀ∇Φ_θ/K), so every cost term is the original's / K.
 #[test]
@@ -530,7 +530,7 @@ fn cost_scaling_divides_every_cost_and_keeps_the_paths() {
     use socflow_trainer::otflow::scale_potential;
     let k = 250.0;
     for problem in [small_lqr(), QuadraticProblem::shifted_target(1000.0)] {
-        let scaled = problem.with_cost_scale(k).unwrap();
+        let scaled = problem.with_cost_scale(1.0 / k).unwrap();
         let cfg = SocConfig {
             weights: LossWeights {
                 control: 1.0,

@@ -393,7 +393,7 @@ fn short_training_flies_toward_the_target() {
     // quadcopter drops) and the untrained controller's.
     let problem = QuadcopterProblem::neural_soc();
     let scale = 1000.0;
-    let scaled = problem.with_cost_scale(scale).unwrap();
+    let scaled = problem.with_cost_scale(1.0 / scale).unwrap();
     let config = SocConfig {
         m: 16,
         steps: 20,

@@ -103,9 +103,9 @@ impl QuadcopterProblem {
         }
     }
 
-    /// The problem with every cost divided by `factor` > 0 (running offset, control
-    /// weight r and terminal weight): its value function is Φ/`factor` and its optimal
-    /// control the same u* = −(1/r)B(z)ᵀ∇Φ, since r/`factor` and ∇Φ/`factor` cancel.
+    /// The problem with every cost multiplied by `factor` > 0 (running offset, control
+    /// weight r and terminal weight): its value function is Φ·`factor` and its optimal
+    /// control the same u* = −(1/r)B(z)ᵀ∇Φ, since r·`factor` and ∇Φ·`factor` cancel.
     /// Training on it keeps Φ_θ at a scale an optimizer's steps move (the issue's
     /// problem has Φ(0, z₀) in the thousands and g in the hundreds of thousands); the
     /// exported control law (r/`factor`) drives the original problem unchanged.
@@ -116,9 +116,9 @@ impl QuadcopterProblem {
             )));
         }
         let p = QuadcopterProblem {
-            running_offset: self.running_offset / factor,
-            control_weight: self.control_weight / factor,
-            terminal_weight: self.terminal_weight / factor,
+            running_offset: self.running_offset * factor,
+            control_weight: self.control_weight * factor,
+            terminal_weight: self.terminal_weight * factor,
             ..self.clone()
         };
         p.validate()?;

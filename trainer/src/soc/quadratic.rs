@@ -309,9 +309,9 @@ impl QuadraticProblem {
         }
     }
 
-    /// The problem with every cost divided by `factor` > 0 (R, Q(z), g): its value
-    /// function is Φ/`factor` and its optimal control the same u* = −R⁻¹Bᵀ∇Φ, since
-    /// R/`factor` and ∇Φ/`factor` cancel. Training on it keeps Φ_θ at a scale an
+    /// The problem with every cost multiplied by `factor` > 0 (R, Q(z), g): its value
+    /// function is Φ·`factor` and its optimal control the same u* = −R⁻¹Bᵀ∇Φ, since
+    /// R·`factor` and ∇Φ·`factor` cancel. Training on it keeps Φ_θ at a scale an
     /// optimizer's steps move (the shifted target with weight 1000 has Φ in the
     /// thousands); as [`QuadcopterProblem::with_cost_scale`](super::QuadcopterProblem::with_cost_scale).
     pub fn with_cost_scale(&self, factor: f64) -> Result<Self> {
@@ -321,34 +321,34 @@ impl QuadraticProblem {
                 self.name
             )));
         }
-        let div = |v: &[f64]| v.iter().map(|x| x / factor).collect::<Vec<f64>>();
+        let mul = |v: &[f64]| v.iter().map(|x| x * factor).collect::<Vec<f64>>();
         let state_cost = match &self.state_cost {
             StateCost::Zero => StateCost::Zero,
             StateCost::Constant { value } => StateCost::Constant {
-                value: value / factor,
+                value: value * factor,
             },
             StateCost::Quadratic {
                 matrix,
                 center,
                 offset,
             } => StateCost::Quadratic {
-                matrix: div(matrix),
+                matrix: mul(matrix),
                 center: center.clone(),
-                offset: offset / factor,
+                offset: offset * factor,
             },
         };
         let terminal = match &self.terminal {
             TerminalCost::Quadratic { matrix, center } => TerminalCost::Quadratic {
-                matrix: div(matrix),
+                matrix: mul(matrix),
                 center: center.clone(),
             },
             TerminalCost::LogRadial { weight, center } => TerminalCost::LogRadial {
-                weight: weight / factor,
+                weight: weight * factor,
                 center: center.clone(),
             },
         };
         let p = QuadraticProblem {
-            control_cost: div(&self.control_cost),
+            control_cost: mul(&self.control_cost),
             state_cost,
             terminal,
             feedback: FeedbackCache::default(),
