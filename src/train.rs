@@ -22,7 +22,8 @@
 //!
 //! `problem = "soc"` takes no `[data]`: a `[soc]` table (`SocConfig`) and a
 //! `[soc_problem]` table (a built-in or a full problem; [`crate::soc`]).
-//! `examples/configs/quadcopter.toml` trains the built-in quadcopter.
+//! `examples/configs/` has configs for the built-in quadcopter, HJB-100 and shifted
+//! target.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -695,6 +696,26 @@ mod tests {
         assert_eq!((p.dim, p.control_dim), (2, 1));
         let r = crate::soc::Reference::of(&p).unwrap().unwrap();
         assert_eq!(r.method(), "Riccati");
+    }
+
+    #[test]
+    fn the_hjb100_and_shifted_target_example_configs_parse() {
+        let c = TrainConfig::from_toml(include_str!("../examples/configs/hjb100.toml")).unwrap();
+        let soc = c.soc.unwrap();
+        soc.validate().unwrap();
+        let a = soc.averaging.unwrap();
+        assert_eq!((a.decay, a.start, soc.iterations), (0.99, 500, 1000));
+        assert_eq!(
+            c.soc_problem.unwrap().build().unwrap().problem.name(),
+            "hjb100"
+        );
+        let c = TrainConfig::from_toml(include_str!("../examples/configs/shifted_target.toml"))
+            .unwrap();
+        let soc = c.soc.unwrap();
+        soc.validate().unwrap();
+        assert_eq!((soc.rank, soc.iterations), (Some(101), 2000));
+        let task = c.soc_problem.unwrap().build().unwrap();
+        assert_eq!(task.problem.name(), "shifted_target_1000");
     }
 
     #[test]
