@@ -42,7 +42,7 @@ use socflow_trainer::data::{Dataset, Toy};
 use socflow_trainer::flow_matching::{Coupling, FlowMatchingConfig};
 use socflow_trainer::optim::{AdamConfig, Schedule};
 use socflow_trainer::otflow::OtFlowConfig;
-use socflow_trainer::soc::SocConfig;
+use socflow_trainer::soc::{Averaging, SocConfig};
 
 use crate::plot::{self, Window};
 use crate::train::{self, Outcome, TrainProgress, DENSITY_STEPS};
@@ -159,6 +159,12 @@ impl Plan {
                     every: 750,
                     factor: 0.3,
                 },
+                // The last quarter averaged: the model is the mean of its last
+                // iterates, not the last one's SGD noise.
+                averaging: Some(Averaging {
+                    decay: 0.99,
+                    start: 2_250,
+                }),
                 validate_every: 100,
                 validation_paths: 256,
                 ..SocConfig::default()
