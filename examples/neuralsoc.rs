@@ -4,7 +4,7 @@
 //! `cargo run --release --example neuralsoc -- [hjb100|shifted1|shifted1000|lqr10] [ITERATIONS]
 //! [--brownian] [--m M] [--batch B] [--steps N] [--lr LR] [--w A,HJB,T,GRAD,BSDE]
 //! [--constant-lr] [--ema DECAY[,START]] [--cost-scale K]
-//! [--rank R] [--cole-hopf-feedback]`
+//! [--rank R] [--init-scale S] [--cole-hopf-feedback]`
 //!
 //! `--cost-scale K` trains on the problem with every cost multiplied by K (same optimal
 //! control, value Φ·K: [`QuadraticProblem::with_cost_scale`]); everything printed is
@@ -54,6 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         m: flag("--m").map(|s| s.parse()).transpose()?.unwrap_or(64),
         n_th: 2,
         rank: flag("--rank").map(|s| s.parse()).transpose()?,
+        init_scale: flag("--init-scale").map(|s| s.parse()).transpose()?,
         steps: flag("--steps")
             .map(|s| s.parse())
             .transpose()?

@@ -53,3 +53,77 @@ fn full_rank_beats_the_original_policy_at_20_steps() {
         "closed-loop cost {last}"
     );
 }
+
+/// The lecture's form (terminal weight 1, f = u, L = ½‖u‖²): the optimal control is
+/// small (‖u*‖ ≈ 0.067 at the start) and Φ(0, 0) = 6.142472 lies barely below the cost of
+/// doing nothing (6.1455 at 20 steps), so the test is the learned value and control
+/// against Cole–Hopf along Cole–Hopf's optimal paths (8 paths, 100 steps, compared
+/// every 10). The terminal-gradient weight leads the value terms (∇g supervises ∇Φ
+/// exactly at T) and the last half of the iterates is averaged (Adam's steps are of
+/// the size of u* itself).
+#[test]
+fn lecture_form_matches_cole_hopf_along_optimal_paths() {
+    use socflow_runtime::artifact::StorageDtype;
+    use socflow_runtime::model::Model;
+    use socflow_trainer::autodiff::Cpu;
+    use socflow_trainer::soc::evaluate::{errors_along_optimal_paths, PathOptions};
+    use socflow_trainer::soc::{Averaging, ControlProblem};
+    let problem = QuadraticProblem::shifted_target(1.0);
+    let ch = ColeHopf::shifted_target(1.0);
+    let exact = ch.value(0.0, &[0.0; 100]).unwrap();
+    assert!((exact - 6.142472).abs() < 1e-5, "Cole–Hopf {exact}");
+    let iterations = ITERATIONS_LECTURE;
+    let cfg = SocConfig {
+        iterations,
+        schedule: Schedule::Step {
+            every: iterations / 3,
+            factor: 0.3,
+        },
+        weights: LossWeights {
+            control: 1.0,
+            hjb: 0.0,
+            terminal: 10.0,
+            terminal_gradient: 100.0,
+            bsde: 50.0,
+        },
+        averaging: Some(Averaging {
+            decay: 0.995,
+            start: iterations / 2,
+        }),
+        validate_every: 0,
+        validation_paths: 512,
+        ..SocConfig::default()
+    };
+    let trained = train_soc(&problem, &cfg, &mut |_| {}).unwrap();
+    let v = trained.validation.last().unwrap();
+    let art = trained
+        .to_artifact(&problem as &dyn ControlProblem<Cpu>, None)
+        .unwrap();
+    let model = Model::<f64>::from_bytes(&art.to_bytes(StorageDtype::F64).unwrap()).unwrap();
+    let mut ctl = model.controller().unwrap();
+    let opts = PathOptions {
+        starts: vec![vec![0.0; 100]; 8],
+        horizon: 1.0,
+        steps: 100,
+        every: 10,
+        sigma: problem.sigma,
+        seed: 99,
+    };
+    let drift = |_: &[f64], u: &[f64]| Ok(u.to_vec());
+    let reference = |t: f64, z: &[f64]| Ok((ch.value(t, z)?, ch.control(t, z)?));
+    let mut learned = |t: f64, z: &[f64]| {
+        let mut u = vec![0.0; 100];
+        ctl.control(t, z, &mut u)?;
+        Ok((ctl.value(t, z)?, u))
+    };
+    let e = errors_along_optimal_paths(&drift, &reference, &mut learned, &opts).unwrap();
+    let ev = (v.initial_value - exact).abs() / exact;
+    eprintln!(
+        "shifted target (w = 1): Φ(0,0) {:.6} (rel err {ev:.2e}), along optimal paths Φ \
+         {:.2e}, u {:.2e}",
+        v.initial_value, e.value, e.control
+    );
+    assert!(ev < 1e-3, "Φ(0,0) rel err {ev}");
+    assert!(e.value < 2e-3, "Φ along optimal paths: {}", e.value);
+    assert!(e.control < CONTROL_BOUND_LECTURE, "u along optimal paths: {}", e.control);
+}

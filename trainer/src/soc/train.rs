@@ -111,6 +111,12 @@ pub struct SocConfig {
     /// min(10, d + 1). See [`init_params_with_rank`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rank: Option<usize>,
+    /// The factor on OT-Flow's initial A and w ([`SocObjective::initial_params`]); None:
+    /// [`INIT_SHRINK`]. A problem whose optimal control is small (the weight-1 shifted
+    /// target's ‖u*‖ ≈ 0.07) trains to a closer ∇Φ from a smaller start, whose random
+    /// gradient components the training must otherwise cancel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_scale: Option<f64>,
     /// Euler–Maruyama steps on [0, T].
     pub steps: usize,
     /// Paths per iteration.
@@ -165,6 +171,7 @@ impl Default for SocConfig {
             m: 64,
             n_th: 2,
             rank: None,
+            init_scale: None,
             steps: 20,
             batch_size: 64,
             iterations: 1000,
@@ -201,6 +208,13 @@ impl SocConfig {
         }
         if all.iter().all(|v| *v == 0.0) {
             return Err(Error::InvalidArgument("SOC: every loss weight is 0".into()));
+        }
+        if let Some(s) = self.init_scale {
+            if !(s.is_finite() && s > 0.0) {
+                return Err(Error::InvalidArgument(format!(
+                    "SOC: init_scale = {s} (need a finite factor > 0)"
+                )));
+            }
         }
         if let Some(a) = self.averaging {
             if !(a.decay >= 0.0 && a.decay < 1.0) {
@@ -470,7 +484,7 @@ impl<'a, P: ControlProblem<Cpu> + ?Sized> SocObjective<'a, P> {
     }
 
     /// The initial Φ_θ: OT-Flow's initialization with the quadratic part A and the
-    /// ResNet's output weights w scaled by `INIT_SHRINK` (a value function's scale is
+    /// ResNet's output weights w scaled by `init_scale` (default `INIT_SHRINK`; a value function's scale is
     /// the problem's, not a standard normal's: at the original scale ½‖As‖² and Nw
     /// dwarf g at the states the paths reach), and the constant c_b set so that
     /// Φ(T, ·) matches g on average over the first batch's roll-outs.
@@ -479,8 +493,9 @@ impl<'a, P: ControlProblem<Cpu> + ?Sized> SocObjective<'a, P> {
         let d = self.problem.dim();
         let r = c.rank.unwrap_or_else(|| default_rank(d));
         let mut p = init_params_with_rank(d, c.m, c.n_th, r, c.seed)?;
-        p.a.iter_mut().for_each(|v| *v *= INIT_SHRINK);
-        p.w.iter_mut().for_each(|v| *v *= INIT_SHRINK);
+        let shrink = c.init_scale.unwrap_or(INIT_SHRINK);
+        p.a.iter_mut().for_each(|v| *v *= shrink);
+        p.w.iter_mut().for_each(|v| *v *= shrink);
         let mut w = c.weights;
         w.hjb = 0.0;
         let objective = SocObjective {
