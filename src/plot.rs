@@ -12,8 +12,14 @@ use plotters::style::{register_font, FontStyle};
 /// DejaVu Sans (Bitstream Vera license, `assets/DejaVuSans-LICENSE.txt`).
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
-/// Registers the shipped font as `sans-serif` (once).
-fn ensure_font() -> Result<()> {
+/// Registers the shipped font (DejaVu Sans, compiled into the binary) as plotters'
+/// `sans-serif`, once per process; later calls return the first call's outcome.
+/// Every plot that draws text calls this first (the plots here and in
+/// [`crate::plot_paths`]), so that text renders without system fonts.
+///
+/// # Errors
+/// When the shipped font cannot be parsed.
+pub fn ensure_font() -> Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let ok =
         *REGISTERED.get_or_init(|| register_font("sans-serif", FontStyle::Normal, FONT).is_ok());
