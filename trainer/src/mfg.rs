@@ -75,8 +75,8 @@ use crate::dto::{Cotangents, Method, PrecisionPolicy, Rhs, Solver};
 use crate::error::{Error, Result};
 use crate::optim::{check_objective, validation_due, AdamConfig, Schedule};
 use crate::otflow::{
-    init_params, params_from_flat, potential_terms, scale_potential, OtFlowProblem, OtFlowRhs,
-    PotentialOptimizer, Precision,
+    check_sizes, init_params, params_from_flat, potential_terms, scale_potential, OtFlowProblem,
+    OtFlowRhs, PotentialOptimizer, Precision,
 };
 
 /// Stream of the training particles x ~ ρ₀ (sample = particle, step = resampling round).
@@ -808,18 +808,7 @@ impl CrowdConfig {
     /// Checks every setting.
     pub fn validate(&self) -> Result<()> {
         self.problem.validate()?;
-        if self.m == 0 || self.n_th < 2 {
-            return Err(Error::InvalidArgument(format!(
-                "crowd: m = {}, nTh = {} (need m ≥ 1, nTh ≥ 2)",
-                self.m, self.n_th
-            )));
-        }
-        if self.nt == 0 || self.nt_val == 0 {
-            return Err(Error::InvalidArgument(format!(
-                "crowd: nt = {}, nt_val = {} (need ≥ 1)",
-                self.nt, self.nt_val
-            )));
-        }
+        check_sizes("crowd", self.m, self.n_th, self.nt, self.nt_val)?;
         if self.resample_every == 0 {
             return Err(Error::InvalidArgument(
                 "crowd: resample_every = 0 (need ≥ 1)".into(),

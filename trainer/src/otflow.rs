@@ -653,21 +653,33 @@ impl Default for OtFlowConfig {
     }
 }
 
+/// Checks the sizes a config of an OT-Flow potential trained with RK4 gives: ResNet
+/// width `m` ≥ 1, `n_th` ≥ 2 layers, and ≥ 1 step in training (`nt`) and validation
+/// (`nt_val`); `what` names the model in errors.
+pub(crate) fn check_sizes(
+    what: &str,
+    m: usize,
+    n_th: usize,
+    nt: usize,
+    nt_val: usize,
+) -> Result<()> {
+    if m == 0 || n_th < 2 {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: m = {m}, nTh = {n_th} (need m ≥ 1, nTh ≥ 2)"
+        )));
+    }
+    if nt == 0 || nt_val == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: nt = {nt}, nt_val = {nt_val} (need ≥ 1)"
+        )));
+    }
+    Ok(())
+}
+
 impl OtFlowConfig {
     /// Checks the settings that do not depend on the data.
     pub fn validate(&self) -> Result<()> {
-        if self.m == 0 || self.n_th < 2 {
-            return Err(Error::InvalidArgument(format!(
-                "OT-Flow: m = {}, nTh = {} (need m ≥ 1, nTh ≥ 2)",
-                self.m, self.n_th
-            )));
-        }
-        if self.nt == 0 || self.nt_val == 0 {
-            return Err(Error::InvalidArgument(format!(
-                "OT-Flow: nt = {}, nt_val = {} (need ≥ 1)",
-                self.nt, self.nt_val
-            )));
-        }
+        check_sizes("OT-Flow", self.m, self.n_th, self.nt, self.nt_val)?;
         OtFlowProblem::new(self.alpha, self.nt, self.precision.policy())?;
         crate::optim::validate_run(
             self.batch_size,
