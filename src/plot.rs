@@ -6,14 +6,22 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use anyhow::{anyhow, bail, Result};
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
 /// DejaVu Sans (Bitstream Vera license, `assets/DejaVuSans-LICENSE.txt`).
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
-/// Registers the shipped font as `sans-serif` (once).
-fn ensure_font() -> Result<()> {
+/// Registers the shipped font (DejaVu Sans, compiled into the binary) as plotters'
+/// `sans-serif`, once per process; later calls return the first call's outcome.
+/// Every plot that draws text calls this first (the plots here and in
+/// [`crate::plot_paths`]), so that text renders without system fonts.
+///
+/// # Errors
+/// When the shipped font cannot be parsed.
+pub fn ensure_font() -> Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let ok =
         *REGISTERED.get_or_init(|| register_font("sans-serif", FontStyle::Normal, FONT).is_ok());
@@ -53,6 +61,59 @@ fn check_2d(what: &str, x: &[f64]) -> Result<()> {
     Ok(())
 }
 
+/// A chart's axes: the window on both.
+type WindowCoord = Cartesian2d<RangedCoordf64, RangedCoordf64>;
+
+/// A chart on `area` over the window on both axes, captioned in `caption_size`-point
+/// sans-serif, with axes and no mesh (the layout of every single-window plot here).
+fn window_chart<'a, 'b>(
+    area: &'a DrawingArea<BitMapBackend<'b>, Shift>,
+    caption: &str,
+    caption_size: u32,
+    win: Window,
+) -> Result<ChartContext<'a, BitMapBackend<'b>, WindowCoord>> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", caption_size))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(40)
+        .build_cartesian_2d(win.range(), win.range())?;
+    chart.configure_mesh().disable_mesh().draw()?;
+    Ok(chart)
+}
+
+/// The largest finite value (−∞ when there is none).
+fn finite_max(values: impl Iterator<Item = f64>) -> f64 {
+    values
+        .filter(|v| v.is_finite())
+        .fold(f64::NEG_INFINITY, f64::max)
+}
+
+/// `v` clamped to [0, 1], a non-finite `v` read as 0 (the colour maps' input).
+fn unit(v: f64) -> f64 {
+    if v.is_finite() {
+        v.clamp(0.0, 1.0)
+    } else {
+        0.0
+    }
+}
+
+/// The cells of a `k × k` grid over the window, cell `c` (x index `c % k`, y index
+/// `c / k`) filled with `color(c)`.
+fn grid_cells(
+    k: usize,
+    win: Window,
+    color: impl Fn(usize) -> RGBColor,
+) -> impl Iterator<Item = Rectangle<(f64, f64)>> {
+    let h = 2.0 * win.r / k as f64;
+    (0..k * k).map(move |c| {
+        let (i, j) = (c % k, c / k);
+        let x0 = -win.r + i as f64 * h;
+        let y0 = -win.r + j as f64 * h;
+        Rectangle::new([(x0, y0), (x0 + h, y0 + h)], color(c).filled())
+    })
+}
+
 /// Writes `path`: two panels, the data (left) and the model's samples (right), as
 /// scatter plots over the same window.
 pub fn samples_png(
@@ -73,13 +134,7 @@ pub fn samples_png(
         ("data (validation set)", data, BLUE),
         ("model samples", samples, ORANGE),
     ]) {
-        let mut chart = ChartBuilder::on(area)
-            .caption(name, ("sans-serif", 18))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(40)
-            .build_cartesian_2d(win.range(), win.range())?;
-        chart.configure_mesh().disable_mesh().draw()?;
+        let mut chart = window_chart(area, name, 18, win)?;
         chart.draw_series(
             pts.chunks_exact(2)
                 .filter(|p| win.contains(p))
@@ -103,11 +158,7 @@ fn viridis(v: f64) -> RGBColor {
         (170, 220, 50),
         (253, 231, 37),
     ];
-    let v = if v.is_finite() {
-        v.clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
+    let v = unit(v);
     let s = v * (ANCHORS.len() - 1) as f64;
     let i = (s.floor() as usize).min(ANCHORS.len() - 2);
     let f = s - i as f64;
@@ -124,31 +175,14 @@ pub fn density_png(path: &Path, title: &str, log_p: &[f64], k: usize, win: Windo
     if k == 0 || log_p.len() != k * k {
         bail!("density grid: {} values for a {k} × {k} grid", log_p.len());
     }
-    let max = log_p
-        .iter()
-        .copied()
-        .filter(|v| v.is_finite())
-        .fold(f64::NEG_INFINITY, f64::max);
+    let max = finite_max(log_p.iter().copied());
     if !max.is_finite() {
         bail!("density grid: no finite log-density");
     }
     let root = BitMapBackend::new(path, (560, 560)).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(40)
-        .build_cartesian_2d(win.range(), win.range())?;
-    chart.configure_mesh().disable_mesh().draw()?;
-    let h = 2.0 * win.r / k as f64;
-    chart.draw_series((0..k * k).map(|c| {
-        let (i, j) = (c % k, c / k);
-        let x0 = -win.r + i as f64 * h;
-        let y0 = -win.r + j as f64 * h;
-        let v = (log_p[c] - max).exp();
-        Rectangle::new([(x0, y0), (x0 + h, y0 + h)], viridis(v).filled())
-    }))?;
+    let mut chart = window_chart(&root, title, 20, win)?;
+    chart.draw_series(grid_cells(k, win, |c| viridis((log_p[c] - max).exp())))?;
     root.present()?;
     Ok(())
 }
@@ -178,31 +212,46 @@ pub fn trajectories_png(
     win: Window,
 ) -> Result<()> {
     ensure_font()?;
+    check_trajectories(states, points, n, "samples")?;
+    let root = BitMapBackend::new(path, (560, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = window_chart(&root, title, 20, win)?;
+    draw_trajectories(&mut chart, states, points, n, 0.35, 0.4)?;
+    root.present()?;
+    Ok(())
+}
+
+/// Checks that `states` holds `points` (≥ 2) points of `n` 2-D `what`, `points × n × 2`.
+fn check_trajectories(states: &[f64], points: usize, n: usize, what: &str) -> Result<()> {
     if points < 2 || states.len() != points * n * 2 {
         bail!(
-            "trajectories: {} values for {points} points of {n} 2-D samples",
+            "trajectories: {} values for {points} points of {n} 2-D {what}",
             states.len()
         );
     }
+    Ok(())
+}
+
+/// Draws `n` trajectories (`states` is `points × n × 2`, checked by
+/// [`check_trajectories`]): each a blue line of opacity `line_alpha`, its start a
+/// black dot of opacity `start_alpha` and its end an orange dot.
+fn draw_trajectories(
+    chart: &mut ChartContext<'_, BitMapBackend<'_>, WindowCoord>,
+    states: &[f64],
+    points: usize,
+    n: usize,
+    line_alpha: f64,
+    start_alpha: f64,
+) -> Result<()> {
     let at = |p: usize, i: usize| (states[(p * n + i) * 2], states[(p * n + i) * 2 + 1]);
-    let root = BitMapBackend::new(path, (560, 560)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(40)
-        .build_cartesian_2d(win.range(), win.range())?;
-    chart.configure_mesh().disable_mesh().draw()?;
     for i in 0..n {
         chart.draw_series(LineSeries::new(
             (0..points).map(|p| at(p, i)),
-            BLUE.mix(0.35).stroke_width(1),
+            BLUE.mix(line_alpha).stroke_width(1),
         ))?;
     }
-    chart.draw_series((0..n).map(|i| Circle::new(at(0, i), 2, BLACK.mix(0.4).filled())))?;
+    chart.draw_series((0..n).map(|i| Circle::new(at(0, i), 2, BLACK.mix(start_alpha).filled())))?;
     chart.draw_series((0..n).map(|i| Circle::new(at(points - 1, i), 2, ORANGE.filled())))?;
-    root.present()?;
     Ok(())
 }
 
@@ -228,11 +277,7 @@ mod tests {
 /// Colours a cell of an obstacle background: white where `v` = 0, deepening to a
 /// warm grey at `v` = 1 (so trajectories drawn over it stay visible).
 fn obstacle_shade(v: f64) -> RGBColor {
-    let v = if v.is_finite() {
-        v.clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
+    let v = unit(v);
     let mix = |hi: f64, lo: f64| (hi + v * (lo - hi)).round() as u8;
     RGBColor(mix(255.0, 120.0), mix(255.0, 100.0), mix(255.0, 90.0))
 }
@@ -240,11 +285,7 @@ fn obstacle_shade(v: f64) -> RGBColor {
 /// Draws an obstacle cost given on a `k × k` grid of cell centres (the layout of
 /// [`grid_points`]) as a shaded background scaled to its maximum.
 fn draw_obstacle<DB: DrawingBackend>(
-    chart: &mut ChartContext<
-        '_,
-        DB,
-        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
-    >,
+    chart: &mut ChartContext<'_, DB, WindowCoord>,
     q: &[f64],
     k: usize,
     win: Window,
@@ -260,17 +301,8 @@ where
     if max <= 0.0 {
         return Ok(());
     }
-    let h = 2.0 * win.r / k as f64;
     chart
-        .draw_series((0..k * k).map(|c| {
-            let (i, j) = (c % k, c / k);
-            let x0 = -win.r + i as f64 * h;
-            let y0 = -win.r + j as f64 * h;
-            Rectangle::new(
-                [(x0, y0), (x0 + h, y0 + h)],
-                obstacle_shade(q[c] / max).filled(),
-            )
-        }))
+        .draw_series(grid_cells(k, win, |c| obstacle_shade(q[c] / max)))
         .map_err(|e| anyhow!("obstacle background: {e}"))?;
     Ok(())
 }
@@ -319,31 +351,12 @@ pub fn crowd_trajectories_png(
 ) -> Result<()> {
     ensure_font()?;
     obstacle.check()?;
-    if points < 2 || states.len() != points * n * 2 {
-        bail!(
-            "trajectories: {} values for {points} points of {n} 2-D particles",
-            states.len()
-        );
-    }
-    let at = |p: usize, i: usize| (states[(p * n + i) * 2], states[(p * n + i) * 2 + 1]);
+    check_trajectories(states, points, n, "particles")?;
     let root = BitMapBackend::new(path, (620, 620)).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(40)
-        .build_cartesian_2d(win.range(), win.range())?;
-    chart.configure_mesh().disable_mesh().draw()?;
+    let mut chart = window_chart(&root, title, 20, win)?;
     draw_obstacle(&mut chart, &obstacle.q, obstacle.k, win)?;
-    for i in 0..n {
-        chart.draw_series(LineSeries::new(
-            (0..points).map(|p| at(p, i)),
-            BLUE.mix(0.6).stroke_width(1),
-        ))?;
-    }
-    chart.draw_series((0..n).map(|i| Circle::new(at(0, i), 2, BLACK.mix(0.6).filled())))?;
-    chart.draw_series((0..n).map(|i| Circle::new(at(points - 1, i), 2, ORANGE.filled())))?;
+    draw_trajectories(&mut chart, states, points, n, 0.6, 0.6)?;
     root.present()?;
     Ok(())
 }
@@ -386,11 +399,7 @@ pub fn crowd_density_png(
             );
         }
     }
-    let max = panels
-        .iter()
-        .flat_map(|p| p.log_rho.iter().copied())
-        .filter(|v| v.is_finite())
-        .fold(f64::NEG_INFINITY, f64::max);
+    let max = finite_max(panels.iter().flat_map(|p| p.log_rho.iter().copied()));
     if !max.is_finite() {
         bail!("density over time: no finite log-density");
     }

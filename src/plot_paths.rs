@@ -9,30 +9,12 @@
 
 use std::ops::Range;
 use std::path::Path;
-use std::sync::OnceLock;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use plotters::style::{register_font, FontStyle};
 
-/// DejaVu Sans, the font [`crate::plot`] ships (`assets/`), registered here too: that
-/// module's registration is private to it.
-static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
-
-/// Registers the shipped font as `sans-serif` (once).
-fn ensure_font() -> Result<()> {
-    static REGISTERED: OnceLock<bool> = OnceLock::new();
-    let ok =
-        *REGISTERED.get_or_init(|| register_font("sans-serif", FontStyle::Normal, FONT).is_ok());
-    if ok {
-        Ok(())
-    } else {
-        Err(anyhow!(
-            "the shipped font assets/DejaVuSans.ttf cannot be parsed"
-        ))
-    }
-}
+use crate::plot::ensure_font;
 
 const PATH_COLOR: RGBColor = RGBColor(31, 119, 180);
 const TARGET_COLOR: RGBColor = RGBColor(214, 39, 40);

@@ -4,17 +4,20 @@
 //! that name the offending key, and the quick demo's SOC part.
 
 mod common;
-use common::{socflow, stderr, stdout};
+use common::{png_size, resume_ok, socflow, stderr, stdout, train, train_ok};
 
 use std::path::Path;
 
 use serde::Deserialize;
 use socflow_runtime::artifact::Artifact;
 use socflow_runtime::model::Model;
+use socflow_trainer::autodiff::Cpu;
 use socflow_trainer::checkpoint::{Checkpoint, Checkpointing};
 use socflow_trainer::soc::reference::{closed_loop_cost, Lqr};
 use socflow_trainer::soc::simulate::rollout_options;
-use socflow_trainer::soc::{train_soc_checkpointed, QuadraticProblem, SocConfig};
+use socflow_trainer::soc::{
+    train_soc_checkpointed, ControlProblem, QuadraticProblem, SocConfig, TrainedSoc,
+};
 
 /// The number after `label` on the line that starts with it (up to a space or `±`).
 fn figure(text: &str, label: &str) -> f64 {
@@ -66,13 +69,7 @@ fn train_a_builtin_lqr_then_simulate_matches_the_library() {
     let cfg = dir.path().join("lqr.toml");
     std::fs::write(&cfg, LQR_CONFIG).unwrap();
     let out = dir.path().join("out");
-    let o = socflow(&[
-        "train",
-        cfg.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = train_ok(&cfg, &out);
     let text = stdout(&o);
     let err = stderr(&o);
     // Progress lines at each validation, with the closed-loop cost and Φ(0, z₀).
@@ -235,19 +232,54 @@ struct Tables {
     soc_problem: QuadraticProblem,
 }
 
+/// The library's run of `config` on `problem` (as `socflow train` poses it), saving
+/// its checkpoint after iteration `at` to `path`.
+fn train_saving_at<P: ControlProblem<Cpu> + ?Sized>(
+    problem: &P,
+    config: &SocConfig,
+    at: u64,
+    path: &Path,
+) -> TrainedSoc {
+    let mut save = |c: &Checkpoint| {
+        if c.iteration == at {
+            c.save(path)?;
+        }
+        Ok(())
+    };
+    let mut ckpt = Checkpointing {
+        every: at,
+        resume: None,
+        save: &mut save,
+    };
+    train_soc_checkpointed(problem, config, &mut ckpt, &mut |_| {}).unwrap()
+}
+
+/// Checks that the model files `name` of an uninterrupted run (in `full`) and a resumed
+/// one (in `resumed`) hold bitwise the same potential, the library's `lib`; returns
+/// both.
+fn same_potentials(
+    full: &Path,
+    resumed: &Path,
+    name: &str,
+    lib: &TrainedSoc,
+) -> (Artifact, Artifact) {
+    let a = Artifact::load(full.join(name)).unwrap();
+    let b = Artifact::load(resumed.join(name)).unwrap();
+    assert_eq!(a.params, b.params);
+    let socflow_runtime::artifact::Params::OtFlow(p) = &a.params else {
+        panic!("a SOC model is an OT-Flow potential");
+    };
+    assert_eq!(p, &lib.params);
+    (a, b)
+}
+
 #[test]
 fn resume_from_a_mid_run_checkpoint_continues_bitwise() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("inline.toml");
     std::fs::write(&cfg, INLINE_CONFIG).unwrap();
     let full = dir.path().join("full");
-    let o = socflow(&[
-        "train",
-        cfg.to_str().unwrap(),
-        "--out",
-        full.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = train_ok(&cfg, &full);
     let text = stdout(&o);
     // A Gaussian start: the trainer's mean over the validation starts, and Riccati's
     // over the same starts.
@@ -265,46 +297,15 @@ fn resume_from_a_mid_run_checkpoint_continues_bitwise() {
     // The checkpoint after iteration 3 of the same run, from the library.
     let tables: Tables = toml::from_str(INLINE_CONFIG).unwrap();
     let ckpt_path = dir.path().join("after3.safetensors");
-    let mut save = |c: &Checkpoint| {
-        if c.iteration == 3 {
-            c.save(&ckpt_path)?;
-        }
-        Ok(())
-    };
-    let mut ckpt = Checkpointing {
-        every: 3,
-        resume: None,
-        save: &mut save,
-    };
-    let lib =
-        train_soc_checkpointed(&tables.soc_problem, &tables.soc, &mut ckpt, &mut |_| {}).unwrap();
+    let lib = train_saving_at(&tables.soc_problem, &tables.soc, 3, &ckpt_path);
     let at3 = Checkpoint::load(&ckpt_path).unwrap();
     assert_eq!(at3.iteration, 3);
 
     let resumed = dir.path().join("resumed");
-    let o = socflow(&[
-        "train",
-        cfg.to_str().unwrap(),
-        "--out",
-        resumed.to_str().unwrap(),
-        "--resume",
-        ckpt_path.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("resuming at iteration 3"),
-        "{}",
-        stderr(&o)
-    );
-    let a = Artifact::load(full.join("model.safetensors")).unwrap();
-    let b = Artifact::load(resumed.join("model.safetensors")).unwrap();
+    let o = resume_ok(&cfg, &resumed, &ckpt_path, 3);
     // Stored in f64: the resumed run's parameters are bitwise the uninterrupted run's
     // and the library's, and iterations 4–6 moved them.
-    assert_eq!(a.params, b.params);
-    let socflow_runtime::artifact::Params::OtFlow(p) = &a.params else {
-        panic!("a SOC model is an OT-Flow potential");
-    };
-    assert_eq!(p, &lib.params);
+    same_potentials(&full, &resumed, "model.safetensors", &lib);
     // The final checkpoints agree too, and differ from the one resumed from.
     let fa = Checkpoint::load(full.join("checkpoint.safetensors")).unwrap();
     let fb = Checkpoint::load(resumed.join("checkpoint.safetensors")).unwrap();
@@ -327,12 +328,7 @@ fn config_typos_and_bad_builtins_are_named() {
     let run = |name: &str, text: &str| {
         let cfg = dir.path().join(name);
         std::fs::write(&cfg, text).unwrap();
-        let o = socflow(&[
-            "train",
-            cfg.to_str().unwrap(),
-            "--out",
-            dir.path().join("o").to_str().unwrap(),
-        ]);
+        let o = train(&cfg, &dir.path().join("o"), None);
         assert!(!o.status.success(), "{name} should fail");
         let err = stderr(&o);
         assert!(err.starts_with("error: "), "{err}");
@@ -404,19 +400,6 @@ fn config_typos_and_bad_builtins_are_named() {
     assert!(err.contains("cost_scale"), "{err}");
 }
 
-/// Checks a PNG file's signature and size.
-fn assert_png(path: &Path) {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(
-        bytes.len() > 2_000,
-        "{}: {} bytes",
-        path.display(),
-        bytes.len()
-    );
-    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{}", path.display());
-    assert_eq!(&bytes[12..16], b"IHDR", "{}", path.display());
-}
-
 #[test]
 fn quick_demo_has_a_soc_part() {
     let dir = tempfile::tempdir().unwrap();
@@ -462,7 +445,7 @@ fn quick_demo_has_a_soc_part() {
         .provenance
         .details
         .contains_key("soc_problem"));
-    assert_png(&out.join("neuralsoc_trajectories.png"));
+    png_size(&out.join("neuralsoc_trajectories.png"));
 }
 
 #[test]
@@ -554,14 +537,6 @@ builtin = "quadcopter"
 cost_scale = SCALE
 "#;
 
-/// Width and height of a PNG (its IHDR chunk), after checking the signature and size.
-fn png_size(path: &Path) -> (u32, u32) {
-    assert_png(path);
-    let bytes = std::fs::read(path).unwrap();
-    let be = |i: usize| u32::from_be_bytes(bytes[i..i + 4].try_into().unwrap());
-    (be(16), be(20))
-}
-
 #[test]
 fn train_a_quadcopter_then_simulate_reports_the_problems_units_and_plots() {
     use socflow_runtime::artifact::ControlLaw;
@@ -573,13 +548,7 @@ fn train_a_quadcopter_then_simulate_reports_the_problems_units_and_plots() {
         let cfg = dir.path().join(format!("quad_{text}.toml"));
         std::fs::write(&cfg, QUADCOPTER_CONFIG.replace("SCALE", text)).unwrap();
         let out = dir.path().join(format!("out_{text}"));
-        let o = socflow(&[
-            "train",
-            cfg.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
+        let o = train_ok(&cfg, &out);
         let err = stderr(&o);
         assert!(err.contains("soc: quadcopter (d = 12, k = 4"), "{err}");
         assert!(
@@ -715,13 +684,7 @@ fn quadcopter_resume_from_a_mid_run_checkpoint_continues_bitwise() {
     let cfg = dir.path().join("quad.toml");
     std::fs::write(&cfg, &text).unwrap();
     let full = dir.path().join("full");
-    let o = socflow(&[
-        "train",
-        cfg.to_str().unwrap(),
-        "--out",
-        full.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = train_ok(&cfg, &full);
     assert!(
         stderr(&o).contains("starts spread by 0.5 in position"),
         "{}",
@@ -744,41 +707,11 @@ fn quadcopter_resume_from_a_mid_run_checkpoint_continues_bitwise() {
         .with_cost_scale(0.001)
         .unwrap();
     let ckpt_path = dir.path().join("after3.safetensors");
-    let mut save = |c: &Checkpoint| {
-        if c.iteration == 3 {
-            c.save(&ckpt_path)?;
-        }
-        Ok(())
-    };
-    let mut ckpt = Checkpointing {
-        every: 3,
-        resume: None,
-        save: &mut save,
-    };
-    let lib = train_soc_checkpointed(&training, &soc, &mut ckpt, &mut |_| {}).unwrap();
+    let lib = train_saving_at(&training, &soc, 3, &ckpt_path);
 
     let resumed = dir.path().join("resumed");
-    let o = socflow(&[
-        "train",
-        cfg.to_str().unwrap(),
-        "--out",
-        resumed.to_str().unwrap(),
-        "--resume",
-        ckpt_path.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("resuming at iteration 3"),
-        "{}",
-        stderr(&o)
-    );
-    let a = Artifact::load(full.join("quad.safetensors")).unwrap();
-    let b = Artifact::load(resumed.join("quad.safetensors")).unwrap();
-    assert_eq!(a.params, b.params);
-    let socflow_runtime::artifact::Params::OtFlow(p) = &a.params else {
-        panic!("a SOC model is an OT-Flow potential");
-    };
-    assert_eq!(p, &lib.params);
+    let o = resume_ok(&cfg, &resumed, &ckpt_path, 3);
+    let (a, b) = same_potentials(&full, &resumed, "quad.safetensors", &lib);
     assert_eq!(a.card.control_law, b.card.control_law);
     let again = figure(
         &stdout(&o),

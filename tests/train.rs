@@ -1,7 +1,7 @@
 //! `socflow train` and `socflow demo` end to end: the binary on tiny configs.
 
 mod common;
-use common::{socflow, stderr, stdout};
+use common::{png_size, resume_ok, socflow, stderr, stdout, train, train_ok};
 
 use std::path::Path;
 
@@ -53,13 +53,7 @@ fn train_flow_matching_exports_a_model_the_runtime_samples() {
     let cfg = dir.path().join("fm.toml");
     std::fs::write(&cfg, FM_CONFIG).unwrap();
     let out = dir.path().join("out");
-    let o = socflow(&[
-        "train",
-        cfg.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = train_ok(&cfg, &out);
     let text = stdout(&o);
     assert!(text.contains("validation loss: "), "{text}");
     assert!(text.contains("validation NLL"), "{text}");
@@ -77,16 +71,7 @@ fn train_flow_matching_exports_a_model_the_runtime_samples() {
     assert_eq!(ck.optimizer.step, 20);
     // Resuming from it runs no further iteration and exports the same parameters.
     let again = dir.path().join("again");
-    let o2 = socflow(&[
-        "train",
-        cfg.to_str().unwrap(),
-        "--out",
-        again.to_str().unwrap(),
-        "--resume",
-        ckpt.to_str().unwrap(),
-    ]);
-    assert!(o2.status.success(), "{}", stderr(&o2));
-    assert!(stderr(&o2).contains("resuming at iteration 20"));
+    resume_ok(&cfg, &again, &ckpt, 20);
     let a = socflow_runtime::artifact::Artifact::load(&model).unwrap();
     let b = socflow_runtime::artifact::Artifact::load(again.join("fm.safetensors")).unwrap();
     assert_eq!(a.params, b.params);
@@ -97,14 +82,7 @@ fn train_flow_matching_exports_a_model_the_runtime_samples() {
         FM_CONFIG.replace("iterations = 20", "iterations = 30"),
     )
     .unwrap();
-    let o3 = socflow(&[
-        "train",
-        other.to_str().unwrap(),
-        "--out",
-        again.to_str().unwrap(),
-        "--resume",
-        ckpt.to_str().unwrap(),
-    ]);
+    let o3 = train(&other, &again, Some(&ckpt));
     assert!(!o3.status.success());
     assert!(
         stderr(&o3).contains("another configuration"),
@@ -151,13 +129,7 @@ normalize = true
     )
     .unwrap();
     let out = dir.path().join("o");
-    let o = socflow(&[
-        "train",
-        cfg.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = train_ok(&cfg, &out);
     let text = stdout(&o);
     assert!(text.contains("validation NLL (trainer"), "{text}");
     loads_and_samples(&out.join("model.safetensors"));
@@ -171,12 +143,7 @@ fn unknown_keys_and_bad_data_fail_with_a_message() {
     let run = |name: &str, text: &str| {
         let cfg = dir.path().join(name);
         std::fs::write(&cfg, text).unwrap();
-        let o = socflow(&[
-            "train",
-            cfg.to_str().unwrap(),
-            "--out",
-            dir.path().to_str().unwrap(),
-        ]);
+        let o = train(&cfg, dir.path(), None);
         assert!(!o.status.success(), "{name} should fail");
         let err = stderr(&o);
         assert!(err.starts_with("error: "), "{err}");
@@ -213,21 +180,12 @@ fn unknown_keys_and_bad_data_fail_with_a_message() {
 /// Checks a PNG file: the signature, an IHDR chunk with a plausible size, and more
 /// than a header's worth of image data.
 fn assert_png(path: &Path) {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(
-        bytes.len() > 2_000,
-        "{}: {} bytes",
-        path.display(),
-        bytes.len()
-    );
-    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{}", path.display());
-    assert_eq!(&bytes[12..16], b"IHDR", "{}", path.display());
-    let w = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
-    let h = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
+    let (w, h) = png_size(path);
     assert!(
         (400..=2000).contains(&w) && (400..=2000).contains(&h),
         "{w} × {h}"
     );
+    let bytes = std::fs::read(path).unwrap();
     assert_eq!(&bytes[bytes.len() - 8..bytes.len() - 4], b"IEND");
 }
 

@@ -276,7 +276,45 @@ pub struct Checkpointing<'a> {
 /// The key under which checkpoints record the training configuration (JSON).
 pub const CONFIG_KEY: &str = "config";
 
+impl Checkpointing<'static> {
+    /// No checkpoints and no resumption: what the plain entry points (`train_otflow`,
+    /// `train_flow_matching`, …) pass to their `_checkpointed` loops.
+    pub fn none() -> Self {
+        // The closure is zero-sized: leaking its box allocates nothing.
+        let save: &'static mut _ = Box::leak(Box::new(|_: &Checkpoint| Ok(())));
+        Checkpointing {
+            every: 0,
+            resume: None,
+            save,
+        }
+    }
+}
+
 impl Checkpointing<'_> {
+    /// A training loop's optimizer at its start: Adam with `optimizer` on `params` and
+    /// the learning-rate `schedule`, both then [restored](Self::restore) from `resume`
+    /// (if any), with the iteration to start from.
+    pub fn start(
+        &mut self,
+        config_json: &str,
+        params: &mut crate::optim::ParamSet,
+        optimizer: crate::optim::AdamConfig,
+        schedule: crate::optim::Schedule,
+        iterations: u64,
+    ) -> Result<(crate::optim::Adam, crate::optim::Scheduler, u64)> {
+        let mut adam = crate::optim::Adam::new(optimizer, params)?;
+        let mut scheduler = crate::optim::Scheduler::new(schedule, optimizer.lr)?;
+        let start_it = self.restore(
+            config_json,
+            params,
+            &mut adam,
+            &mut scheduler,
+            schedule,
+            iterations,
+        )?;
+        Ok((adam, scheduler, start_it))
+    }
+
     /// Applies `resume` (if any) to a loop's state after checking that it belongs to
     /// the same configuration and model; returns the iteration to start from.
     pub fn restore(

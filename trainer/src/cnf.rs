@@ -62,7 +62,7 @@ use crate::dto::{Cotangents, Method, PrecisionPolicy, Rhs, Solver};
 use crate::error::{check_len, Error, Result};
 use crate::flow_matching::Precision;
 use crate::mlp::{MlpNet, MlpVars};
-use crate::optim::{optimizer_step, Adam, AdamConfig, Schedule, Scheduler};
+use crate::optim::{optimizer_step, validation_due, Adam, AdamConfig, Schedule, Scheduler};
 
 /// Stream of the Hutchinson probes (well after the flow-matching streams).
 pub const HUTCHINSON_STREAM: Stream = Stream(FIRST_FREE_AFTER_DATA.0 + 16);
@@ -699,8 +699,7 @@ pub fn train_cnf(
         )?;
         losses.push(o.loss + shift);
         let done = it + 1;
-        let due = done == config.iterations
-            || (config.validate_every > 0 && done % config.validate_every == 0);
+        let due = validation_due(done, config.iterations, config.validate_every);
         let mut val = None;
         if let (true, Some(v)) = (due, &val_set) {
             let l = validation_nll(&net, config, v)? + shift;

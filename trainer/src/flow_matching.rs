@@ -65,7 +65,7 @@ use crate::data::rng::{Draws, FIRST_FREE_AFTER_DATA};
 use crate::data::{BatchSampler, Dataset};
 use crate::error::{check_len, Error, Result};
 use crate::mlp::{MlpNet, MlpVars};
-use crate::optim::{optimizer_step, Adam, AdamConfig, Schedule, Scheduler};
+use crate::optim::{check_objective, optimizer_step, validation_due, AdamConfig, Schedule};
 
 /// Stream of the training noise x₁ (after [`crate::mlp::INIT_STREAM`]).
 pub const NOISE_STREAM: Stream = Stream(FIRST_FREE_AFTER_DATA.0 + 1);
@@ -487,13 +487,10 @@ fn train(
     }
     let dtype = config.precision.dtype();
     let mut net = MlpNet::init(d, &config.hidden, config.activation, config.seed)?;
-    let mut adam = Adam::new(config.optimizer, net.params())?;
-    let mut scheduler = Scheduler::new(config.schedule, config.optimizer.lr)?;
-    let start_it = ckpt.restore(
+    let (mut adam, mut scheduler, start_it) = ckpt.start(
         &config_json,
         net.params_mut(),
-        &mut adam,
-        &mut scheduler,
+        config.optimizer,
         config.schedule,
         config.iterations,
     )?;
@@ -523,11 +520,7 @@ fn train(
         time_rows(config.seed, TIME_STREAM, 0, it, &mut t)?;
         let (vars, loss) = batch_loss(&mut g, &net, dtype, true, (&x0, &x1, &t))?;
         let loss_value = g.to_f64(loss)?[0];
-        if !loss_value.is_finite() {
-            return Err(Error::Numerical(format!(
-                "the flow matching loss is {loss_value} at iteration {it}"
-            )));
-        }
+        check_objective(loss_value, "the flow matching loss", it)?;
         let grads = g.backward(loss, None)?;
         let mut grad = vars.gradients(&g, &grads)?;
         drop(grads);
@@ -543,8 +536,7 @@ fn train(
         losses.push(loss_value);
 
         let done = it + 1;
-        let due = done == config.iterations
-            || (config.validate_every > 0 && done % config.validate_every == 0);
+        let due = validation_due(done, config.iterations, config.validate_every);
         let mut val_loss = None;
         if let (true, Some(v)) = (due, &validation) {
             let l = validation_loss(&mut g, &net, config, v, &mut ws)?;
@@ -597,11 +589,7 @@ pub fn train_flow_matching(
     validation: Option<&Dataset>,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<TrainedFlow> {
-    let mut ckpt = Checkpointing {
-        every: 0,
-        resume: None,
-        save: &mut |_| Ok(()),
-    };
+    let mut ckpt = Checkpointing::none();
     train_flow_matching_checkpointed(config, train_data, validation, &mut ckpt, progress)
 }
 
@@ -745,11 +733,7 @@ pub fn train_reflow(
         val_pairs.as_ref().map(|p| Source::Pairs(&p.x0, &p.x1)),
         teacher.card.normalization.clone(),
         Some(*reflow),
-        &mut Checkpointing {
-            every: 0,
-            resume: None,
-            save: &mut |_| Ok(()),
-        },
+        &mut Checkpointing::none(),
         progress,
     )
 }

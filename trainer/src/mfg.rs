@@ -73,10 +73,10 @@ use crate::checkpoint::Checkpointing;
 use crate::data::rng::FIRST_FREE_AFTER_DATA;
 use crate::dto::{Cotangents, Method, PrecisionPolicy, Rhs, Solver};
 use crate::error::{Error, Result};
-use crate::optim::{optimizer_step, Adam, AdamConfig, Schedule, Scheduler};
+use crate::optim::{check_objective, validation_due, AdamConfig, Schedule};
 use crate::otflow::{
-    init_params, params_from_flat, potential_terms, scale_potential, to_param_set, OtFlowProblem,
-    OtFlowRhs, Precision,
+    check_sizes, init_params, params_from_flat, potential_terms, scale_potential, OtFlowProblem,
+    OtFlowRhs, PotentialOptimizer, Precision,
 };
 
 /// Stream of the training particles x ~ ρ₀ (sample = particle, step = resampling round).
@@ -808,18 +808,7 @@ impl CrowdConfig {
     /// Checks every setting.
     pub fn validate(&self) -> Result<()> {
         self.problem.validate()?;
-        if self.m == 0 || self.n_th < 2 {
-            return Err(Error::InvalidArgument(format!(
-                "crowd: m = {}, nTh = {} (need m ≥ 1, nTh ≥ 2)",
-                self.m, self.n_th
-            )));
-        }
-        if self.nt == 0 || self.nt_val == 0 {
-            return Err(Error::InvalidArgument(format!(
-                "crowd: nt = {}, nt_val = {} (need ≥ 1)",
-                self.nt, self.nt_val
-            )));
-        }
+        check_sizes("crowd", self.m, self.n_th, self.nt, self.nt_val)?;
         if self.resample_every == 0 {
             return Err(Error::InvalidArgument(
                 "crowd: resample_every = 0 (need ≥ 1)".into(),
@@ -951,12 +940,7 @@ pub fn train_crowd(
     config: &CrowdConfig,
     progress: &mut dyn FnMut(&CrowdProgress),
 ) -> Result<TrainedCrowd> {
-    let mut ckpt = Checkpointing {
-        every: 0,
-        resume: None,
-        save: &mut |_| Ok(()),
-    };
-    train_crowd_checkpointed(config, &mut ckpt, progress)
+    train_crowd_checkpointed(config, &mut Checkpointing::none(), progress)
 }
 
 /// [`train_crowd`] with periodic checkpoints and resumption (a resumed run continues
@@ -971,19 +955,14 @@ pub fn train_crowd_checkpointed(
     let policy = config.precision.policy();
     let objective = CrowdObjective::new(config.problem.clone(), config.nt, policy)?;
     let val_objective = CrowdObjective::new(config.problem.clone(), config.nt_val, policy)?;
-    let mut params = init_params(config.problem.d, config.m, config.n_th, config.seed)?;
-    let mut set = to_param_set(&params)?;
-    let mut adam = Adam::new(config.optimizer, &set)?;
-    let mut scheduler = Scheduler::new(config.schedule, config.optimizer.lr)?;
-    let start_it = ckpt.restore(
+    let (mut opt, start_it) = PotentialOptimizer::start(
+        init_params(config.problem.d, config.m, config.n_th, config.seed)?,
+        ckpt,
         &config_json,
-        &mut set,
-        &mut adam,
-        &mut scheduler,
+        config.optimizer,
         config.schedule,
         config.iterations,
     )?;
-    params = params_from_flat(&params, set.values.clone())?;
     let val_x = if config.validation_size > 0 {
         Some(config.validation_particles()?)
     } else {
@@ -1001,44 +980,21 @@ pub fn train_crowd_checkpointed(
             x = config.particles(it)?;
             round = Some(r);
         }
-        let (c, grad) = objective.costs_and_gradient(&mut g, &params, &x)?;
-        if !c.j.is_finite() {
-            return Err(Error::Numerical(format!(
-                "the crowd objective is {} at iteration {it}",
-                c.j
-            )));
-        }
-        let mut grad = to_param_set(&grad)?.values;
-        let (grad_norm, lr) = optimizer_step(
-            &mut adam,
-            &mut scheduler,
-            &mut set,
-            &mut grad,
-            config.clip_norm,
-            it,
-            "crowd",
-        )?;
-        params = params_from_flat(&params, set.values.clone())?;
+        let (c, grad) = objective.costs_and_gradient(&mut g, &opt.params, &x)?;
+        check_objective(c.j, "the crowd objective", it)?;
+        let (grad_norm, lr) = opt.step(&grad, config.clip_norm, it, "crowd")?;
         let seconds = start.elapsed().as_secs_f64();
         costs.push(c);
         let done = it + 1;
-        let due = done == config.iterations
-            || (config.validate_every > 0 && done % config.validate_every == 0);
+        let due = validation_due(done, config.iterations, config.validate_every);
         let mut val = None;
         if let (true, Some(vx)) = (due, &val_x) {
-            let v = val_objective.costs(&mut g, &params, vx)?;
-            scheduler.observe(v.j);
+            let v = val_objective.costs(&mut g, &opt.params, vx)?;
+            opt.scheduler.observe(v.j);
             record.push((done, v));
             val = Some(v);
         }
-        ckpt.after_iteration(
-            done,
-            config.iterations,
-            &config_json,
-            &set,
-            &adam,
-            &scheduler,
-        )?;
+        opt.after_iteration(ckpt, done, config.iterations, &config_json)?;
         progress(&CrowdProgress {
             iteration: done,
             iterations: config.iterations,
@@ -1051,7 +1007,7 @@ pub fn train_crowd_checkpointed(
     }
     Ok(TrainedCrowd {
         config: config.clone(),
-        params,
+        params: opt.params,
         costs,
         validation: record,
     })

@@ -465,6 +465,23 @@ pub fn optimizer_step(
     Ok((grad_norm, lr))
 }
 
+/// Whether a training loop validates after `done` of its `iterations` iterations:
+/// after the last, and every `every` (0: only after the last).
+pub fn validation_due(done: u64, iterations: u64, every: u64) -> bool {
+    done == iterations || (every > 0 && done % every == 0)
+}
+
+/// An [`Error::Numerical`] "`what` is `value` at iteration `it`" when a training
+/// loop's objective `value` is not finite.
+pub fn check_objective(value: f64, what: &str, it: u64) -> Result<()> {
+    if !value.is_finite() {
+        return Err(Error::Numerical(format!(
+            "{what} is {value} at iteration {it}"
+        )));
+    }
+    Ok(())
+}
+
 /// Bounds for a parameter, applied after every update (e.g. to keep a scale positive).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -75,7 +75,10 @@ use crate::data::rng::{Draws, FIRST_FREE_AFTER_DATA};
 use crate::data::{BatchSampler, Dataset};
 use crate::dto::{Cotangents, Method, PrecisionPolicy, Rhs, Solver, Trajectory};
 use crate::error::{Error, Result};
-use crate::optim::{optimizer_step, Adam, AdamConfig, ParamSet, Schedule, Scheduler};
+use crate::optim::{
+    check_objective, optimizer_step, validation_due, Adam, AdamConfig, ParamSet, Schedule,
+    Scheduler,
+};
 
 /// Stream of the parameters' initial draws.
 pub const INIT_STREAM: Stream = Stream(FIRST_FREE_AFTER_DATA.0 + 16);
@@ -650,21 +653,33 @@ impl Default for OtFlowConfig {
     }
 }
 
+/// Checks the sizes a config of an OT-Flow potential trained with RK4 gives: ResNet
+/// width `m` ≥ 1, `n_th` ≥ 2 layers, and ≥ 1 step in training (`nt`) and validation
+/// (`nt_val`); `what` names the model in errors.
+pub(crate) fn check_sizes(
+    what: &str,
+    m: usize,
+    n_th: usize,
+    nt: usize,
+    nt_val: usize,
+) -> Result<()> {
+    if m == 0 || n_th < 2 {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: m = {m}, nTh = {n_th} (need m ≥ 1, nTh ≥ 2)"
+        )));
+    }
+    if nt == 0 || nt_val == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: nt = {nt}, nt_val = {nt_val} (need ≥ 1)"
+        )));
+    }
+    Ok(())
+}
+
 impl OtFlowConfig {
     /// Checks the settings that do not depend on the data.
     pub fn validate(&self) -> Result<()> {
-        if self.m == 0 || self.n_th < 2 {
-            return Err(Error::InvalidArgument(format!(
-                "OT-Flow: m = {}, nTh = {} (need m ≥ 1, nTh ≥ 2)",
-                self.m, self.n_th
-            )));
-        }
-        if self.nt == 0 || self.nt_val == 0 {
-            return Err(Error::InvalidArgument(format!(
-                "OT-Flow: nt = {}, nt_val = {} (need ≥ 1)",
-                self.nt, self.nt_val
-            )));
-        }
+        check_sizes("OT-Flow", self.m, self.n_th, self.nt, self.nt_val)?;
         OtFlowProblem::new(self.alpha, self.nt, self.precision.policy())?;
         crate::optim::validate_run(
             self.batch_size,
@@ -768,6 +783,87 @@ impl TrainedOtFlow {
     }
 }
 
+/// An OT-Flow potential under training: the parameters, their flat copy (what Adam
+/// updates and checkpoints hold), Adam and the learning-rate schedule. The training
+/// loops of [`train_otflow_checkpointed`] and [`crate::mfg::train_crowd_checkpointed`]
+/// share it.
+pub(crate) struct PotentialOptimizer {
+    /// The potential, rebuilt from `set` after every step.
+    pub(crate) params: OtFlowParams,
+    /// The parameters as the optimizer's arrays.
+    pub(crate) set: ParamSet,
+    /// Adam's state.
+    pub(crate) adam: Adam,
+    /// The learning-rate schedule.
+    pub(crate) scheduler: Scheduler,
+}
+
+impl PotentialOptimizer {
+    /// Starts training `params`, or resumes it from `ckpt` ([`Checkpointing::start`]);
+    /// returns the iteration to start from.
+    pub(crate) fn start(
+        params: OtFlowParams,
+        ckpt: &mut Checkpointing<'_>,
+        config_json: &str,
+        optimizer: AdamConfig,
+        schedule: Schedule,
+        iterations: u64,
+    ) -> Result<(Self, u64)> {
+        let mut set = to_param_set(&params)?;
+        let (adam, scheduler, start_it) =
+            ckpt.start(config_json, &mut set, optimizer, schedule, iterations)?;
+        let params = params_from_flat(&params, set.values.clone())?;
+        let opt = PotentialOptimizer {
+            params,
+            set,
+            adam,
+            scheduler,
+        };
+        Ok((opt, start_it))
+    }
+
+    /// One [`optimizer_step`] along `grad` at iteration `it` (`what` names the model in
+    /// errors); returns (gradient norm before clipping, learning rate).
+    pub(crate) fn step(
+        &mut self,
+        grad: &OtFlowParams,
+        clip_norm: Option<f64>,
+        it: u64,
+        what: &str,
+    ) -> Result<(f64, f64)> {
+        let mut grad = to_param_set(grad)?.values;
+        let (grad_norm, lr) = optimizer_step(
+            &mut self.adam,
+            &mut self.scheduler,
+            &mut self.set,
+            &mut grad,
+            clip_norm,
+            it,
+            what,
+        )?;
+        self.params = params_from_flat(&self.params, self.set.values.clone())?;
+        Ok((grad_norm, lr))
+    }
+
+    /// [`Checkpointing::after_iteration`] with this state.
+    pub(crate) fn after_iteration(
+        &self,
+        ckpt: &mut Checkpointing<'_>,
+        done: u64,
+        iterations: u64,
+        config_json: &str,
+    ) -> Result<()> {
+        ckpt.after_iteration(
+            done,
+            iterations,
+            config_json,
+            &self.set,
+            &self.adam,
+            &self.scheduler,
+        )
+    }
+}
+
 /// Σ ln std: the NLL in data coordinates is the model's NLL plus this.
 fn log_det(norm: Option<&Normalization>) -> f64 {
     norm.map_or(0.0, |n| n.std.iter().map(|s| s.ln()).sum())
@@ -803,12 +899,13 @@ pub fn train_otflow(
     validation: Option<&Dataset>,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<TrainedOtFlow> {
-    let mut ckpt = Checkpointing {
-        every: 0,
-        resume: None,
-        save: &mut |_| Ok(()),
-    };
-    train_otflow_checkpointed(config, train, validation, &mut ckpt, progress)
+    train_otflow_checkpointed(
+        config,
+        train,
+        validation,
+        &mut Checkpointing::none(),
+        progress,
+    )
 }
 
 /// [`train_otflow`] with periodic checkpoints and, with `ckpt.resume`, resumption: a
@@ -844,19 +941,14 @@ pub fn train_otflow_checkpointed(
     let policy = config.precision.policy();
     let problem = OtFlowProblem::new(config.alpha, config.nt, policy)?;
     let val_problem = OtFlowProblem::new(config.alpha, config.nt_val, policy)?;
-    let mut params = init_params(d, config.m, config.n_th, config.seed)?;
-    let mut set = to_param_set(&params)?;
-    let mut adam = Adam::new(config.optimizer, &set)?;
-    let mut scheduler = Scheduler::new(config.schedule, config.optimizer.lr)?;
-    let start_it = ckpt.restore(
+    let (mut opt, start_it) = PotentialOptimizer::start(
+        init_params(d, config.m, config.n_th, config.seed)?,
+        ckpt,
         &config_json,
-        &mut set,
-        &mut adam,
-        &mut scheduler,
+        config.optimizer,
         config.schedule,
         config.iterations,
     )?;
-    params = params_from_flat(&params, set.values.clone())?;
     let b = config.batch_size.min(train_set.n);
     let mut batches = BatchSampler::new(train_set.n, b, config.seed)?;
     let mut g = Graph::new(Cpu::new());
@@ -866,52 +958,29 @@ pub fn train_otflow_checkpointed(
     let mut costs = Vec::with_capacity(config.iterations as usize);
     let mut record = Vec::new();
     if let (Some(v), 0) = (&val_set, start_it) {
-        let l = mean_nll(&mut g, &val_problem, &params, v, config.batch_size)? + shift;
+        let l = mean_nll(&mut g, &val_problem, &opt.params, v, config.batch_size)? + shift;
         record.push((0, l));
     }
     for it in start_it..config.iterations {
         let start = std::time::Instant::now();
         batches.batch(&train_set, it, &mut x)?;
-        let (c, grad) = problem.costs_and_gradient(&mut g, &params, &x)?;
-        if !c.j.is_finite() {
-            return Err(Error::Numerical(format!(
-                "the OT-Flow objective is {} at iteration {it}",
-                c.j
-            )));
-        }
-        let mut grad = to_param_set(&grad)?.values;
-        let (grad_norm, lr) = optimizer_step(
-            &mut adam,
-            &mut scheduler,
-            &mut set,
-            &mut grad,
-            config.clip_norm,
-            it,
-            "OT-Flow",
-        )?;
-        params = params_from_flat(&params, set.values.clone())?;
+        let (c, grad) = problem.costs_and_gradient(&mut g, &opt.params, &x)?;
+        check_objective(c.j, "the OT-Flow objective", it)?;
+        let (grad_norm, lr) = opt.step(&grad, config.clip_norm, it, "OT-Flow")?;
         let seconds = start.elapsed().as_secs_f64();
         losses.push(c.j);
         costs.push(c);
 
         let done = it + 1;
-        let due = done == config.iterations
-            || (config.validate_every > 0 && done % config.validate_every == 0);
+        let due = validation_due(done, config.iterations, config.validate_every);
         let mut val = None;
         if let (true, Some(v)) = (due, &val_set) {
-            let l = mean_nll(&mut g, &val_problem, &params, v, config.batch_size)? + shift;
-            scheduler.observe(l);
+            let l = mean_nll(&mut g, &val_problem, &opt.params, v, config.batch_size)? + shift;
+            opt.scheduler.observe(l);
             record.push((done, l));
             val = Some(l);
         }
-        ckpt.after_iteration(
-            done,
-            config.iterations,
-            &config_json,
-            &set,
-            &adam,
-            &scheduler,
-        )?;
+        opt.after_iteration(ckpt, done, config.iterations, &config_json)?;
         progress(&Progress {
             iteration: done,
             iterations: config.iterations,
@@ -924,7 +993,7 @@ pub fn train_otflow_checkpointed(
     }
     Ok(TrainedOtFlow {
         config: config.clone(),
-        params,
+        params: opt.params,
         normalization: norm,
         losses,
         costs,
