@@ -716,6 +716,15 @@ mod tests {
         assert_eq!((soc.rank, soc.iterations), (Some(101), 2000));
         let task = c.soc_problem.unwrap().build().unwrap();
         assert_eq!(task.problem.name(), "shifted_target_1000");
+        let c = TrainConfig::from_toml(include_str!(
+            "../examples/configs/shifted_target_lecture.toml"
+        ))
+        .unwrap();
+        let soc = c.soc.unwrap();
+        soc.validate().unwrap();
+        assert_eq!((soc.rank, soc.init_scale), (Some(101), Some(0.01)));
+        let task = c.soc_problem.unwrap().build().unwrap();
+        assert_eq!(task.problem.name(), "shifted_target_1");
     }
 
     #[test]

@@ -13,6 +13,10 @@ use socflow_trainer::soc::{train_soc, LossWeights, QuadraticProblem, SocConfig};
 const ORIGINAL_POLICY_COST: f64 = 1900.0;
 const DISCRETE_OPTIMUM_20: f64 = 511.7;
 
+/// Iterations of the lecture-form run, and the goal for its control error.
+const ITERATIONS_LECTURE: u64 = 600;
+const CONTROL_BOUND_LECTURE: f64 = 0.05;
+
 /// 400 iterations with the potential's quadratic part at full rank (101) and the
 /// control objective leading: the closed-loop cost of the learned feedback on 512
 /// validation paths (fixed noise) is already below the original's ~1,900 (the full
@@ -58,9 +62,14 @@ fn full_rank_beats_the_original_policy_at_20_steps() {
 /// small (‖u*‖ ≈ 0.067 at the start) and Φ(0, 0) = 6.142472 lies barely below the cost of
 /// doing nothing (6.1455 at 20 steps), so the test is the learned value and control
 /// against Cole–Hopf along Cole–Hopf's optimal paths (8 paths, 100 steps, compared
-/// every 10). The terminal-gradient weight leads the value terms (∇g supervises ∇Φ
-/// exactly at T) and the last half of the iterates is averaged (Adam's steps are of
-/// the size of u* itself).
+/// every 10): the goal, u within 5%. What it takes (measured with
+/// examples/neuralsoc.rs, 1,500 iterations): the quadratic part at full rank (u*
+/// varies by ~±19% per coordinate across the paths' spread through an isotropic
+/// Hessian 2I/(1 + ‖z − x_ref‖²), which rank 10 plus 64 ResNet units cannot hold in
+/// 100-D: 7% error), a small start (init_scale 0.01: the random initial ∇Φ_θ is
+/// otherwise larger than u* itself), the terminal-gradient weight leading (∇g
+/// supervises ∇Φ exactly at T) and the last half of the iterates averaged (Adam's
+/// steps are of the size of u*): 2.0% for u, 6e-5 for Φ along the paths.
 #[test]
 fn lecture_form_matches_cole_hopf_along_optimal_paths() {
     use socflow_runtime::artifact::StorageDtype;
@@ -74,6 +83,8 @@ fn lecture_form_matches_cole_hopf_along_optimal_paths() {
     assert!((exact - 6.142472).abs() < 1e-5, "Cole–Hopf {exact}");
     let iterations = ITERATIONS_LECTURE;
     let cfg = SocConfig {
+        rank: Some(101),
+        init_scale: Some(0.01),
         iterations,
         schedule: Schedule::Step {
             every: iterations / 3,
@@ -125,5 +136,9 @@ fn lecture_form_matches_cole_hopf_along_optimal_paths() {
     );
     assert!(ev < 1e-3, "Φ(0,0) rel err {ev}");
     assert!(e.value < 2e-3, "Φ along optimal paths: {}", e.value);
-    assert!(e.control < CONTROL_BOUND_LECTURE, "u along optimal paths: {}", e.control);
+    assert!(
+        e.control < CONTROL_BOUND_LECTURE,
+        "u along optimal paths: {}",
+        e.control
+    );
 }

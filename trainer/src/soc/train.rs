@@ -37,7 +37,7 @@ use super::problem::ControlProblem;
 use crate::autodiff::{self, otflow::potential, Backend, Cpu, DType, Graph, Tensor, Var};
 use crate::checkpoint::Checkpointing;
 use crate::dto::{BrownianNoise, Cotangents, SdeRhs, Solver};
-use crate::optim::{optimizer_step, Adam, AdamConfig, Schedule, Scheduler};
+use crate::optim::{optimizer_step, validation_due, AdamConfig, Schedule};
 use crate::otflow::{
     default_rank, init_params_with_rank, params_from_flat, to_param_set, OtFlowProblem, OtFlowRhs, Precision,
 };
@@ -773,13 +773,7 @@ pub fn train_soc<P: ControlProblem<Cpu> + ?Sized>(
     config: &SocConfig,
     progress: &mut dyn FnMut(&SocProgress),
 ) -> Result<TrainedSoc> {
-    let mut save = |_: &crate::checkpoint::Checkpoint| Ok(());
-    let mut ckpt = Checkpointing {
-        every: 0,
-        resume: None,
-        save: &mut save,
-    };
-    train_soc_checkpointed(problem, config, &mut ckpt, progress)
+    train_soc_checkpointed(problem, config, &mut Checkpointing::none(), progress)
 }
 
 /// [`train_soc`] with checkpoints and resumption.
@@ -800,14 +794,11 @@ pub fn train_soc_checkpointed<P: ControlProblem<Cpu> + ?Sized>(
     let mut g = Graph::new(Cpu::new());
     let mut params = objective.initial_params(&mut g)?;
     let mut set = to_param_set(&params)?;
-    let mut adam = Adam::new(config.optimizer, &set)?;
-    let mut scheduler = Scheduler::new(config.schedule, config.optimizer.lr)?;
     let mut averaged = ckpt.resume.as_ref().and_then(|c| c.averaged.clone());
-    let start_it = ckpt.restore(
+    let (mut adam, mut scheduler, start_it) = ckpt.start(
         &config_json,
         &mut set,
-        &mut adam,
-        &mut scheduler,
+        config.optimizer,
         config.schedule,
         config.iterations,
     )?;
@@ -870,8 +861,7 @@ pub fn train_soc_checkpointed<P: ControlProblem<Cpu> + ?Sized>(
         let seconds = start.elapsed().as_secs_f64();
         costs.push(c);
         let done = it + 1;
-        let due = done == config.iterations
-            || (config.validate_every > 0 && done % config.validate_every == 0);
+        let due = validation_due(done, config.iterations, config.validate_every);
         let mut val = None;
         if due {
             let v = validate(&mut g, &current(&params, &averaged)?, done)?;
