@@ -321,15 +321,18 @@ fn riccati_errors(
 }
 
 /// The learned controller against the Riccati solution of a 10-D LQR along optimal
-/// trajectories. A short run (400 iterations of 20 steps): at 20 steps even the exact
-/// optimum of the discretized problem is 2.1% (Φ) and 3.2% (u) from Riccati (see
-/// `Lqr::solve_discrete` and the `neuralsoc` example), and 400 iterations leave the
-/// control well above that; the issue's goal of 2% on both needs finer steps and longer
-/// runs. Here the value must be within 5% (a tenth or less of the untrained network's
-/// error) and the control within 20% (a quarter or less of the untrained network's).
+/// trajectories, at the issue's goal: relative errors of Φ and of u under 2%. The HJB
+/// residual carries it: squared (its gradient shrinks with the residual, where the
+/// absolute value's does not: 5% on u after 3000–10000 iterations, then a plateau),
+/// weight 100, with the terminal gradient at weight 10 and no BSDE term. It fits the
+/// continuous HJB equation, so 20 steps suffice although the 20-step discrete optimum
+/// is itself 2.1% (Φ) and 3.2% (u) from Riccati. 8000 iterations of 32 paths at width
+/// 32, the last half averaged: Φ 0.26%, u 1.49% (seed 1: 0.21%, 1.37%; 6000
+/// iterations: 2.1% on u), about 55 s on 2 cores in release.
 #[test]
 fn lqr_value_and_control_match_riccati() {
     use socflow_trainer::soc::reference::Lqr;
+    use socflow_trainer::soc::{Averaging, Residual};
     let d = 10;
     let lqr = Lqr::standard(d, 5).unwrap();
     let sol = lqr.solve().unwrap();
@@ -338,12 +341,29 @@ fn lqr_value_and_control_match_riccati() {
         std: vec![0.5; d],
     };
     let problem = QuadraticProblem::from_lqr(&lqr, initial).unwrap();
+    let iterations = 8000;
     let cfg = SocConfig {
         m: 32,
         steps: 20,
-        batch_size: 64,
-        iterations: 400,
+        batch_size: 32,
+        iterations,
         optimizer: socflow_trainer::optim::AdamConfig::adam(0.01),
+        schedule: socflow_trainer::optim::Schedule::Step {
+            every: iterations / 3,
+            factor: 0.3,
+        },
+        weights: LossWeights {
+            control: 1.0,
+            hjb: 100.0,
+            terminal: 10.0,
+            terminal_gradient: 10.0,
+            bsde: 0.0,
+        },
+        hjb_residual: Residual::Squared,
+        averaging: Some(Averaging {
+            decay: 0.995,
+            start: iterations / 2,
+        }),
         validate_every: 0,
         validation_paths: 64,
         ..SocConfig::default()
@@ -373,14 +393,8 @@ fn lqr_value_and_control_match_riccati() {
          (untrained {eu0:.2e}), {:.1} s of training",
         start.elapsed().as_secs_f64()
     );
-    assert!(
-        ev < 0.05 && ev < 0.1 * ev0,
-        "value error {ev} (untrained {ev0})"
-    );
-    assert!(
-        eu < 0.2 && eu < 0.25 * eu0,
-        "control error {eu} (untrained {eu0})"
-    );
+    assert!(ev < 0.02, "value error {ev} (untrained {ev0})");
+    assert!(eu < 0.02, "control error {eu} (untrained {eu0})");
 }
 
 /// The 100-D HJB benchmark (Han, Jentzen and E) against Cole–Hopf, at the issue's
