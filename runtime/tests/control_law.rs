@@ -8,6 +8,7 @@
 
 mod common;
 
+use socflow_testkit::Rng;
 use std::sync::Arc;
 
 use common::random_otflow;
@@ -25,23 +26,6 @@ use socflow_testkit::{count_allocs, CountingAlloc};
 
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
-
-/// splitmix64 values in [−1, 1).
-struct Values(u64);
-
-impl Values {
-    fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    }
-    fn vec(&mut self, n: usize, scale: f64) -> Vec<f64> {
-        (0..n).map(|_| scale * self.next()).collect()
-    }
-}
 
 fn law() -> QuadcopterLaw {
     QuadcopterLaw::new(1.3, 9.81, 2.0).unwrap()
@@ -96,12 +80,12 @@ fn reference_control(x: &[f64], p: &[f64], mass: f64, r: f64) -> [f64; 4] {
 
 #[test]
 fn quadcopter_law_matches_the_rotation_matrix_formula() {
-    let mut v = Values(3);
+    let mut v = Rng(3);
     for (mass, r) in [(1.0, 2.0), (1.3, 0.7), (0.5, 5.0)] {
         let law = QuadcopterLaw::new(mass, 9.81, r).unwrap();
         for _ in 0..50 {
-            let x = v.vec(12, 3.0);
-            let p = v.vec(12, 50.0);
+            let x = v.vec_sym(12, 3.0);
+            let p = v.vec_sym(12, 50.0);
             let mut u = [0.0; 4];
             law.control(&x, &p, &mut u).unwrap();
             let want = reference_control(&x, &p, mass, r);
@@ -174,9 +158,9 @@ fn controller_applies_the_law_to_the_potential_gradient() {
     assert_eq!((ctl.state_dim(), ctl.control_dim()), (12, 4));
     assert!(ctl.control_map().is_none());
     assert_eq!(ctl.control_law(), Some(&ControlLaw::Quadcopter(law)));
-    let mut v = Values(9);
+    let mut v = Rng(9);
     let n = 70; // more than one batch chunk
-    let xs = v.vec(n * 12, 2.0);
+    let xs = v.vec_sym(n * 12, 2.0);
     let t = 0.35;
     let mut us = vec![0.0; n * 4];
     ctl.control_batch(t, &xs, &mut us).unwrap();

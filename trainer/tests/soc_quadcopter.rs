@@ -10,29 +10,13 @@
 use socflow_runtime::artifact::{ControlLaw, StorageDtype};
 use socflow_runtime::controller::{Controller, Dynamics};
 use socflow_runtime::model::Model;
+use socflow_testkit::Rng;
 use socflow_trainer::autodiff::{check_gradients, CheckOptions, Cpu, DType, Graph, Tensor, Var};
 use socflow_trainer::otflow::init_params;
 use socflow_trainer::soc::reference::{closed_loop_cost, Quadcopter};
 use socflow_trainer::soc::{
     train_soc, ControlProblem, LossWeights, QuadcopterProblem, SocConfig, TrainedSoc,
 };
-
-/// splitmix64 values in [−1, 1).
-struct Values(u64);
-
-impl Values {
-    fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    }
-    fn vec(&mut self, n: usize, scale: f64) -> Vec<f64> {
-        (0..n).map(|_| scale * self.next()).collect()
-    }
-}
 
 fn arr12(v: &[f64]) -> [f64; 12] {
     v.try_into().unwrap()
@@ -54,19 +38,19 @@ fn perturbed() -> QuadcopterProblem {
     p.sigma = 0.3;
     p.terminal_weight = 37.0;
     p.running_offset = 1.5;
-    p.target = arr12(&Values(77).vec(12, 2.0));
+    p.target = arr12(&Rng(77).vec_sym(12, 2.0));
     p
 }
 
 #[test]
 fn graph_maps_match_the_reference_model() {
     let rows = 16;
-    let mut v = Values(1);
+    let mut v = Rng(1);
     for problem in [QuadcopterProblem::neural_soc(), perturbed()] {
         let reference = problem.reference();
-        let z = v.vec(rows * 12, 3.0);
-        let u = v.vec(rows * 4, 5.0);
-        let p = v.vec(rows * 12, 100.0);
+        let z = v.vec_sym(rows * 12, 3.0);
+        let u = v.vec_sym(rows * 4, 5.0);
+        let p = v.vec_sym(rows * 12, 100.0);
         let mut g = Graph::new(Cpu::new());
         let dt = DType::F64;
         let t = g.leaf_f64(1, 1, &[0.3], dt, false).unwrap();
@@ -133,8 +117,8 @@ fn control_weight_scales_the_control_and_its_cost() {
     let mut problem = QuadcopterProblem::neural_soc();
     problem.control_weight = 5.0;
     let reference = Quadcopter::neural_soc();
-    let mut v = Values(4);
-    let (z, p, u) = (v.vec(12, 2.0), v.vec(12, 30.0), v.vec(4, 3.0));
+    let mut v = Rng(4);
+    let (z, p, u) = (v.vec_sym(12, 2.0), v.vec_sym(12, 30.0), v.vec_sym(4, 3.0));
     let mut g = Graph::new(Cpu::new());
     let dt = DType::F64;
     let t = g.leaf_f64(1, 1, &[0.0], dt, false).unwrap();
@@ -155,7 +139,7 @@ fn control_weight_scales_the_control_and_its_cost() {
 /// Σ W ⊙ out for a fixed random W: a scalar whose gradient exercises every entry.
 fn weighted(g: &mut Graph<Cpu>, out: Var, seed: u64) -> socflow_trainer::autodiff::Result<Var> {
     let s = g.shape(out)?;
-    let w = Values(seed).vec(s.rows * s.cols, 1.0);
+    let w = Rng(seed).vec_sym(s.rows * s.cols, 1.0);
     let wt = Tensor::from_f64(g.backend(), s.rows, s.cols, &w, DType::F64)?;
     let wv = g.constant(wt);
     let prod = g.mul(out, wv)?;
@@ -166,13 +150,13 @@ fn weighted(g: &mut Graph<Cpu>, out: Var, seed: u64) -> socflow_trainer::autodif
 fn graph_maps_pass_the_gradient_check() {
     let problem = perturbed();
     let rows = 3;
-    let mut v = Values(21);
+    let mut v = Rng(21);
     let cpu = Cpu::new();
     let leaf =
         |n: usize, c: usize, x: Vec<f64>| Tensor::from_f64(&cpu, n, c, &x, DType::F64).unwrap();
-    let z = leaf(rows, 12, v.vec(rows * 12, 2.0));
-    let u = leaf(rows, 4, v.vec(rows * 4, 3.0));
-    let p = leaf(rows, 12, v.vec(rows * 12, 10.0));
+    let z = leaf(rows, 12, v.vec_sym(rows * 12, 2.0));
+    let u = leaf(rows, 4, v.vec_sym(rows * 4, 3.0));
+    let p = leaf(rows, 12, v.vec_sym(rows * 12, 10.0));
     let opts = CheckOptions::default();
     let mut g = Graph::new(Cpu::new());
     type Map = fn(
@@ -334,11 +318,11 @@ fn export_carries_the_quadcopter_law() {
     assert_eq!(ctl.control_dim(), 4);
     let pot = model.potential().unwrap();
     let reference = problem.reference();
-    let mut v = Values(8);
+    let mut v = Rng(8);
     let (mut grad, mut scratch) = (vec![0.0; 12], vec![0.0; pot.scratch_len()]);
     for _ in 0..10 {
-        let z = v.vec(12, 2.0);
-        let t = 0.5 + 0.5 * v.next();
+        let z = v.vec_sym(12, 2.0);
+        let t = 0.5 + 0.5 * v.sym();
         pot.grad(t, &z, &mut grad, &mut scratch).unwrap();
         let want = reference.optimal_control(&arr12(&z), &arr12(&grad));
         let mut u = [0.0; 4];

@@ -193,68 +193,52 @@ mod tests {
     use crate::autodiff::{Cpu, DType, Graph};
     use crate::soc::ControlProblem;
 
-    /// Deterministic pseudo-random values in [−1, 1] (splitmix64).
-    struct Values(u64);
+    use socflow_testkit::Rng;
 
-    impl Values {
-        fn next(&mut self) -> f64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-        }
-
-        fn vec(&mut self, n: usize, scale: f64) -> Vec<f64> {
-            (0..n).map(|_| scale * self.next()).collect()
-        }
-
-        /// A symmetric positive definite n × n matrix: GGᵀ + I.
-        fn spd(&mut self, n: usize) -> Vec<f64> {
-            let g = self.vec(n * n, 1.0);
-            let mut m = vec![0.0; n * n];
-            for i in 0..n {
-                for j in 0..n {
-                    m[i * n + j] = (0..n).map(|l| g[i * n + l] * g[j * n + l]).sum::<f64>()
-                        + if i == j { 1.0 } else { 0.0 };
-                }
+    /// A symmetric positive definite n × n matrix: GGᵀ + I.
+    fn spd(v: &mut Rng, n: usize) -> Vec<f64> {
+        let g = v.vec_sym(n * n, 1.0);
+        let mut m = vec![0.0; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                m[i * n + j] = (0..n).map(|l| g[i * n + l] * g[j * n + l]).sum::<f64>()
+                    + if i == j { 1.0 } else { 0.0 };
             }
-            m
         }
+        m
     }
 
     /// Problems covering every variant: d = 3, k = 2, with full matrices.
     fn problems() -> Vec<QuadraticProblem> {
         let (d, k) = (3, 2);
-        let mut v = Values(7);
+        let mut v = Rng(7);
         let base = QuadraticProblem::linear_quadratic(
-            v.vec(d * d, 1.0),
-            v.vec(d * k, 1.0),
-            v.spd(k),
-            v.spd(d),
-            v.spd(d),
+            v.vec_sym(d * d, 1.0),
+            v.vec_sym(d * k, 1.0),
+            spd(&mut v, k),
+            spd(&mut v, d),
+            spd(&mut v, d),
             0.3,
             1.5,
-            v.vec(d, 1.0),
+            v.vec_sym(d, 1.0),
         )
         .unwrap();
         let mut quadratic_centered = base.clone();
         quadratic_centered.state_cost = StateCost::Quadratic {
-            matrix: v.spd(d),
-            center: v.vec(d, 2.0),
+            matrix: spd(&mut v, d),
+            center: v.vec_sym(d, 2.0),
             offset: 0.7,
         };
         quadratic_centered.terminal = TerminalCost::Quadratic {
-            matrix: v.spd(d),
-            center: v.vec(d, 2.0),
+            matrix: spd(&mut v, d),
+            center: v.vec_sym(d, 2.0),
         };
         let mut log_radial = base.clone();
         log_radial.drift = StateDrift::Zero;
         log_radial.state_cost = StateCost::Constant { value: -0.4 };
         log_radial.terminal = TerminalCost::LogRadial {
             weight: 3.5,
-            center: v.vec(d, 2.0),
+            center: v.vec_sym(d, 2.0),
         };
         let mut zero_cost = base.clone();
         zero_cost.state_cost = StateCost::Zero;
@@ -270,13 +254,13 @@ mod tests {
 
     #[test]
     fn per_state_maps_agree_with_the_graph_versions() {
-        let mut v = Values(11);
+        let mut v = Rng(11);
         let rows = 5;
         for p in problems() {
             p.validate().unwrap();
             let (d, k) = (p.dim, p.control_dim);
-            let z = v.vec(rows * d, 3.0);
-            let u = v.vec(rows * k, 2.0);
+            let z = v.vec_sym(rows * d, 3.0);
+            let u = v.vec_sym(rows * k, 2.0);
             let mut g = Graph::new(Cpu::new());
             let tv = g.leaf_f64(1, 1, &[0.25], DType::F64, false).unwrap();
             let zv = g.leaf_f64(rows, d, &z, DType::F64, false).unwrap();
