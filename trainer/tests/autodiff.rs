@@ -270,21 +270,28 @@ fn abs_subgradient_at_zero() {
     );
 }
 
+/// The stored shapes of A (m × k) and B (k × n) when `ta`/`tb` say they are stored
+/// transposed.
+fn operand_shapes(m: usize, k: usize, n: usize, ta: bool, tb: bool) -> (Shape, Shape) {
+    let sa = if ta {
+        Shape::new(k, m)
+    } else {
+        Shape::new(m, k)
+    };
+    let sb = if tb {
+        Shape::new(n, k)
+    } else {
+        Shape::new(k, n)
+    };
+    (sa, sb)
+}
+
 #[test]
 fn matmul_forward_and_gradients() {
     let mut rng = Rng(4);
     let (m, k, n) = (5, 4, 3);
     for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-        let sa = if ta {
-            Shape::new(k, m)
-        } else {
-            Shape::new(m, k)
-        };
-        let sb = if tb {
-            Shape::new(n, k)
-        } else {
-            Shape::new(k, n)
-        };
+        let (sa, sb) = operand_shapes(m, k, n, ta, tb);
         let a = rng.vec(sa.len(), 1.0);
         let b = rng.vec(sb.len(), 1.0);
         let mut g = Graph::new(Cpu::new());
@@ -778,16 +785,7 @@ fn matmul_add_forward_and_gradients() {
     let mut rng = Rng(22);
     let (m, k, n) = (4, 3, 5);
     for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-        let sa = if ta {
-            Shape::new(k, m)
-        } else {
-            Shape::new(m, k)
-        };
-        let sb = if tb {
-            Shape::new(n, k)
-        } else {
-            Shape::new(k, n)
-        };
+        let (sa, sb) = operand_shapes(m, k, n, ta, tb);
         let prod = |a: &[f64], b: &[f64]| naive_matmul(a, sa, ta, b, sb, tb);
         for bc in BROADCASTS {
             let sc = covering(bc, m, n);
@@ -958,16 +956,7 @@ fn matmul_kernels_for_every_shape() {
     ];
     for (m, k, n) in shapes {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-            let sa = if ta {
-                Shape::new(k, m)
-            } else {
-                Shape::new(m, k)
-            };
-            let sb = if tb {
-                Shape::new(n, k)
-            } else {
-                Shape::new(k, n)
-            };
+            let (sa, sb) = operand_shapes(m, k, n, ta, tb);
             let (a, b, c) = (
                 rng.vec(sa.len(), 1.0),
                 rng.vec(sb.len(), 1.0),
@@ -1430,16 +1419,7 @@ fn half_gemm_rounds_the_f32_product_once() {
     let (m, k, n) = (6, 1024, 5);
     for dtype in [DType::F16, DType::Bf16] {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-            let sa = if ta {
-                Shape::new(k, m)
-            } else {
-                Shape::new(m, k)
-            };
-            let sb = if tb {
-                Shape::new(n, k)
-            } else {
-                Shape::new(k, n)
-            };
+            let (sa, sb) = operand_shapes(m, k, n, ta, tb);
             let a = rng.ints(sa.len(), 7);
             let b = rng.ints(sb.len(), 7);
             let c = be
