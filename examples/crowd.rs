@@ -26,7 +26,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use socflow::plot::{
+use socflow_cli::plot::{
     crowd_density_png, crowd_trajectories_png, DensityPanel, ObstacleGrid, Window,
 };
 use socflow_trainer::mfg::{train_crowd, CrowdConfig, CrowdCosts, CrowdProblem};

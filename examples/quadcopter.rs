@@ -46,7 +46,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use serde::Deserialize;
-use socflow::plot_paths::{quadcopter_png, Marks, Paths};
+use socflow_cli::plot_paths::{quadcopter_png, Marks, Paths};
 use socflow_runtime::artifact::StorageDtype;
 use socflow_runtime::controller::Controller;
 use socflow_runtime::model::Model;

@@ -3,7 +3,7 @@
 mod bench;
 mod demo;
 mod likelihood;
-use socflow::plot;
+use socflow_cli::plot;
 mod progress;
 mod soc;
 mod train;

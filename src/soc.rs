@@ -40,7 +40,7 @@ use socflow_trainer::soc::{
 
 use crate::plot::{self, Window};
 use crate::train::{Tick, TrainProgress};
-use socflow::plot_paths::{plane_png, quadcopter_png, Marks, Paths};
+use socflow_cli::plot_paths::{plane_png, quadcopter_png, Marks, Paths};
 
 /// Largest state dimension of the built-in LQR (its matrices are d × d).
 pub const MAX_LQR_DIM: usize = 1000;

@@ -1,0 +1,258 @@
+//! Samplers: draw samples (and log-densities) of a flow model into caller-owned
+//! buffers.
+
+use socflow_runtime::model::Model;
+use socflow_runtime::ode::{AdaptiveOptions, OdeOptions, OdeSolver, StepSize};
+use socflow_runtime::sampler::{Sampler, SamplerOptions};
+use socflow_runtime::Real;
+
+use crate::args;
+use crate::error::{call, socflow_status, Failure};
+use crate::handle::{self, Kind};
+use crate::model::{self, socflow_model};
+use crate::{thread_pool, Precision};
+
+/// A sampler (opaque): a prior N(0, I) at the model's t1, its field, an ODE solver
+/// and a seed. A sampler is read-only once created: several threads may draw from
+/// one sampler at once (each call uses its own buffers); destroy it only when no
+/// other call on it is running.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[allow(non_camel_case_types)]
+pub struct socflow_sampler {
+    /// Opaque id; 0 is the null handle.
+    pub id: u64,
+}
+
+/// Explicit Euler, `steps` fixed steps (order 1).
+pub const SOCFLOW_SOLVER_EULER: u32 = 0;
+/// Heun's method, `steps` fixed steps (order 2).
+pub const SOCFLOW_SOLVER_HEUN: u32 = 1;
+/// Classical Runge–Kutta, `steps` fixed steps (order 4).
+pub const SOCFLOW_SOLVER_RK4: u32 = 2;
+/// Dormand–Prince 5(4) with adaptive steps to tolerances `rtol`, `atol`.
+pub const SOCFLOW_SOLVER_DOPRI5: u32 = 3;
+
+/// Options of `socflow_sampler_create`; `socflow_sampler_options_default` fills in
+/// the defaults (RK4, 32 steps, tolerances 1e-5, seed 0, double precision, no
+/// log-densities, the shared thread pool).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[allow(non_camel_case_types)]
+pub struct socflow_sampler_options {
+    /// `SOCFLOW_SOLVER_EULER`, `_HEUN`, `_RK4` or `_DOPRI5`.
+    pub solver: u32,
+    /// Steps of a fixed-step solver (>= 1; ignored by Dopri5).
+    pub steps: usize,
+    /// Relative tolerance of Dopri5.
+    pub rtol: f64,
+    /// Absolute tolerance of Dopri5.
+    pub atol: f64,
+    /// Seed: sample i's prior draw is keyed by (seed, i), so a seed gives the same
+    /// samples for any thread count and any split of the work into calls.
+    pub seed: u64,
+    /// `SOCFLOW_PRECISION_F64` or `SOCFLOW_PRECISION_F32` (buffers are double either way).
+    pub precision: u32,
+    /// Nonzero: also compute each sample's log-density (exact trace), which
+    /// `socflow_sampler_sample` then writes when given a buffer.
+    pub log_density: u32,
+    /// Worker threads: 0 uses the library's shared pool, n > 0 a pool of n threads
+    /// owned by the sampler.
+    pub threads: usize,
+}
+
+impl Default for socflow_sampler_options {
+    fn default() -> Self {
+        socflow_sampler_options {
+            solver: SOCFLOW_SOLVER_RK4,
+            steps: 32,
+            rtol: 1e-5,
+            atol: 1e-5,
+            seed: 0,
+            precision: crate::SOCFLOW_PRECISION_F64,
+            log_density: 0,
+            threads: 0,
+        }
+    }
+}
+
+enum AnySampler {
+    F64(Sampler<f64>),
+    F32(Sampler<f32>),
+}
+
+/// The object behind a sampler handle.
+pub(crate) struct SamplerObject {
+    sampler: AnySampler,
+    dim: usize,
+    pool: Option<rayon::ThreadPool>,
+}
+
+fn build<T: Real>(model: &Model<T>, o: &socflow_sampler_options) -> Result<Sampler<T>, Failure> {
+    let solver = match o.solver {
+        SOCFLOW_SOLVER_EULER => OdeSolver::Euler,
+        SOCFLOW_SOLVER_HEUN => OdeSolver::Heun,
+        SOCFLOW_SOLVER_RK4 => OdeSolver::Rk4,
+        SOCFLOW_SOLVER_DOPRI5 => OdeSolver::Dopri5,
+        other => {
+            return Err(Failure::invalid(format!(
+                "unknown solver {other} (SOCFLOW_SOLVER_EULER, _HEUN, _RK4 or _DOPRI5)"
+            )))
+        }
+    };
+    let ode = if solver == OdeSolver::Dopri5 {
+        OdeOptions {
+            solver,
+            step_size: StepSize::Adaptive(AdaptiveOptions::new(T::of(o.rtol), T::of(o.atol))),
+        }
+    } else {
+        OdeOptions::fixed(solver, o.steps)
+    };
+    ode.validate()?;
+    let mut so = SamplerOptions::ode(ode, o.seed);
+    so.log_density = o.log_density != 0;
+    so.normalization = model.artifact().card.normalization.clone();
+    let (t0, t1) = model.time_interval();
+    // Samples start from the prior at t1 and are integrated to the data end t0.
+    Ok(Sampler::new(model.field()?, t1, t0, so)?)
+}
+
+/// Writes the default sampler options into `*out`.
+///
+/// # Safety
+/// `out` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn socflow_sampler_options_default(
+    out: *mut socflow_sampler_options,
+) -> socflow_status {
+    // SAFETY: forwarded from the caller.
+    call(|| unsafe { args::write(out, socflow_sampler_options::default(), "out") })
+}
+
+/// Creates a sampler over a potential or velocity model with `options` (NULL: the
+/// defaults) and stores its handle in `*out` (the null handle on failure). A score
+/// model gives `SOCFLOW_ERROR_UNSUPPORTED`; an unknown solver, zero steps or bad
+/// tolerances `SOCFLOW_ERROR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `options` is NULL or valid; `out` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn socflow_sampler_create(
+    model: socflow_model,
+    options: *const socflow_sampler_options,
+    out: *mut socflow_sampler,
+) -> socflow_status {
+    call(|| {
+        // SAFETY: forwarded from the caller.
+        unsafe { args::write(out, socflow_sampler::default(), "out (the sampler handle)")? };
+        let o = if options.is_null() {
+            socflow_sampler_options::default()
+        } else {
+            // SAFETY: non-null and valid by the contract.
+            unsafe { *options }
+        };
+        let m = model::get(model)?;
+        let sampler = match crate::precision(o.precision)? {
+            Precision::F64 => AnySampler::F64(build(&m.f64, &o)?),
+            Precision::F32 => AnySampler::F32(build(m.f32()?, &o)?),
+        };
+        let object = SamplerObject {
+            sampler,
+            dim: m.f64.dim(),
+            pool: thread_pool(o.threads)?,
+        };
+        let id = handle::insert(Kind::Sampler, object)?;
+        // SAFETY: checked by the first write.
+        unsafe { out.write(socflow_sampler { id }) };
+        Ok(())
+    })
+}
+
+/// Writes the sampler's state dimension (values per sample) into `*dim`.
+///
+/// # Safety
+/// `dim` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn socflow_sampler_dim(
+    sampler: socflow_sampler,
+    dim: *mut usize,
+) -> socflow_status {
+    call(|| {
+        let d = handle::shared::<SamplerObject>(sampler.id, Kind::Sampler)?.dim;
+        // SAFETY: forwarded from the caller.
+        unsafe { args::write(dim, d, "dim") }
+    })
+}
+
+/// Draws samples `first_sample .. first_sample + n` into `samples` (n × dim values,
+/// n = `samples_len` / dim, row-major, data coordinates) and, when `log_density` is
+/// not NULL, their log-densities under the model (n values; needs a sampler created
+/// with `log_density` set). Calls with consecutive `first_sample` ranges give the
+/// same samples as one large call.
+///
+/// # Safety
+/// `samples` is NULL or points to `samples_len` writable doubles; `log_density` is
+/// NULL or points to `log_density_len` writable doubles.
+#[no_mangle]
+pub unsafe extern "C" fn socflow_sampler_sample(
+    sampler: socflow_sampler,
+    first_sample: u64,
+    samples: *mut f64,
+    samples_len: usize,
+    log_density: *mut f64,
+    log_density_len: usize,
+) -> socflow_status {
+    call(|| {
+        // SAFETY: forwarded from the caller.
+        let (x, ld) = unsafe {
+            (
+                args::output(samples, samples_len, "samples")?,
+                args::optional_output(log_density, log_density_len, "log_density")?,
+            )
+        };
+        if let Some(l) = &ld {
+            args::disjoint(x, l, "samples and log_density")?;
+        }
+        let s = handle::shared::<SamplerObject>(sampler.id, Kind::Sampler)?;
+        if x.is_empty() || x.len() % s.dim != 0 {
+            return Err(Failure::length(
+                "samples (a positive multiple of the dimension)",
+                x.len(),
+                (x.len() / s.dim).max(1) * s.dim,
+            ));
+        }
+        let run = || -> Result<(), Failure> {
+            match &s.sampler {
+                AnySampler::F64(sm) => {
+                    sm.sample_into(first_sample, x, ld)?;
+                }
+                AnySampler::F32(sm) => {
+                    let mut x32 = vec![0f32; x.len()];
+                    let mut ld32 = ld.as_ref().map(|l| vec![0f32; l.len()]);
+                    sm.sample_into(first_sample, &mut x32, ld32.as_deref_mut())?;
+                    for (o, v) in x.iter_mut().zip(&x32) {
+                        *o = f64::from(*v);
+                    }
+                    if let (Some(l), Some(l32)) = (ld, ld32) {
+                        for (o, v) in l.iter_mut().zip(&l32) {
+                            *o = f64::from(*v);
+                        }
+                    }
+                }
+            }
+            Ok(())
+        };
+        match &s.pool {
+            Some(pool) => pool.install(run),
+            None => run(),
+        }
+    })
+}
+
+/// Destroys a sampler (and its thread pool). The null handle is accepted (nothing
+/// happens); a closed handle gives `SOCFLOW_ERROR_INVALID_HANDLE`, one in use by
+/// another thread `SOCFLOW_ERROR_BUSY`.
+#[no_mangle]
+pub extern "C" fn socflow_sampler_destroy(sampler: socflow_sampler) -> socflow_status {
+    call(|| handle::destroy::<SamplerObject>(sampler.id, Kind::Sampler))
+}
