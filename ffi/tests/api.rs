@@ -1,0 +1,918 @@
+//! The C ABI called from Rust (the rlib): results equal the runtime's Rust API, the
+//! control path does not allocate, handles fail safely (closed, forged, wrong kind,
+//! destroyed while in use), errors are per thread, callbacks are honoured.
+
+use std::ffi::{c_void, CStr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use socflow::*;
+use socflow_runtime::artifact::{Artifact, ControlMap, Provenance, StorageDtype};
+use socflow_runtime::controller::{Dynamics, Integrator, SimulateOptions};
+use socflow_runtime::model::Model;
+use socflow_runtime::nn::OtFlowParams;
+use socflow_runtime::ode::OdeOptions;
+use socflow_runtime::sampler::{Sampler, SamplerOptions};
+use socflow_testkit::{count_allocs, CountingAlloc, Rng};
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+use socflow_status::*;
+
+const D: usize = 6;
+const CONTROLS: usize = 3;
+
+/// The bytes of an OT-Flow model with a 3 × 6 control map.
+fn model_bytes(seed: u64) -> Vec<u8> {
+    let mut sd = socflow_testkit::otflow_state_dict(D, 16, 2, seed);
+    let p = OtFlowParams::from_state_dict(D, 16, 2, D + 1, &mut sd).expect("parameters");
+    let map = ControlMap::new(CONTROLS, D, Rng(seed + 1).vec_sym(CONTROLS * D, 1.0))
+        .expect("control map");
+    Artifact::otflow(p, [0.0, 1.0], Provenance::now("ffi api test"))
+        .expect("artifact")
+        .with_control_map(map)
+        .expect("map")
+        .to_bytes(StorageDtype::F64)
+        .expect("bytes")
+}
+
+fn load(bytes: &[u8]) -> socflow_model {
+    let mut m = socflow_model::default();
+    // SAFETY: `bytes` is a live slice; `m` is a local.
+    let s = unsafe { socflow_model_load_buffer(bytes.as_ptr(), bytes.len(), &mut m) };
+    assert_eq!(s, SOCFLOW_OK, "{}", last_error());
+    m
+}
+
+fn controller(m: socflow_model, precision: u32) -> socflow_controller {
+    let mut c = socflow_controller::default();
+    // SAFETY: `c` is a local.
+    let s = unsafe { socflow_controller_create(m, precision, &mut c) };
+    assert_eq!(s, SOCFLOW_OK, "{}", last_error());
+    c
+}
+
+fn last_error() -> String {
+    // SAFETY: the library returns a NUL-terminated string valid until the next
+    // failed call on this thread.
+    unsafe { CStr::from_ptr(socflow_last_error()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn control(c: socflow_controller, t: f64, x: &[f64], u: &mut [f64]) -> socflow_status {
+    // SAFETY: slices with their lengths.
+    unsafe { socflow_controller_control(c, t, x.as_ptr(), x.len(), u.as_mut_ptr(), u.len()) }
+}
+
+#[test]
+fn controls_values_and_batches_equal_the_rust_api() {
+    let bytes = model_bytes(3);
+    let m = load(&bytes);
+    let rust = Model::<f64>::from_bytes(&bytes).expect("model");
+    let mut rc = rust.controller().expect("controller");
+    let c64 = controller(m, SOCFLOW_PRECISION_F64);
+    let c32 = controller(m, SOCFLOW_PRECISION_F32);
+    let rc32 = Model::<f32>::from_bytes(&bytes)
+        .expect("model")
+        .controller();
+    let mut rc32 = rc32.expect("controller");
+    let mut g = Rng(11);
+    let (mut dims_x, mut dims_u) = (0usize, 0usize);
+    // SAFETY: locals.
+    assert_eq!(
+        unsafe { socflow_controller_dims(c64, &mut dims_x, &mut dims_u) },
+        SOCFLOW_OK
+    );
+    assert_eq!((dims_x, dims_u), (D, CONTROLS));
+    for _ in 0..20 {
+        let t = g.uniform();
+        let x = g.vec_sym(D, 2.0);
+        let (mut u, mut want) = ([0.0; CONTROLS], [0.0; CONTROLS]);
+        assert_eq!(control(c64, t, &x, &mut u), SOCFLOW_OK);
+        rc.control(t, &x, &mut want).expect("rust control");
+        assert_eq!(
+            u, want,
+            "f64 control through the C ABI differs from the Rust API"
+        );
+        let mut phi = 0.0;
+        // SAFETY: locals.
+        let s = unsafe { socflow_controller_value(c64, t, x.as_ptr(), D, &mut phi) };
+        assert_eq!(s, SOCFLOW_OK);
+        assert_eq!(phi, rc.value(t, &x).expect("value"));
+        // Single precision: the same as the Rust API in f32, widened.
+        let x32: Vec<f32> = x.iter().map(|v| *v as f32).collect();
+        let mut want32 = [0f32; CONTROLS];
+        rc32.control(t as f32, &x32, &mut want32)
+            .expect("rust f32 control");
+        assert_eq!(control(c32, t, &x, &mut u), SOCFLOW_OK);
+        for (a, b) in u.iter().zip(want32) {
+            assert_eq!(*a, f64::from(b));
+        }
+    }
+    let n = 37;
+    let xs = g.vec_sym(n * D, 1.0);
+    let mut us = vec![0.0; n * CONTROLS];
+    let mut want = vec![0.0; n * CONTROLS];
+    // SAFETY: slices with their lengths.
+    let s = unsafe {
+        socflow_controller_control_batch(
+            c64,
+            0.25,
+            xs.as_ptr(),
+            xs.len(),
+            us.as_mut_ptr(),
+            us.len(),
+        )
+    };
+    assert_eq!(s, SOCFLOW_OK, "{}", last_error());
+    rc.control_batch(0.25, &xs, &mut want).expect("rust batch");
+    assert_eq!(us, want);
+    for h in [c64, c32] {
+        assert_eq!(socflow_controller_destroy(h), SOCFLOW_OK);
+    }
+    assert_eq!(socflow_model_destroy(m), SOCFLOW_OK);
+}
+
+#[test]
+fn control_does_not_allocate() {
+    let m = load(&model_bytes(4));
+    for precision in [SOCFLOW_PRECISION_F64, SOCFLOW_PRECISION_F32] {
+        let c = controller(m, precision);
+        let x = Rng(5).vec_sym(D, 1.0);
+        let mut u = [0.0; CONTROLS];
+        assert_eq!(control(c, 0.5, &x, &mut u), SOCFLOW_OK);
+        let (statuses, allocs) = count_allocs(|| {
+            (0..100)
+                .map(|k| control(c, 0.01 * k as f64, &x, &mut u))
+                .collect::<Vec<_>>()
+                .len()
+        });
+        // The Vec of statuses allocates once (and may grow): count only the calls.
+        let (_, baseline) = count_allocs(|| (0..100).map(|_| SOCFLOW_OK).collect::<Vec<_>>().len());
+        assert_eq!(statuses, 100);
+        assert_eq!(
+            allocs, baseline,
+            "socflow_controller_control allocated (precision {precision})"
+        );
+        assert_eq!(socflow_controller_destroy(c), SOCFLOW_OK);
+    }
+    assert_eq!(socflow_model_destroy(m), SOCFLOW_OK);
+}
+
+#[test]
+fn bad_handles_are_errors_not_crashes() {
+    let m = load(&model_bytes(5));
+    let c = controller(m, SOCFLOW_PRECISION_F64);
+    let x = [0.1; D];
+    let mut u = [7.0; CONTROLS];
+    // The null handle.
+    assert_eq!(
+        control(socflow_controller::default(), 0.0, &x, &mut u),
+        SOCFLOW_ERROR_INVALID_HANDLE
+    );
+    assert!(last_error().contains("null handle"), "{}", last_error());
+    // A forged id in a live slot's range, a wrong-kind id, and an id with no slot.
+    for forged in [c.id ^ (1 << 40), m.id, (2 << 24) | 0xff_ffff, u64::MAX] {
+        let h = socflow_controller { id: forged };
+        assert_eq!(
+            control(h, 0.0, &x, &mut u),
+            SOCFLOW_ERROR_INVALID_HANDLE,
+            "id {forged:#x}"
+        );
+    }
+    let mut info = socflow_model_info::default();
+    // SAFETY: a local.
+    let s = unsafe { socflow_model_info(socflow_model { id: c.id }, &mut info) };
+    assert_eq!(s, SOCFLOW_ERROR_INVALID_HANDLE);
+    assert_eq!(u, [7.0; CONTROLS], "a failed call wrote the output");
+    // Destroyed: every later use fails, a second destroy too; the null handle's is OK.
+    assert_eq!(socflow_controller_destroy(c), SOCFLOW_OK);
+    assert_eq!(control(c, 0.0, &x, &mut u), SOCFLOW_ERROR_INVALID_HANDLE);
+    assert!(last_error().contains("closed"), "{}", last_error());
+    assert_eq!(socflow_controller_destroy(c), SOCFLOW_ERROR_INVALID_HANDLE);
+    assert_eq!(
+        socflow_controller_destroy(socflow_controller::default()),
+        SOCFLOW_OK
+    );
+    // A new object may reuse the slot, under a new id: the old id stays dead.
+    let c2 = controller(m, SOCFLOW_PRECISION_F64);
+    assert_ne!(c2.id, c.id);
+    assert_eq!(control(c, 0.0, &x, &mut u), SOCFLOW_ERROR_INVALID_HANDLE);
+    assert_eq!(control(c2, 0.0, &x, &mut u), SOCFLOW_OK);
+    // A controller outlives its model.
+    assert_eq!(socflow_model_destroy(m), SOCFLOW_OK);
+    assert_eq!(control(c2, 0.0, &x, &mut u), SOCFLOW_OK);
+    let mut c3 = socflow_controller { id: 99 };
+    // SAFETY: a local.
+    let s = unsafe { socflow_controller_create(m, SOCFLOW_PRECISION_F64, &mut c3) };
+    assert_eq!(s, SOCFLOW_ERROR_INVALID_HANDLE);
+    assert_eq!(
+        c3,
+        socflow_controller::default(),
+        "a failed create left a handle"
+    );
+    assert_eq!(socflow_controller_destroy(c2), SOCFLOW_OK);
+}
+
+#[test]
+fn bad_arguments_are_errors_with_messages() {
+    let m = load(&model_bytes(6));
+    let c = controller(m, SOCFLOW_PRECISION_F64);
+    let x = [0.2; D];
+    let mut u = [0.0; CONTROLS];
+    assert_eq!(control(c, 0.0, &x[..D - 1], &mut u), SOCFLOW_ERROR_LENGTH);
+    assert_eq!(control(c, 0.0, &x, &mut u[..1]), SOCFLOW_ERROR_LENGTH);
+    assert_eq!(control(c, f64::NAN, &x, &mut u), SOCFLOW_ERROR_NON_FINITE);
+    let mut bad = x;
+    bad[2] = f64::INFINITY;
+    assert_eq!(control(c, 0.0, &bad, &mut u), SOCFLOW_ERROR_NON_FINITE);
+    // SAFETY: NULL pointers are what is tested; the library must not dereference them.
+    unsafe {
+        assert_eq!(
+            socflow_controller_control(c, 0.0, std::ptr::null(), D, u.as_mut_ptr(), CONTROLS),
+            SOCFLOW_ERROR_NULL_POINTER
+        );
+        assert_eq!(
+            socflow_controller_control(c, 0.0, x.as_ptr(), D, std::ptr::null_mut(), CONTROLS),
+            SOCFLOW_ERROR_NULL_POINTER
+        );
+        // Misaligned input.
+        let raw = [0u8; 8 * (D + 1)];
+        let p = raw.as_ptr().add(1).cast::<f64>();
+        assert_eq!(
+            socflow_controller_control(c, 0.0, p, D, u.as_mut_ptr(), CONTROLS),
+            SOCFLOW_ERROR_INVALID_ARGUMENT
+        );
+        // Overlapping input and output.
+        let mut both = [0.1; D];
+        assert_eq!(
+            socflow_controller_control(c, 0.0, both.as_ptr(), D, both.as_mut_ptr(), CONTROLS),
+            SOCFLOW_ERROR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            socflow_model_load(std::ptr::null(), &mut socflow_model::default()),
+            SOCFLOW_ERROR_NULL_POINTER
+        );
+        assert_eq!(
+            socflow_controller_create(m, SOCFLOW_PRECISION_F64, std::ptr::null_mut()),
+            SOCFLOW_ERROR_NULL_POINTER
+        );
+    }
+    assert_eq!(control(c, 0.0, &x, &mut u), SOCFLOW_OK);
+    // Unknown precision, malformed and truncated models, a missing file.
+    let mut c2 = socflow_controller::default();
+    // SAFETY: a local.
+    assert_eq!(
+        unsafe { socflow_controller_create(m, 7, &mut c2) },
+        SOCFLOW_ERROR_INVALID_ARGUMENT
+    );
+    let bytes = model_bytes(6);
+    for cut in [0, 7, bytes.len() / 2, bytes.len() - 1] {
+        let mut h = socflow_model { id: 1 };
+        // SAFETY: a prefix of a live buffer.
+        let s = unsafe { socflow_model_load_buffer(bytes.as_ptr(), cut, &mut h) };
+        assert_eq!(
+            s,
+            SOCFLOW_ERROR_FORMAT,
+            "truncated at {cut}: {}",
+            last_error()
+        );
+        assert_eq!(h, socflow_model::default());
+    }
+    let mut h = socflow_model::default();
+    // SAFETY: a NUL-terminated literal and a local.
+    let s =
+        unsafe { socflow_model_load(c"/nonexistent/socflow-model.safetensors".as_ptr(), &mut h) };
+    assert_eq!(s, SOCFLOW_ERROR_IO);
+    assert!(last_error().contains("nonexistent"), "{}", last_error());
+    // Status names.
+    // SAFETY: static strings.
+    let name = |s: i32| {
+        unsafe { CStr::from_ptr(socflow_status_name(s)) }
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(name(4), "SOCFLOW_ERROR_LENGTH");
+    assert_eq!(name(-1), "SOCFLOW_UNKNOWN_STATUS");
+    assert_eq!(name(13), "SOCFLOW_UNKNOWN_STATUS");
+    assert_eq!(socflow_controller_destroy(c), SOCFLOW_OK);
+    assert_eq!(socflow_model_destroy(m), SOCFLOW_OK);
+}
+
+#[test]
+fn last_error_is_per_thread_and_kept_on_success() {
+    let m = load(&model_bytes(7));
+    let c = controller(m, SOCFLOW_PRECISION_F64);
+    let mut u = [0.0; CONTROLS];
+    assert_eq!(control(c, 0.0, &[0.0; 2], &mut u), SOCFLOW_ERROR_LENGTH);
+    let message = last_error();
+    assert!(
+        message.contains("state") && message.contains("expected 6"),
+        "{message}"
+    );
+    assert_eq!(control(c, 0.0, &[0.0; D], &mut u), SOCFLOW_OK);
+    assert_eq!(
+        last_error(),
+        message,
+        "a successful call changed the last error"
+    );
+    let other = std::thread::spawn(last_error).join().expect("thread");
+    assert_eq!(other, "", "another thread sees this thread's error");
+    assert_eq!(socflow_controller_destroy(c), SOCFLOW_OK);
+    assert_eq!(socflow_model_destroy(m), SOCFLOW_OK);
+}
+
+#[test]
+fn version_matches_the_crate() {
+    // SAFETY: a static string.
+    let v = unsafe { CStr::from_ptr(socflow_version()) }
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(v, env!("CARGO_PKG_VERSION"));
+    let (mut a, mut b, mut c) = (9, 9, 9);
+    // SAFETY: locals.
+    assert_eq!(
+        unsafe { socflow_version_numbers(&mut a, &mut b, &mut c) },
+        SOCFLOW_OK
+    );
+    let want: Vec<u32> = env!("CARGO_PKG_VERSION")
+        .split('.')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(vec![a, b, c], want);
+    assert_eq!(
+        [
+            SOCFLOW_VERSION_MAJOR,
+            SOCFLOW_VERSION_MINOR,
+            SOCFLOW_VERSION_PATCH
+        ]
+        .to_vec(),
+        want,
+        "the header's version constants are not the crate's version"
+    );
+}
+
+/// One model shared by many threads, a controller per thread: every thread gets the
+/// Rust API's controls.
+#[test]
+fn threads_share_a_model_with_a_controller_each() {
+    let bytes = model_bytes(8);
+    let m = load(&bytes);
+    let mut rc = Model::<f64>::from_bytes(&bytes)
+        .unwrap()
+        .controller()
+        .unwrap();
+    let xs = Rng(9).vec_sym(64 * D, 1.5);
+    let mut want = vec![0.0; 64 * CONTROLS];
+    for (x, u) in xs.chunks(D).zip(want.chunks_mut(CONTROLS)) {
+        rc.control(0.3, x, u).unwrap();
+    }
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                let c = controller(m, SOCFLOW_PRECISION_F64);
+                for _ in 0..50 {
+                    for (x, w) in xs.chunks(D).zip(want.chunks(CONTROLS)) {
+                        let mut u = [0.0; CONTROLS];
+                        assert_eq!(control(c, 0.3, x, &mut u), SOCFLOW_OK);
+                        assert_eq!(&u[..], w);
+                    }
+                }
+                assert_eq!(socflow_controller_destroy(c), SOCFLOW_OK);
+            });
+        }
+    });
+    assert_eq!(socflow_model_destroy(m), SOCFLOW_OK);
+}
+
+/// Misuse across threads is reported, never a data race: two threads on one
+/// controller get OK or BUSY; destroying a controller another thread is calling gives
+/// BUSY until the calls stop, then the caller sees a closed handle.
+#[test]
+fn sharing_a_controller_is_busy_not_a_race() {
+    let m = load(&model_bytes(10));
+    let c = controller(m, SOCFLOW_PRECISION_F64);
+    let x = [0.3; D];
+    let mut want = [0.0; CONTROLS];
+    assert_eq!(control(c, 0.1, &x, &mut want), SOCFLOW_OK);
+    let busy = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                for _ in 0..20_000 {
+                    let mut u = [0.0; CONTROLS];
+                    match control(c, 0.1, &x, &mut u) {
+                        SOCFLOW_OK => assert_eq!(u, want),
+                        SOCFLOW_ERROR_BUSY => {
+                            busy.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => panic!("unexpected {other:?}: {}", last_error()),
+                    }
+                }
+            });
+        }
+    });
+    println!(
+        "{} of 40000 calls found the controller busy",
+        busy.load(Ordering::Relaxed)
+    );
+    let stop = AtomicBool::new(false);
+    let closed_seen = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                let mut u = [0.0; CONTROLS];
+                match control(c, 0.1, &x, &mut u) {
+                    SOCFLOW_OK => assert_eq!(u, want),
+                    SOCFLOW_ERROR_BUSY => {}
+                    SOCFLOW_ERROR_INVALID_HANDLE => {
+                        closed_seen.store(true, Ordering::SeqCst);
+                        break;
+                    }
+                    other => panic!("unexpected {other:?}: {}", last_error()),
+                }
+            }
+        });
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match socflow_controller_destroy(c) {
+                SOCFLOW_OK => break,
+                SOCFLOW_ERROR_BUSY => std::thread::yield_now(),
+                other => panic!("destroy: unexpected {other:?}: {}", last_error()),
+            }
+        }
+        println!("destroyed after {attempts} attempts");
+        // Give the caller thread time to see the closed handle, then stop it.
+        for _ in 0..1000 {
+            if closed_seen.load(Ordering::SeqCst) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        stop.store(true, Ordering::SeqCst);
+    });
+    assert!(
+        closed_seen.load(Ordering::SeqCst),
+        "the caller never saw the closed handle"
+    );
+    assert_eq!(socflow_model_destroy(m), SOCFLOW_OK);
+}
+
+fn sampler(m: socflow_model, o: &socflow_sampler_options) -> socflow_sampler {
+    let mut s = socflow_sampler::default();
+    // SAFETY: locals.
+    let st = unsafe { socflow_sampler_create(m, o, &mut s) };
+    assert_eq!(st, SOCFLOW_OK, "{}", last_error());
+    s
+}
+
+fn sample(s: socflow_sampler, first: u64, x: &mut [f64], ld: Option<&mut [f64]>) -> socflow_status {
+    let (p, n) = match ld {
+        Some(l) => (l.as_mut_ptr(), l.len()),
+        None => (std::ptr::null_mut(), 0),
+    };
+    // SAFETY: slices with their lengths (or NULL).
+    unsafe { socflow_sampler_sample(s, first, x.as_mut_ptr(), x.len(), p, n) }
+}
+
+#[test]
+fn samples_equal_the_rust_api_for_any_split_and_thread_count() {
+    let bytes = model_bytes(12);
+    let m = load(&bytes);
+    let mut o = socflow_sampler_options::default();
+    // SAFETY: a local.
+    assert_eq!(
+        unsafe { socflow_sampler_options_default(&mut o) },
+        SOCFLOW_OK
+    );
+    o.seed = 17;
+    o.steps = 8;
+    o.log_density = 1;
+    let s = sampler(m, &o);
+    let n = 50;
+    let (mut x, mut ld) = (vec![0.0; n * D], vec![0.0; n]);
+    assert_eq!(
+        sample(s, 100, &mut x, Some(&mut ld)),
+        SOCFLOW_OK,
+        "{}",
+        last_error()
+    );
+    // The Rust API with the same options.
+    let rust = Model::<f64>::from_bytes(&bytes).unwrap();
+    let mut so = SamplerOptions::ode(
+        OdeOptions::fixed(socflow_runtime::ode::OdeSolver::Rk4, 8),
+        17,
+    );
+    so.log_density = true;
+    let (t0, t1) = rust.time_interval();
+    let want = Sampler::new(rust.field().unwrap(), t1, t0, so)
+        .unwrap()
+        .sample(n, 100)
+        .unwrap();
+    assert_eq!(x, want.x);
+    assert_eq!(Some(ld.clone()), want.log_density);
+    // Two calls over consecutive ranges, and a sampler with its own 1-thread pool.
+    o.threads = 1;
+    let s1 = sampler(m, &o);
+    let (mut a, mut b) = (vec![0.0; 20 * D], vec![0.0; 30 * D]);
+    assert_eq!(sample(s1, 100, &mut a, None), SOCFLOW_OK);
+    assert_eq!(sample(s1, 120, &mut b, None), SOCFLOW_OK);
+    a.extend_from_slice(&b);
+    assert_eq!(a, x);
+    // Errors: ragged buffer, log-densities not enabled, wrong log-density length.
+    assert_eq!(sample(s1, 0, &mut x[..D + 1], None), SOCFLOW_ERROR_LENGTH);
+    let mut few = vec![0.0; 3];
+    assert_eq!(sample(s, 0, &mut x, Some(&mut few)), SOCFLOW_ERROR_LENGTH);
+    let s2 = sampler(
+        m,
+        &socflow_sampler_options {
+            log_density: 0,
+            ..o
+        },
+    );
+    assert_eq!(
+        sample(s2, 0, &mut x, Some(&mut ld)),
+        SOCFLOW_ERROR_INVALID_ARGUMENT
+    );
+    // Bad options.
+    let mut bad = o;
+    bad.solver = 42;
+    let mut h = socflow_sampler::default();
+    // SAFETY: locals.
+    unsafe {
+        assert_eq!(
+            socflow_sampler_create(m, &bad, &mut h),
+            SOCFLOW_ERROR_INVALID_ARGUMENT
+        );
+        bad = o;
+        bad.steps = 0;
+        assert_eq!(
+            socflow_sampler_create(m, &bad, &mut h),
+            SOCFLOW_ERROR_INVALID_ARGUMENT
+        );
+        bad = o;
+        bad.solver = SOCFLOW_SOLVER_DOPRI5;
+        bad.rtol = -1.0;
+        assert_eq!(
+            socflow_sampler_create(m, &bad, &mut h),
+            SOCFLOW_ERROR_INVALID_ARGUMENT
+        );
+    }
+    for h in [s, s1, s2] {
+        assert_eq!(socflow_sampler_destroy(h), SOCFLOW_OK);
+    }
+    assert_eq!(socflow_model_destroy(m), SOCFLOW_OK);
+}
+
+/// dz = (A z + B u) dt + σ dW with cost ½|u|² + ½|z|² running and |z|² terminal, as C
+/// callbacks and as Rust [`Dynamics`].
+struct Linear {
+    a: Vec<f64>,
+    b: Vec<f64>,
+    calls: AtomicUsize,
+    fail_after: usize,
+}
+
+impl Linear {
+    fn new(fail_after: usize) -> Self {
+        let mut g = Rng(21);
+        Linear {
+            a: g.vec_sym(D * D, 0.3),
+            b: g.vec_sym(D * CONTROLS, 1.0),
+            calls: AtomicUsize::new(0),
+            fail_after,
+        }
+    }
+}
+
+impl Dynamics<f64> for Linear {
+    fn state_dim(&self) -> usize {
+        D
+    }
+    fn control_dim(&self) -> usize {
+        CONTROLS
+    }
+    fn drift(&self, _s: f64, z: &[f64], u: &[f64], out: &mut [f64]) -> socflow_runtime::Result<()> {
+        for i in 0..D {
+            out[i] = (0..D).map(|j| self.a[i * D + j] * z[j]).sum::<f64>()
+                + (0..CONTROLS)
+                    .map(|j| self.b[i * CONTROLS + j] * u[j])
+                    .sum::<f64>();
+        }
+        Ok(())
+    }
+    fn running_cost(&self, _s: f64, z: &[f64], u: &[f64]) -> socflow_runtime::Result<f64> {
+        Ok(0.5 * u.iter().map(|v| v * v).sum::<f64>() + 0.5 * z.iter().map(|v| v * v).sum::<f64>())
+    }
+    fn terminal_cost(&self, z: &[f64]) -> socflow_runtime::Result<f64> {
+        Ok(z.iter().map(|v| v * v).sum())
+    }
+}
+
+unsafe extern "C" fn drift(
+    user: *mut c_void,
+    t: f64,
+    x: *const f64,
+    u: *const f64,
+    out: *mut f64,
+) -> i32 {
+    // SAFETY: `user` is the `Linear` the test passes; the library passes buffers of
+    // state_dim, control_dim and state_dim doubles.
+    let (l, x, u, out) = unsafe {
+        (
+            &*(user as *const Linear),
+            std::slice::from_raw_parts(x, D),
+            std::slice::from_raw_parts(u, CONTROLS),
+            std::slice::from_raw_parts_mut(out, D),
+        )
+    };
+    if l.calls.fetch_add(1, Ordering::SeqCst) >= l.fail_after {
+        return -3;
+    }
+    l.drift(t, x, u, out).map_or(1, |_| 0)
+}
+
+unsafe extern "C" fn running(
+    user: *mut c_void,
+    t: f64,
+    x: *const f64,
+    u: *const f64,
+    out: *mut f64,
+) -> i32 {
+    // SAFETY: as in `drift`; `out` is one double.
+    unsafe {
+        let l = &*(user as *const Linear);
+        *out = l
+            .running_cost(
+                t,
+                std::slice::from_raw_parts(x, D),
+                std::slice::from_raw_parts(u, CONTROLS),
+            )
+            .unwrap();
+    }
+    0
+}
+
+unsafe extern "C" fn terminal(user: *mut c_void, x: *const f64, out: *mut f64) -> i32 {
+    // SAFETY: as in `drift`; `out` is one double.
+    unsafe {
+        let l = &*(user as *const Linear);
+        *out = l.terminal_cost(std::slice::from_raw_parts(x, D)).unwrap();
+    }
+    0
+}
+
+#[test]
+fn simulate_with_callbacks_equals_the_rust_api() {
+    let bytes = model_bytes(14);
+    let m = load(&bytes);
+    let c = controller(m, SOCFLOW_PRECISION_F64);
+    let rust = Model::<f64>::from_bytes(&bytes)
+        .unwrap()
+        .controller()
+        .unwrap();
+    let linear = Arc::new(Linear::new(usize::MAX));
+    let x0 = Rng(2).vec_sym(D, 1.0);
+    let (paths, steps) = (16, 25);
+    let opts = socflow_simulate_options {
+        x0: x0.as_ptr(),
+        x0_len: D,
+        t0: 0.0,
+        t1: 1.0,
+        steps,
+        sigma: 0.2,
+        paths,
+        seed: 5,
+        threads: 0,
+    };
+    let dynamics = socflow_dynamics {
+        state_dim: D,
+        control_dim: CONTROLS,
+        drift: Some(drift),
+        running_cost: Some(running),
+        terminal_cost: Some(terminal),
+        user: Arc::as_ptr(&linear) as *mut c_void,
+    };
+    let mut finals = vec![0.0; paths * D];
+    let mut costs = vec![0.0; paths];
+    let mut traj = vec![0.0; paths * (steps + 1) * D];
+    let run = |o: &socflow_simulate_options,
+               dy: &socflow_dynamics,
+               f: &mut [f64],
+               c_: &mut [f64],
+               tr: &mut [f64]| {
+        // SAFETY: every buffer with its length; `dy.user` outlives the call.
+        unsafe {
+            socflow_controller_simulate(
+                c,
+                o,
+                dy,
+                f.as_mut_ptr(),
+                f.len(),
+                c_.as_mut_ptr(),
+                c_.len(),
+                tr.as_mut_ptr(),
+                tr.len(),
+            )
+        }
+    };
+    assert_eq!(
+        run(&opts, &dynamics, &mut finals, &mut costs, &mut traj),
+        SOCFLOW_OK,
+        "{}",
+        last_error()
+    );
+    let want = rust
+        .simulate(
+            &*linear,
+            &SimulateOptions {
+                x0: x0.clone(),
+                t0: 0.0,
+                t1: 1.0,
+                steps,
+                sigma: 0.2,
+                paths,
+                seed: 5,
+                keep_trajectories: true,
+            },
+        )
+        .unwrap();
+    assert_eq!(finals, want.finals);
+    let total: Vec<f64> = want
+        .running_cost
+        .iter()
+        .zip(&want.terminal_cost)
+        .map(|(a, b)| a + b)
+        .collect();
+    assert_eq!(costs, total);
+    assert_eq!(Some(traj.clone()), want.trajectories);
+    // NULL dynamics: dz = u dt + σ dW needs one control per state (this map has 3).
+    // SAFETY: as above, with NULL dynamics and optional outputs.
+    let s = unsafe {
+        socflow_controller_simulate(
+            c,
+            &opts,
+            std::ptr::null(),
+            finals.as_mut_ptr(),
+            finals.len(),
+            std::ptr::null_mut(),
+            0,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    assert_eq!(s, SOCFLOW_ERROR_INVALID_ARGUMENT);
+    // A failing callback stops the roll-out; outputs stay as they were.
+    let failing = Arc::new(Linear::new(40));
+    let dy = socflow_dynamics {
+        user: Arc::as_ptr(&failing) as *mut c_void,
+        ..dynamics
+    };
+    let before = finals.clone();
+    assert_eq!(
+        run(&opts, &dy, &mut finals, &mut costs, &mut traj),
+        SOCFLOW_ERROR_CALLBACK
+    );
+    assert!(
+        last_error().contains("drift") && last_error().contains("-3"),
+        "{}",
+        last_error()
+    );
+    assert_eq!(finals, before);
+    // Missing drift, wrong dimensions, bad options, wrong buffer lengths.
+    let no_drift = socflow_dynamics {
+        drift: None,
+        ..dynamics
+    };
+    assert_eq!(
+        run(&opts, &no_drift, &mut finals, &mut costs, &mut traj),
+        SOCFLOW_ERROR_NULL_POINTER
+    );
+    let wrong_dim = socflow_dynamics {
+        control_dim: D,
+        ..dynamics
+    };
+    assert_eq!(
+        run(&opts, &wrong_dim, &mut finals, &mut costs, &mut traj),
+        SOCFLOW_ERROR_LENGTH
+    );
+    for (bad, status) in [
+        (
+            socflow_simulate_options { t1: 0.0, ..opts },
+            SOCFLOW_ERROR_INVALID_ARGUMENT,
+        ),
+        (
+            socflow_simulate_options {
+                sigma: -1.0,
+                ..opts
+            },
+            SOCFLOW_ERROR_INVALID_ARGUMENT,
+        ),
+        (
+            socflow_simulate_options { steps: 0, ..opts },
+            SOCFLOW_ERROR_LENGTH,
+        ),
+        (
+            socflow_simulate_options {
+                x0_len: D - 1,
+                ..opts
+            },
+            SOCFLOW_ERROR_LENGTH,
+        ),
+        (
+            socflow_simulate_options {
+                x0: std::ptr::null(),
+                ..opts
+            },
+            SOCFLOW_ERROR_NULL_POINTER,
+        ),
+        (
+            socflow_simulate_options {
+                paths: usize::MAX / 2,
+                ..opts
+            },
+            SOCFLOW_ERROR_INVALID_ARGUMENT,
+        ),
+    ] {
+        let got = run(&bad, &dynamics, &mut finals, &mut costs, &mut traj);
+        assert_eq!(got, status, "{bad:?}: {}", last_error());
+    }
+    assert_eq!(
+        run(&opts, &dynamics, &mut finals[..D], &mut costs, &mut traj),
+        SOCFLOW_ERROR_LENGTH
+    );
+    assert_eq!(socflow_controller_destroy(c), SOCFLOW_OK);
+    assert_eq!(socflow_model_destroy(m), SOCFLOW_OK);
+}
+
+#[test]
+fn simulate_without_dynamics_rolls_out_the_integrator() {
+    // No control map: u = −∇Φ, one control per state.
+    let mut sd = socflow_testkit::otflow_state_dict(D, 8, 2, 30);
+    let p = OtFlowParams::from_state_dict(D, 8, 2, D + 1, &mut sd).unwrap();
+    let art = Artifact::otflow(p, [0.0, 1.0], Provenance::now("ffi api test")).unwrap();
+    let bytes = art.to_bytes(StorageDtype::F64).unwrap();
+    let m = load(&bytes);
+    let c = controller(m, SOCFLOW_PRECISION_F64);
+    let x0 = [0.5; D];
+    let opts = socflow_simulate_options {
+        x0: x0.as_ptr(),
+        x0_len: D,
+        t0: 0.0,
+        t1: 1.0,
+        steps: 10,
+        sigma: 0.1,
+        paths: 8,
+        seed: 1,
+        threads: 2,
+    };
+    let mut finals = vec![0.0; 8 * D];
+    let mut costs = vec![0.0; 8];
+    // SAFETY: buffers with their lengths, NULL trajectories.
+    let s = unsafe {
+        socflow_controller_simulate(
+            c,
+            &opts,
+            std::ptr::null(),
+            finals.as_mut_ptr(),
+            finals.len(),
+            costs.as_mut_ptr(),
+            8,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    assert_eq!(s, SOCFLOW_OK, "{}", last_error());
+    let rust = Model::<f64>::from_bytes(&bytes)
+        .unwrap()
+        .controller()
+        .unwrap();
+    let want = rust
+        .simulate(
+            &Integrator {
+                dim: D,
+                gain: 1.0,
+                control_weight: 1.0,
+            },
+            &SimulateOptions {
+                x0: x0.to_vec(),
+                t0: 0.0,
+                t1: 1.0,
+                steps: 10,
+                sigma: 0.1,
+                paths: 8,
+                seed: 1,
+                keep_trajectories: false,
+            },
+        )
+        .unwrap();
+    assert_eq!(finals, want.finals);
+    assert_eq!(costs, want.running_cost);
+    assert_eq!(socflow_controller_destroy(c), SOCFLOW_OK);
+    assert_eq!(socflow_model_destroy(m), SOCFLOW_OK);
+}
