@@ -105,6 +105,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     println!("socflow bench{}", if args.quick { " (quick)" } else { "" });
     control_latency(args)?;
     soc_controller_latency(args)?;
+    abi_overhead(args)?;
     sampling_throughput(args)?;
     Ok(())
 }
@@ -386,4 +387,132 @@ fn gemm_rate(rows: usize, inner: usize, out: usize, threads: usize, quick: bool)
     run()?;
     let secs = t0.elapsed().as_secs_f64();
     Ok(2.0 * (rows * inner * out * reps * threads) as f64 / secs / 1e9)
+}
+
+/// The C ABI's per-call cost over the Rust API: `socflow_controller_control` (called
+/// through a function pointer, as a C program calls into the shared library) against
+/// `Controller::control` on the same model and states, in interleaved rounds.
+fn abi_overhead(args: &BenchArgs) -> Result<()> {
+    use socflow::socflow_status::SOCFLOW_OK;
+    use socflow_runtime::artifact::{Artifact, Provenance, StorageDtype};
+    println!("\n== C ABI per-call cost: socflow_controller_control vs Controller::control, one thread ==");
+    println!(
+        "{:>5} {:>5} {:>6} {:>12} {:>12} {:>8} {:>8}",
+        "d", "m", "type", "Rust", "C ABI", "ratio", "goal"
+    );
+    let (rounds, inner) = if args.quick { (40, 64) } else { (400, 256) };
+    for &(d, m) in &[(12, 64), (100, 256)] {
+        let bytes = Artifact::otflow(
+            otflow_params(d, m, 2, 7),
+            [0.0, 1.0],
+            Provenance::now("bench"),
+        )?
+        .to_bytes(StorageDtype::F64)?;
+        for (ty, precision) in [
+            ("f64", socflow::SOCFLOW_PRECISION_F64),
+            ("f32", socflow::SOCFLOW_PRECISION_F32),
+        ] {
+            let mut model = socflow::socflow_model::default();
+            let mut ctl = socflow::socflow_controller::default();
+            // SAFETY: `bytes` is a live buffer and the handles are locals.
+            unsafe {
+                anyhow::ensure!(
+                    socflow::socflow_model_load_buffer(bytes.as_ptr(), bytes.len(), &mut model)
+                        == SOCFLOW_OK
+                );
+                anyhow::ensure!(
+                    socflow::socflow_controller_create(model, precision, &mut ctl) == SOCFLOW_OK
+                );
+            }
+            let x: Vec<f64> = (0..d).map(|i| 0.01 * i as f64 - 0.2).collect();
+            let mut u = vec![0.0; d];
+            let f = std::hint::black_box(
+                socflow::socflow_controller_control
+                    as unsafe extern "C" fn(
+                        socflow::socflow_controller,
+                        f64,
+                        *const f64,
+                        usize,
+                        *mut f64,
+                        usize,
+                    ) -> socflow::socflow_status,
+            );
+            let mut c_call = || {
+                // SAFETY: `x` and `u` are live buffers of the lengths passed.
+                let s = unsafe { f(ctl, 0.3, x.as_ptr(), d, u.as_mut_ptr(), d) };
+                std::hint::black_box(s);
+            };
+            let (rust, c) = if ty == "f64" {
+                let mut rc =
+                    socflow_runtime::model::Model::<f64>::from_bytes(&bytes)?.controller()?;
+                let mut ur = vec![0.0; d];
+                interleaved(
+                    rounds,
+                    inner,
+                    || {
+                        let _ = rc.control(0.3, std::hint::black_box(&x), &mut ur);
+                    },
+                    &mut c_call,
+                )
+            } else {
+                let mut rc =
+                    socflow_runtime::model::Model::<f32>::from_bytes(&bytes)?.controller()?;
+                let x32: Vec<f32> = x.iter().map(|v| *v as f32).collect();
+                let mut ur = vec![0f32; d];
+                interleaved(
+                    rounds,
+                    inner,
+                    || {
+                        let _ = rc.control(0.3, std::hint::black_box(&x32), &mut ur);
+                    },
+                    &mut c_call,
+                )
+            };
+            socflow::socflow_controller_destroy(ctl);
+            socflow::socflow_model_destroy(model);
+            println!(
+                "{:>5} {:>5} {:>6} {:>9.3} µs {:>9.3} µs {:>8.3} {:>8}",
+                d,
+                m,
+                ty,
+                rust * 1e6,
+                c * 1e6,
+                c / rust,
+                "≤ 1.1"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Median seconds per call of `a` and of `b`, timed in alternating rounds of `inner`
+/// calls (after a warm-up), so drift of the machine affects both alike.
+fn interleaved(
+    rounds: usize,
+    inner: usize,
+    mut a: impl FnMut(),
+    b: &mut impl FnMut(),
+) -> (f64, f64) {
+    for _ in 0..inner * 4 {
+        a();
+        b();
+    }
+    let (mut ta, mut tb) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+    for r in 0..rounds {
+        let time = |f: &mut dyn FnMut(), out: &mut Vec<f64>| {
+            let t0 = Instant::now();
+            for _ in 0..inner {
+                f();
+            }
+            out.push(t0.elapsed().as_secs_f64() / inner as f64);
+        };
+        if r % 2 == 0 {
+            time(&mut a, &mut ta);
+            time(b, &mut tb);
+        } else {
+            time(b, &mut tb);
+            time(&mut a, &mut ta);
+        }
+    }
+    (median(ta), median(tb))
 }
