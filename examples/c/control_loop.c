@@ -236,7 +236,7 @@ int main(int argc, char **argv) {
     struct socflow_model model = {0};
     check(socflow_model_load(path, &model), "socflow_model_load");
     struct socflow_model_info info;
-    check(socflow_model_info(model, &info), "socflow_model_info");
+    check(socflow_model_get_info(model, &info), "socflow_model_get_info");
     struct socflow_controller ctl = {0};
     check(socflow_controller_create(model, precision, &ctl), "socflow_controller_create");
     /* The controller keeps what it needs: the model handle can go now. */

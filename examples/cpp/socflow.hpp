@@ -207,7 +207,7 @@ public:
     /// Dimensions, kind, time interval and size of the model.
     ModelInfo info() const {
         struct socflow_model_info i {};
-        detail::check(socflow_model_info(h_.get(), &i), "socflow_model_info");
+        detail::check(socflow_model_get_info(h_.get(), &i), "socflow_model_get_info");
         ModelInfo out;
         out.state_dim = i.state_dim;
         out.control_dim = i.control_dim;

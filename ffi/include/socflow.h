@@ -341,7 +341,9 @@ typedef struct socflow_sampler_options {
   uint32_t precision;
   /**
    * Nonzero: also compute each sample's log-density (exact trace), which
-   * `socflow_sampler_sample` then writes when given a buffer.
+   * `socflow_sampler_sample` then writes when given a buffer. With Dopri5 the
+   * log-density takes part in the step-size control, so the samples differ (within
+   * the tolerances) from those of a sampler without log-densities.
    */
   uint32_t log_density;
   /**
@@ -528,7 +530,8 @@ enum socflow_status socflow_model_load_buffer(const uint8_t *data,
  * # Safety
  * `out` is NULL or valid for a write.
  */
-enum socflow_status socflow_model_info(struct socflow_model model, struct socflow_model_info *out);
+enum socflow_status socflow_model_get_info(struct socflow_model model,
+                                           struct socflow_model_info *out);
 
 /**
  * Destroys a model. The null handle is accepted (nothing happens); a closed handle

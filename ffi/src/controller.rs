@@ -532,6 +532,18 @@ pub unsafe extern "C" fn socflow_controller_simulate(
             // SAFETY: non-null and valid by the contract.
             Some(unsafe { *dynamics })
         };
+        for (what, v) in [
+            ("options->t0", o.t0),
+            ("options->t1", o.t1),
+            ("options->sigma", o.sigma),
+        ] {
+            if !v.is_finite() {
+                return Err(Failure::new(
+                    socflow_status::SOCFLOW_ERROR_NON_FINITE,
+                    format!("{what} is {v}"),
+                ));
+            }
+        }
         let guard = get(ctl)?;
         let (d, du) = guard.dims();
         let steps_plus_one = o

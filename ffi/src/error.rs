@@ -134,6 +134,16 @@ impl Failure {
             format!("{what}: length {found}, expected {expected}"),
         )
     }
+    /// A failure while loading a model: anything about the bytes, limits included,
+    /// is a malformed file.
+    pub fn loading(e: Error) -> Self {
+        let limit = matches!(e, Error::Limit(_));
+        let mut f = Failure::from(e);
+        if limit {
+            f.status = socflow_status::SOCFLOW_ERROR_FORMAT;
+        }
+        f
+    }
     pub fn limit(message: String) -> Self {
         Self::new(socflow_status::SOCFLOW_ERROR_FORMAT, message)
     }
@@ -144,10 +154,13 @@ impl From<Error> for Failure {
         use socflow_status::*;
         let status = match &e {
             Error::Io { .. } => SOCFLOW_ERROR_IO,
-            Error::Format(_)
-            | Error::UnsupportedVersion { .. }
-            | Error::Shape { .. }
-            | Error::Limit(_) => SOCFLOW_ERROR_FORMAT,
+            Error::Format(_) | Error::UnsupportedVersion { .. } | Error::Shape { .. } => {
+                SOCFLOW_ERROR_FORMAT
+            }
+            // A size past the runtime's limits: a malformed file while loading (see
+            // `Failure::loading`), an out-of-range argument otherwise (a sample index
+            // past the generator's 2^48 − 1).
+            Error::Limit(_) => SOCFLOW_ERROR_INVALID_ARGUMENT,
             Error::NonFinite(_) => SOCFLOW_ERROR_NON_FINITE,
             Error::Length { .. } => SOCFLOW_ERROR_LENGTH,
             Error::InvalidArgument(_) => SOCFLOW_ERROR_INVALID_ARGUMENT,

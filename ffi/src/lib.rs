@@ -36,8 +36,8 @@ pub use controller::{
 };
 pub use error::socflow_status;
 pub use model::{
-    socflow_model, socflow_model_destroy, socflow_model_info, socflow_model_load,
-    socflow_model_load_buffer, SOCFLOW_MODEL_POTENTIAL, SOCFLOW_MODEL_SCORE,
+    socflow_model, socflow_model_destroy, socflow_model_get_info, socflow_model_info,
+    socflow_model_load, socflow_model_load_buffer, SOCFLOW_MODEL_POTENTIAL, SOCFLOW_MODEL_SCORE,
     SOCFLOW_MODEL_VELOCITY,
 };
 pub use sampler::{

@@ -120,7 +120,15 @@ unsafe fn load_into(
     call(|| {
         // SAFETY: forwarded from the caller.
         unsafe { args::write(out, socflow_model::default(), "out (the model handle)")? };
-        let object = ModelObject::new(load()?)?;
+        let object = ModelObject::new(load()?).map_err(|f| Failure {
+            status: match f.status {
+                socflow_status::SOCFLOW_ERROR_INVALID_ARGUMENT => {
+                    socflow_status::SOCFLOW_ERROR_FORMAT
+                }
+                s => s,
+            },
+            ..f
+        })?;
         let id = handle::insert(Kind::Model, object)?;
         // SAFETY: as above (checked by the first write).
         unsafe { out.write(socflow_model { id }) };
@@ -145,7 +153,7 @@ pub unsafe extern "C" fn socflow_model_load(
         }
         // SAFETY: non-null and NUL-terminated by the contract.
         let bytes = unsafe { CStr::from_ptr(path) }.to_bytes();
-        Ok(Artifact::load(path_of(bytes)?)?)
+        Artifact::load(path_of(bytes)?).map_err(Failure::loading)
     };
     // SAFETY: forwarded from the caller.
     unsafe { load_into(out, load) }
@@ -180,7 +188,7 @@ pub unsafe extern "C" fn socflow_model_load_buffer(
     let load = || {
         // SAFETY: `len` readable bytes by the contract.
         let bytes = unsafe { args::input(data, len, "data")? };
-        Ok(Artifact::from_bytes(bytes)?)
+        Artifact::from_bytes(bytes).map_err(Failure::loading)
     };
     // SAFETY: forwarded from the caller.
     unsafe { load_into(out, load) }
@@ -191,7 +199,7 @@ pub unsafe extern "C" fn socflow_model_load_buffer(
 /// # Safety
 /// `out` is NULL or valid for a write.
 #[no_mangle]
-pub unsafe extern "C" fn socflow_model_info(
+pub unsafe extern "C" fn socflow_model_get_info(
     model: socflow_model,
     out: *mut socflow_model_info,
 ) -> socflow_status {

@@ -54,7 +54,9 @@ pub struct socflow_sampler_options {
     /// `SOCFLOW_PRECISION_F64` or `SOCFLOW_PRECISION_F32` (buffers are double either way).
     pub precision: u32,
     /// Nonzero: also compute each sample's log-density (exact trace), which
-    /// `socflow_sampler_sample` then writes when given a buffer.
+    /// `socflow_sampler_sample` then writes when given a buffer. With Dopri5 the
+    /// log-density takes part in the step-size control, so the samples differ (within
+    /// the tolerances) from those of a sampler without log-densities.
     pub log_density: u32,
     /// Worker threads: 0 uses the library's shared pool, n > 0 a pool of n threads
     /// owned by the sampler.

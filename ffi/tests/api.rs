@@ -184,7 +184,7 @@ fn bad_handles_are_errors_not_crashes() {
     }
     let mut info = socflow_model_info::default();
     // SAFETY: a local.
-    let s = unsafe { socflow_model_info(socflow_model { id: c.id }, &mut info) };
+    let s = unsafe { socflow_model_get_info(socflow_model { id: c.id }, &mut info) };
     assert_eq!(s, SOCFLOW_ERROR_INVALID_HANDLE);
     assert_eq!(u, [7.0; CONTROLS], "a failed call wrote the output");
     // Destroyed: every later use fails, a second destroy too; the null handle's is OK.
@@ -598,8 +598,8 @@ impl Dynamics<f64> for Linear {
         CONTROLS
     }
     fn drift(&self, _s: f64, z: &[f64], u: &[f64], out: &mut [f64]) -> socflow_runtime::Result<()> {
-        for i in 0..D {
-            out[i] = (0..D).map(|j| self.a[i * D + j] * z[j]).sum::<f64>()
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = (0..D).map(|j| self.a[i * D + j] * z[j]).sum::<f64>()
                 + (0..CONTROLS)
                     .map(|j| self.b[i * CONTROLS + j] * u[j])
                     .sum::<f64>();

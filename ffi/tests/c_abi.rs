@@ -436,13 +436,11 @@ fn check_test_abi(linkage: Linkage, name: &str) {
 }
 
 #[test]
-#[ignore = "waits for ffi fix: socflow.h declares socflow_model_info as both a typedef (the info struct) and a function, so no C file that includes it compiles"]
 fn c_test_program_against_the_static_library() {
     check_test_abi(Linkage::Static, "c_abi_static");
 }
 
 #[test]
-#[ignore = "waits for ffi fix: socflow.h declares socflow_model_info as both a typedef (the info struct) and a function, so no C file that includes it compiles"]
 fn c_test_program_against_the_shared_library() {
     check_test_abi(Linkage::Shared, "c_abi_shared");
 }
@@ -451,7 +449,6 @@ fn c_test_program_against_the_shared_library() {
 /// no use of uninitialized memory, no definite or indirect leak. `--quick` leaves out
 /// the sampler results (slow under valgrind; the fast groups still draw samples).
 #[test]
-#[ignore = "waits for ffi fix: socflow.h declares socflow_model_info as both a typedef (the info struct) and a function, so no C file that includes it compiles"]
 fn c_test_program_under_valgrind() {
     let Some(valgrind) = which("valgrind") else {
         println!("skipped: valgrind is not installed");
@@ -644,7 +641,6 @@ target_link_libraries(check_static PRIVATE socflow::socflow_static)
 /// `find_package(socflow)` from a moved prefix: both targets build and run and give
 /// the Rust API's control.
 #[test]
-#[ignore = "waits for ffi fix: socflow.h declares socflow_model_info as both a typedef (the info struct) and a function, so no C file that includes it compiles"]
 fn cmake_package() {
     let Some(cmake) = cmake() else {
         println!(
