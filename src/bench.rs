@@ -400,7 +400,7 @@ fn abi_overhead(args: &BenchArgs) -> Result<()> {
         "{:>5} {:>5} {:>6} {:>12} {:>12} {:>8} {:>8}",
         "d", "m", "type", "Rust", "C ABI", "ratio", "goal"
     );
-    let (rounds, inner) = if args.quick { (40, 64) } else { (400, 256) };
+    let (rounds, inner) = if args.quick { (100, 64) } else { (2000, 64) };
     for &(d, m) in &[(12, 64), (100, 256)] {
         let bytes = Artifact::otflow(
             otflow_params(d, m, 2, 7),
