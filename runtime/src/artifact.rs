@@ -19,6 +19,10 @@
 //! card field `control_law`, a state-dependent feedback u = u(x, ∇ₓΦ) such as the
 //! quadcopter's u = −R⁻¹B(x)ᵀ∇ₓΦ ([`ControlLaw`]). A version-1 runtime refuses a
 //! version-2 file with [`Error::UnsupportedVersion`] instead of applying a wrong law.
+//! Version 3 adds the card field `vpsde` of score models: the VP-SDE's schedule, the
+//! end ε of sampling and what the network outputs ([`VpSde`]); a score model without
+//! it (versions 1 and 2) uses [`VpSde::default`], and an older runtime refuses a
+//! version-3 file rather than sample it with the wrong schedule.
 //!
 //! Loading ([`Artifact::from_bytes`], [`Artifact::load`]) trusts nothing: it checks the
 //! safetensors framing, the header, the card (unknown keys are errors, so typos are
@@ -41,19 +45,23 @@ use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
 use crate::nn::{Activation, MlpParams, OtFlowParams};
+use crate::vpsde::VpSde;
 use crate::{Error, Real, Result};
 
 /// Format name stored under `format` in the safetensors metadata and in the card.
 pub const FORMAT_NAME: &str = "socflow";
 
 /// Newest format version this runtime writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The oldest format version, what a model without a [`ControlLaw`] is written as.
 pub const BASE_FORMAT_VERSION: u32 = 1;
 
 /// The first format version with the card field `control_law` ([`ControlLaw`]).
 pub const CONTROL_LAW_VERSION: u32 = 2;
+
+/// The first format version with the card field `vpsde` ([`VpSde`]).
+pub const VPSDE_VERSION: u32 = 3;
 
 /// Largest state dimension (and control dimension) a model file may declare.
 pub const MAX_DIM: usize = 1 << 16;
@@ -533,6 +541,9 @@ pub struct ModelCard {
     /// A state-dependent control law (format version ≥ 2; excludes a `control_map`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_law: Option<ControlLaw>,
+    /// A score model's VP-SDE (format version ≥ 3; absent: [`VpSde::default`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpsde: Option<VpSde>,
     /// Who made the model and how.
     pub provenance: Provenance,
 }
@@ -595,6 +606,7 @@ impl Artifact {
             normalization: None,
             control_dim: None,
             control_law: None,
+            vpsde: None,
             provenance,
         };
         let a = Artifact {
@@ -628,6 +640,7 @@ impl Artifact {
             normalization: None,
             control_dim: None,
             control_law: None,
+            vpsde: None,
             provenance,
         };
         let a = Artifact {
@@ -672,6 +685,24 @@ impl Artifact {
         match feedback {
             Feedback::Map(m) => self.with_control_map(m),
             Feedback::Law(l) => self.with_control_law(l),
+        }
+    }
+
+    /// Records a score model's VP-SDE in the card (kind [`ModelKind::Score`] only) and
+    /// raises the card's format version to [`VPSDE_VERSION`].
+    pub fn with_vpsde(mut self, sde: VpSde) -> Result<Self> {
+        self.card.format_version = self.card.format_version.max(VPSDE_VERSION);
+        self.card.vpsde = Some(sde);
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// A score model's VP-SDE: the card's `vpsde` entry, or [`VpSde::default`] for a
+    /// score model without one; `None` for other kinds.
+    pub fn vpsde(&self) -> Option<VpSde> {
+        match self.card.kind {
+            ModelKind::Score => Some(self.card.vpsde.unwrap_or_default()),
+            _ => None,
         }
     }
 
@@ -1008,6 +1039,24 @@ impl Artifact {
                 );
             }
         }
+        if let Some(sde) = self.vpsde() {
+            let _ = writeln!(
+                s,
+                "VP-SDE:        beta(t) = {} + t ({} - {}), sampled from t = {} to eps = {}, \
+                 network outputs the {}{}",
+                sde.beta_min,
+                sde.beta_max,
+                sde.beta_min,
+                c.time[1],
+                sde.eps,
+                sde.output.name(),
+                if c.vpsde.is_none() {
+                    " (defaults: the card has no vpsde entry)"
+                } else {
+                    ""
+                }
+            );
+        }
         match (&self.control_map, &c.control_law) {
             (_, Some(law)) => {
                 let _ = writeln!(s, "control law:   {}", law.describe());
@@ -1217,6 +1266,27 @@ fn check_card(card: &ModelCard) -> Result<()> {
                 law.name(),
                 law.state_dim(),
                 card.dim
+            )));
+        }
+    }
+    if let Some(sde) = &card.vpsde {
+        if card.format_version < VPSDE_VERSION {
+            return Err(Error::Format(format!(
+                "a vpsde entry needs format version {VPSDE_VERSION}, the card says {}",
+                card.format_version
+            )));
+        }
+        if card.kind != ModelKind::Score {
+            return Err(Error::Format(format!(
+                "only a score model has a VP-SDE, the card says {}",
+                card.kind.name()
+            )));
+        }
+        sde.validate().map_err(|e| Error::Format(e.to_string()))?;
+        if sde.eps >= card.time[1] {
+            return Err(Error::Format(format!(
+                "VP-SDE sampling ends at eps = {} but the time interval ends at {}",
+                sde.eps, card.time[1]
             )));
         }
     }

@@ -9,7 +9,9 @@
 //! - [`brownian`], [`ode`], [`sde`]: counter-based Brownian increments and the ODE/SDE
 //!   integrators;
 //! - [`sampler`] and [`controller`]: prior + field + integrator → samples, and the
-//!   allocation-free feedback control u = -∇Φ(t,x).
+//!   allocation-free feedback control u = -∇Φ(t,x);
+//! - [`vpsde`]: the VP-SDE of score-based diffusion, its reverse-SDE drift and
+//!   probability-flow field over a score network, and the pieces its samplers need.
 //!
 //! Everything is generic over [`Real`] (f32 or f64). Library calls return
 //! [`Result`] with a typed [`Error`]; they do not panic on user input.
@@ -30,6 +32,7 @@ pub mod ode;
 pub mod real;
 pub mod sampler;
 pub mod sde;
+pub mod vpsde;
 
 pub use error::{Error, Result};
 pub use field::Field;

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::field::{Field, Potential};
 use crate::nn::mlp::Mlp;
 use crate::nn::otflow::OtFlow;
+use crate::vpsde::VpSdeModel;
 use crate::Real;
 
 /// The network inside a loaded model.
@@ -84,7 +85,28 @@ impl<T: Real> Model<T> {
             (Network::OtFlow(p), _) => Ok(p.clone() as Arc<dyn Field<T>>),
             (Network::Mlp(m), ModelKind::Velocity) => Ok(m.clone() as Arc<dyn Field<T>>),
             (Network::Mlp(_), kind) => Err(Error::Unsupported(format!(
-                "a {kind:?} MLP is not a velocity field; sample it with the VP-SDE sampler"
+                "a {kind:?} MLP is not a velocity field; sample it with the VP-SDE sampler (Model::vpsde)"
+            ))),
+        }
+    }
+
+    /// A score model's VP-SDE sampler pieces: the network with the card's schedule
+    /// (or [`VpSde::default`](crate::vpsde::VpSde::default) without a `vpsde` entry),
+    /// sampled from the end t1 of the model's time interval down to ε, in data
+    /// coordinates through the card's normalization.
+    ///
+    /// Errors: [`Error::Unsupported`] for a model that is not a score model.
+    pub fn vpsde(&self) -> Result<VpSdeModel<T>> {
+        match (&self.network, self.artifact.vpsde()) {
+            (Network::Mlp(m), Some(sde)) => VpSdeModel::new(
+                m.clone() as Arc<dyn Field<T>>,
+                sde,
+                self.artifact.card.time[1],
+                self.artifact.card.normalization.clone(),
+            ),
+            _ => Err(Error::Unsupported(format!(
+                "a {} model has no VP-SDE (only score models do)",
+                self.kind().name()
             ))),
         }
     }
