@@ -6,6 +6,9 @@
 //! allocation, takes no lock and does no I/O: it is meant to be called from a control
 //! loop at kilohertz rates. The potential itself is shared read-only (an `Arc`), so
 //! many threads can each hold a controller over one loaded model.
+//!
+//! A [`FieldController`] applies a field's output as the control, u = f(t, x): a
+//! policy network (an ONNX model, say) rather than a value function.
 
 use std::sync::Arc;
 
@@ -14,7 +17,7 @@ use rayon::prelude::*;
 use crate::artifact::ControlLaw;
 use crate::brownian::Brownian;
 use crate::error::{check_len, Error, Result};
-use crate::field::Potential;
+use crate::field::{Field, Potential};
 use crate::Real;
 
 /// The control map M in u = −M ∇ₓΦ (M = R⁻¹Bᵀ for control-affine dynamics with
@@ -233,101 +236,236 @@ impl<T: Real> Controller<T> {
         dynamics: &D,
         opts: &SimulateOptions<T>,
     ) -> Result<Rollout<T>> {
+        simulate_closed_loop(
+            self.state_dim(),
+            self.control_dim(),
+            dynamics,
+            opts,
+            || Controller::clone(self),
+            |ctl, s, z, u| ctl.control(s, z, u),
+        )
+    }
+}
+
+/// The closed-loop roll-out of [`Controller::simulate`] and
+/// [`FieldController::simulate`]: `make` gives each worker task its own controller,
+/// `control` evaluates it.
+fn simulate_closed_loop<T, D, C, M, U>(
+    d: usize,
+    du: usize,
+    dynamics: &D,
+    opts: &SimulateOptions<T>,
+    make: M,
+    control: U,
+) -> Result<Rollout<T>>
+where
+    T: Real,
+    D: Dynamics<T> + ?Sized,
+    M: Fn() -> C + Sync + Send,
+    U: Fn(&mut C, T, &[T], &mut [T]) -> Result<()> + Sync + Send,
+{
+    check_len("dynamics state dimension", dynamics.state_dim(), d)?;
+    check_len("dynamics control dimension", dynamics.control_dim(), du)?;
+    check_len("initial state", opts.x0.len(), d)?;
+    crate::error::check_finite("initial state", &opts.x0)?;
+    if opts.steps == 0 || opts.paths == 0 {
+        return Err(Error::InvalidArgument(
+            "simulate needs at least one step and one path".into(),
+        ));
+    }
+    if !(opts.t0.is_finite() && opts.t1.is_finite() && opts.t1 > opts.t0) {
+        return Err(Error::InvalidArgument(format!(
+            "simulate needs finite t0 < t1, got [{}, {}]",
+            opts.t0, opts.t1
+        )));
+    }
+    if !(opts.sigma.is_finite() && opts.sigma >= T::zero()) {
+        return Err(Error::InvalidArgument(format!(
+            "noise level sigma must be finite and non-negative, got {}",
+            opts.sigma
+        )));
+    }
+    let n = opts.paths;
+    let keep = opts.keep_trajectories;
+    let steps = opts.steps;
+    let h = (opts.t1 - opts.t0) / T::of(steps as f64);
+    let brownian = Brownian::new(opts.seed);
+    let mut finals = vec![T::zero(); n * d];
+    let mut running = vec![T::zero(); n];
+    let mut terminal = vec![T::zero(); n];
+    let mut trajectories = if keep {
+        vec![T::zero(); n * (steps + 1) * d]
+    } else {
+        Vec::new()
+    };
+    let traj_stride = (steps + 1) * d;
+    let traj_chunks: Vec<&mut [T]> = if keep {
+        trajectories.chunks_mut(traj_stride).collect()
+    } else {
+        (0..n).map(|_| <&mut [T]>::default()).collect()
+    };
+    finals
+        .par_chunks_mut(d)
+        .zip(running.par_iter_mut())
+        .zip(terminal.par_iter_mut())
+        .zip(traj_chunks.into_par_iter())
+        .enumerate()
+        .try_for_each_init(
+            || {
+                (
+                    make(),
+                    vec![T::zero(); du],
+                    vec![T::zero(); d],
+                    vec![T::zero(); d],
+                )
+            },
+            |(ctl, u, drift, dw), (path, (((z, run), term), traj))| {
+                z.copy_from_slice(&opts.x0);
+                if keep {
+                    traj[..d].copy_from_slice(z);
+                }
+                let mut cost = T::zero();
+                for k in 0..steps {
+                    let s = opts.t0 + h * T::of(k as f64);
+                    control(ctl, s, z, u)?;
+                    dynamics.drift(s, z, u, drift)?;
+                    cost += dynamics.running_cost(s, z, u)? * h;
+                    brownian.increments(path as u64, k as u64, h, dw)?;
+                    for j in 0..d {
+                        z[j] += drift[j] * h + opts.sigma * dw[j];
+                    }
+                    if keep {
+                        traj[(k + 1) * d..(k + 2) * d].copy_from_slice(z);
+                    }
+                }
+                if z.iter().any(|v| !v.is_finite()) {
+                    return Err(Error::Integration(format!(
+                        "closed-loop state of path {path} became non-finite"
+                    )));
+                }
+                *run = cost;
+                *term = dynamics.terminal_cost(z)?;
+                Ok(())
+            },
+        )?;
+    Ok(Rollout {
+        dim: d,
+        paths: n,
+        steps,
+        finals,
+        running_cost: running,
+        terminal_cost: terminal,
+        trajectories: keep.then_some(trajectories),
+    })
+}
+
+/// A feedback controller whose control is a field's output, u(t, x) = f(t, x): a
+/// policy network that outputs the control directly (an ONNX model exported from
+/// PyTorch, say, through `OnnxField::into_controller` of the `onnx` feature).
+///
+/// Like [`Controller`], it owns its scratch buffer, so [`control`](FieldController::control)
+/// allocates nothing beyond what the field's own evaluation does: nothing for the
+/// native networks; ONNX Runtime allocates each run's output.
+pub struct FieldController<T: Real> {
+    field: Arc<dyn Field<T>>,
+    scratch: Vec<T>,
+}
+
+impl<T: Real> Clone for FieldController<T> {
+    fn clone(&self) -> Self {
+        FieldController {
+            field: Arc::clone(&self.field),
+            scratch: vec![T::zero(); self.scratch.len()],
+        }
+    }
+}
+
+impl<T: Real> FieldController<T> {
+    /// A controller applying `field`'s output as the control.
+    pub fn new(field: Arc<dyn Field<T>>) -> Self {
+        FieldController {
+            scratch: vec![T::zero(); field.scratch_len()],
+            field,
+        }
+    }
+
+    /// The field the controller evaluates.
+    pub fn field(&self) -> &Arc<dyn Field<T>> {
+        &self.field
+    }
+
+    /// State dimension d.
+    pub fn state_dim(&self) -> usize {
+        self.field.dim()
+    }
+
+    /// Control dimension (the field's output: d).
+    pub fn control_dim(&self) -> usize {
+        self.field.dim()
+    }
+
+    /// Writes the control u(t, x) = f(t, x) into `u` (length d). Rejects wrong lengths
+    /// and non-finite t or x with an error.
+    pub fn control(&mut self, t: T, x: &[T], u: &mut [T]) -> Result<()> {
         let d = self.state_dim();
-        let du = self.control_dim();
-        check_len("dynamics state dimension", dynamics.state_dim(), d)?;
-        check_len("dynamics control dimension", dynamics.control_dim(), du)?;
-        check_len("initial state", opts.x0.len(), d)?;
-        crate::error::check_finite("initial state", &opts.x0)?;
-        if opts.steps == 0 || opts.paths == 0 {
-            return Err(Error::InvalidArgument(
-                "simulate needs at least one step and one path".into(),
-            ));
+        check_len("state", x.len(), d)?;
+        check_len("control output", u.len(), d)?;
+        if !t.is_finite() {
+            return Err(Error::NonFinite("time".into()));
         }
-        if !(opts.t0.is_finite() && opts.t1.is_finite() && opts.t1 > opts.t0) {
-            return Err(Error::InvalidArgument(format!(
-                "simulate needs finite t0 < t1, got [{}, {}]",
-                opts.t0, opts.t1
-            )));
+        crate::error::check_finite("state", x)?;
+        self.field.eval(t, x, u, &mut self.scratch)
+    }
+
+    /// Controls for a batch of states (row-major `n × d` in `xs` and `us`) at one time:
+    /// blocks of the field's preferred size, one block evaluation each, spread over
+    /// rayon threads. Allocates a time and scratch buffer per worker task.
+    pub fn control_batch(&self, t: T, xs: &[T], us: &mut [T]) -> Result<()> {
+        let d = self.state_dim();
+        if xs.len() % d != 0 {
+            return Err(Error::Length {
+                what: "state batch (not a multiple of the state dimension)",
+                found: xs.len(),
+                expected: xs.len() / d * d,
+            });
         }
-        if !(opts.sigma.is_finite() && opts.sigma >= T::zero()) {
-            return Err(Error::InvalidArgument(format!(
-                "noise level sigma must be finite and non-negative, got {}",
-                opts.sigma
-            )));
+        check_len("control batch output", us.len(), xs.len())?;
+        if !t.is_finite() {
+            return Err(Error::NonFinite("time".into()));
         }
-        let n = opts.paths;
-        let keep = opts.keep_trajectories;
-        let steps = opts.steps;
-        let h = (opts.t1 - opts.t0) / T::of(steps as f64);
-        let brownian = Brownian::new(opts.seed);
-        let mut finals = vec![T::zero(); n * d];
-        let mut running = vec![T::zero(); n];
-        let mut terminal = vec![T::zero(); n];
-        let mut trajectories = if keep {
-            vec![T::zero(); n * (steps + 1) * d]
-        } else {
-            Vec::new()
-        };
-        let traj_stride = (steps + 1) * d;
-        let traj_chunks: Vec<&mut [T]> = if keep {
-            trajectories.chunks_mut(traj_stride).collect()
-        } else {
-            (0..n).map(|_| <&mut [T]>::default()).collect()
-        };
-        finals
-            .par_chunks_mut(d)
-            .zip(running.par_iter_mut())
-            .zip(terminal.par_iter_mut())
-            .zip(traj_chunks.into_par_iter())
-            .enumerate()
+        crate::error::check_finite("state batch", xs)?;
+        let rows = self.field.preferred_block_rows().max(1);
+        xs.par_chunks(rows * d)
+            .zip(us.par_chunks_mut(rows * d))
             .try_for_each_init(
                 || {
                     (
-                        Controller::clone(self),
-                        vec![T::zero(); du],
-                        vec![T::zero(); d],
-                        vec![T::zero(); d],
+                        vec![t; rows],
+                        vec![T::zero(); self.field.block_scratch_len(rows)],
                     )
                 },
-                |(ctl, u, drift, dw), (path, (((z, run), term), traj))| {
-                    z.copy_from_slice(&opts.x0);
-                    if keep {
-                        traj[..d].copy_from_slice(z);
-                    }
-                    let mut cost = T::zero();
-                    for k in 0..steps {
-                        let s = opts.t0 + h * T::of(k as f64);
-                        ctl.control(s, z, u)?;
-                        dynamics.drift(s, z, u, drift)?;
-                        cost += dynamics.running_cost(s, z, u)? * h;
-                        brownian.increments(path as u64, k as u64, h, dw)?;
-                        for j in 0..d {
-                            z[j] += drift[j] * h + opts.sigma * dw[j];
-                        }
-                        if keep {
-                            traj[(k + 1) * d..(k + 2) * d].copy_from_slice(z);
-                        }
-                    }
-                    if z.iter().any(|v| !v.is_finite()) {
-                        return Err(Error::Integration(format!(
-                            "closed-loop state of path {path} became non-finite"
-                        )));
-                    }
-                    *run = cost;
-                    *term = dynamics.terminal_cost(z)?;
-                    Ok(())
+                |(ts, scratch), (xb, ub)| {
+                    let n = xb.len() / d;
+                    self.field.eval_block(&ts[..n], xb, ub, scratch)
                 },
-            )?;
-        Ok(Rollout {
-            dim: d,
-            paths: n,
-            steps,
-            finals,
-            running_cost: running,
-            terminal_cost: terminal,
-            trajectories: keep.then_some(trajectories),
-        })
+            )
+    }
+
+    /// Rolls the closed loop forward like [`Controller::simulate`], with this
+    /// controller's u(s, z) = f(s, z).
+    pub fn simulate<D: Dynamics<T> + ?Sized>(
+        &self,
+        dynamics: &D,
+        opts: &SimulateOptions<T>,
+    ) -> Result<Rollout<T>> {
+        simulate_closed_loop(
+            self.state_dim(),
+            self.control_dim(),
+            dynamics,
+            opts,
+            || FieldController::clone(self),
+            |ctl, s, z, u| ctl.control(s, z, u),
+        )
     }
 }
 

@@ -10,6 +10,8 @@
 //!   integrators;
 //! - [`sampler`] and [`controller`]: prior + field + integrator → samples, and the
 //!   allocation-free feedback control u = -∇Φ(t,x);
+//! - `onnx` (feature `onnx`): ONNX models (exported from PyTorch, say) as fields and
+//!   controls through ONNX Runtime, loaded at run time;
 //! - [`vpsde`]: the VP-SDE of score-based diffusion, its reverse-SDE drift and
 //!   probability-flow field over a score network, and the pieces its samplers need.
 //!
@@ -29,6 +31,8 @@ pub mod model;
 pub mod nn;
 pub mod npy;
 pub mod ode;
+#[cfg(feature = "onnx")]
+pub mod onnx;
 pub mod real;
 pub mod sampler;
 pub mod sde;
