@@ -16,6 +16,13 @@
 //!   [`Solver::backward_sde`]: Euler–Maruyama step maps whose Brownian increments come
 //!   from the runtime's counter-based generator and are regenerated, not stored, in the
 //!   backward pass (the same adjoint, precision policies and scaling);
+//! - [`SdeTerms`] and [`SchemeIncrement`]: an SDE as a drift and a diagonal diffusion,
+//!   stepped by Euler–Maruyama (Itô) or stochastic Heun (Stratonovich) through the
+//!   same [`Solver::forward_sde`] / [`Solver::backward_sde`], so both schemes are
+//!   differentiated exactly on a fixed Brownian path;
+//! - [`ContinuousAdjoint`]: optimize-then-discretize for comparison, the continuous
+//!   adjoint ODE by RK4 and the stochastic adjoint of Li et al. (2020), with or without
+//!   the Itô-to-Stratonovich correction ([`StochasticAdjoint`]);
 //! - [`MemoryReport`]: what a pass held, the trajectory plus one step's tape.
 //!
 //! # Where each precision is used
@@ -36,14 +43,22 @@
 //! ∓aᵀΦ, at H. See [`Solver::backward`] for the whole recurrence and
 //! [`IncreaseRule`] for the one reading of MATH.md that needed a choice.
 
+mod continuous;
 mod error;
 mod policy;
 mod scaling;
 mod solver;
+mod terms;
+
+pub use continuous::{ContinuousAdjoint, ContinuousGradient, ReverseScheme, StochasticAdjoint};
 
 pub use error::{Error, Result};
 pub use policy::PrecisionPolicy;
 pub use scaling::{AdjointStats, IncreaseRule};
+/// The fixed-step SDE schemes (the runtime's): which increment [`SchemeIncrement`]
+/// records.
+pub use socflow_runtime::sde::SdeScheme;
 pub use solver::{
     BrownianNoise, Cotangents, Gradient, MemoryReport, Method, Rhs, SdeRhs, Solver, Trajectory,
 };
+pub use terms::{SchemeIncrement, SdeTerms};
