@@ -494,6 +494,62 @@ fn heun_step_map_paths_equal_the_runtime_solver() {
     assert!(moved > 0.1, "paths did not move ({moved:e})");
 }
 
+#[test]
+fn heun_gradients_in_mixed_precision() {
+    // The stochastic Heun increment under the solver's precision policies (terms at
+    // the network precision, t + h formed there too): the gradient of Σ X_N² on fixed
+    // paths against the f64 one, f32 close and f16 (dynamic scaling) within its
+    // rounding.
+    let (rows, steps) = (64usize, 40usize);
+    let nz = noise(31);
+    let tm = Gbm { stratonovich: true };
+    let inc = SchemeIncrement::new(&tm, SdeScheme::StochasticHeun);
+    let grads = |policy: PrecisionPolicy| -> Vec<f64> {
+        let solver = Solver::new(Method::Euler, policy);
+        let mut g = Graph::new(Cpu::new());
+        let col = |x: f64| t64(rows, 1, &vec![x; rows]);
+        let ps = [col(0.2), col(0.5)];
+        let traj = solver
+            .forward_sde(&mut g, &inc, &nz, &col(1.0), &grid(steps), &ps)
+            .unwrap();
+        let yt = vals(traj.final_state());
+        let cot = t64(rows, 1, &yt.iter().map(|y| 2.0 * y).collect::<Vec<_>>());
+        let gr = solver
+            .backward_sde(
+                &mut g,
+                &inc,
+                &nz,
+                &traj,
+                &ps,
+                &Cotangents::terminal(cot),
+                false,
+            )
+            .unwrap();
+        let mut out = vals(&gr.y0);
+        for p in &gr.params {
+            out.extend(vals(p));
+        }
+        out
+    };
+    let exact = grads(PrecisionPolicy::f64());
+    let rel = |v: &[f64]| {
+        let num: f64 = v.iter().zip(&exact).map(|(a, b)| (a - b).powi(2)).sum();
+        let den: f64 = exact.iter().map(|b| b * b).sum();
+        (num / den).sqrt()
+    };
+    let (e32, e16) = (
+        rel(&grads(PrecisionPolicy::f32())),
+        rel(&grads(PrecisionPolicy::f16())),
+    );
+    eprintln!("stochastic Heun gradient rel err: f32 {e32:.2e}, f16 {e16:.2e}");
+    assert!(e32 < 1e-5, "f32 {e32:e}");
+    assert!(e16 < 1e-2, "f16 {e16:e}");
+    assert!(
+        e16 > 0.0,
+        "f16 gave the f64 gradient exactly: precision not applied?"
+    );
+}
+
 /// y' = θ₀ tanh(y) − θ₁ y + θ₂ t, params 1 × 1 each (shared by the rows).
 fn ode_rhs(g: &mut Graph<Cpu>, t: Var, y: Var, p: &[Var]) -> R<Var> {
     let th = g.tanh(y)?;
