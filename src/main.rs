@@ -10,6 +10,7 @@ mod train;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -18,6 +19,7 @@ use socflow_runtime::controller::{Integrator, SimulateOptions};
 use socflow_runtime::model::Model;
 use socflow_runtime::npy::write_npy;
 use socflow_runtime::ode::{AdaptiveOptions, OdeOptions, OdeSolver, SaveAt, StepSize};
+use socflow_runtime::onnx::OnnxField;
 use socflow_runtime::sampler::{Sampler, SamplerOptions};
 use socflow_runtime::Real;
 
@@ -84,7 +86,8 @@ enum SolverArg {
 
 #[derive(clap::Args, Debug)]
 struct SampleArgs {
-    /// The model file.
+    /// The model file: a socflow model (.safetensors), or an ONNX model v(x, t) (.onnx:
+    /// inputs x [batch, d] and t, output [batch, d]; d is read from the model).
     model: PathBuf,
     /// Number of samples.
     #[arg(short = 'n', long, default_value_t = 1000)]
@@ -119,6 +122,14 @@ struct SampleArgs {
     /// Precision of evaluation (and of the written arrays).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     precision: Precision,
+    /// Data end of an .onnx model's time interval (it has no card; default 0).
+    /// Samples are drawn from N(0, I) at --t1 and integrated to --t0: a model with its
+    /// noise at t = 0 (as torchcfm trains them) takes --t0 1 --t1 0.
+    #[arg(long, allow_negative_numbers = true)]
+    t0: Option<f64>,
+    /// Prior end of an .onnx model's time interval (default 1).
+    #[arg(long, allow_negative_numbers = true)]
+    t1: Option<f64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -254,6 +265,15 @@ fn sample<T: Real>(args: &SampleArgs) -> Result<()> {
     if args.n == 0 {
         bail!("-n must be at least 1");
     }
+    if is_onnx(&args.model) {
+        return sample_onnx::<T>(args);
+    }
+    if args.t0.is_some() || args.t1.is_some() {
+        bail!(
+            "--t0/--t1 are for .onnx models; {} records its time interval in its card",
+            args.model.display()
+        );
+    }
     let model = load_model::<T>(&args.model)?;
     if model.kind() == ModelKind::Score {
         bail!(
@@ -268,15 +288,54 @@ fn sample<T: Real>(args: &SampleArgs) -> Result<()> {
     let mut so = SamplerOptions::ode(opts, args.seed);
     so.log_density = args.log_density.is_some();
     so.normalization = model.artifact().card.normalization.clone();
-    if args.trajectory.is_some() {
-        if args.solver == SolverArg::Dopri5 {
-            bail!("--trajectory needs a fixed-step solver (euler, heun, rk4)");
-        }
-        so.trajectory = Some(SaveAt::Steps);
-    }
+    so.trajectory = trajectory_option(args)?;
     let (t0, t1) = model.time_interval();
     // Samples start from the prior at t1 and are integrated to the data end t0.
     let sampler = Sampler::new(field, t1, t0, so)?;
+    draw_samples(args, &sampler, d)
+}
+
+/// Whether a model path names an ONNX model (by its extension).
+fn is_onnx(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+}
+
+/// `socflow sample MODEL.onnx`: an ONNX model has no card, so d comes from its state
+/// input's shape, the time interval from --t0/--t1, and there is no normalization.
+fn sample_onnx<T: Real>(args: &SampleArgs) -> Result<()> {
+    if args.log_density.is_some() {
+        bail!(
+            "--log-density needs the field's exact divergence, which an ONNX model does not \
+             give; sample a socflow model file for log-densities"
+        );
+    }
+    let field = OnnxField::<T>::load(&args.model)
+        .with_context(|| format!("cannot load ONNX model {}", args.model.display()))?;
+    let d = field.signature().dim;
+    let (t0, t1) = (args.t0.unwrap_or(0.0), args.t1.unwrap_or(1.0));
+    if !(t0.is_finite() && t1.is_finite() && t0 != t1) {
+        bail!("--t0 {t0} and --t1 {t1} must be finite and differ");
+    }
+    let mut so = SamplerOptions::ode(ode_options::<T>(args)?, args.seed);
+    so.trajectory = trajectory_option(args)?;
+    let sampler = Sampler::new(Arc::new(field), T::of(t1), T::of(t0), so)?;
+    draw_samples(args, &sampler, d)
+}
+
+/// The sampler's trajectory option from --trajectory.
+fn trajectory_option<T: Real>(args: &SampleArgs) -> Result<Option<SaveAt<T>>> {
+    if args.trajectory.is_none() {
+        return Ok(None);
+    }
+    if args.solver == SolverArg::Dopri5 {
+        bail!("--trajectory needs a fixed-step solver (euler, heun, rk4)");
+    }
+    Ok(Some(SaveAt::Steps))
+}
+
+/// Draws the samples with a progress bar, writes the .npy files and prints the rate.
+fn draw_samples<T: Real>(args: &SampleArgs, sampler: &Sampler<T>, d: usize) -> Result<()> {
     let bar = progress::Progress::new("sampling", args.n as u64);
     let start = std::time::Instant::now();
     let samples =
