@@ -243,19 +243,13 @@ fn check_latency_line(out: &str) -> [f64; 4] {
     p
 }
 
-/// The example's plant noise: splitmix64, uniforms in (0, 1], Box–Muller.
-struct PlantRng(u64);
+/// The example's plant noise: testkit's splitmix64 bits, uniforms in (0, 1],
+/// Box–Muller (as control_loop.c draws them).
+struct PlantRng(socflow_testkit::Rng);
 
 impl PlantRng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
     fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) + 1) as f64 * (1.0 / 9_007_199_254_740_992.0)
+        ((self.0.next_u64() >> 11) + 1) as f64 * (1.0 / 9_007_199_254_740_992.0)
     }
     fn normal(&mut self) -> f64 {
         let u1 = self.uniform();
@@ -281,7 +275,7 @@ fn control_loop_in_rust<T: Real>(
     let dt = 1.0 / rate;
     let episode = (((t1 - t0) / dt).round() as usize).max(1);
     let noise = sigma * dt.sqrt();
-    let mut rng = PlantRng(seed);
+    let mut rng = PlantRng(socflow_testkit::Rng(seed));
     let mut z: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
     let (mut x, mut u) = (vec![T::zero(); d], vec![T::zero(); m]);
     let mut t = t0;
