@@ -21,6 +21,8 @@ use socflow_runtime::npy::write_npy;
 use socflow_runtime::ode::{AdaptiveOptions, OdeOptions, OdeSolver, SaveAt, StepSize};
 use socflow_runtime::onnx::OnnxField;
 use socflow_runtime::sampler::{Sampler, SamplerOptions};
+use socflow_runtime::sde::{SdeOptions, SdeScheme};
+use socflow_runtime::vpsde::VpSampling;
 use socflow_runtime::Real;
 
 /// socflow: continuous-time neural models for stochastic optimal control and
@@ -84,6 +86,16 @@ enum SolverArg {
     Dopri5,
 }
 
+/// How the sample command samples a score (diffusion) model.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum MethodArg {
+    /// The reverse-time VP-SDE, Euler–Maruyama in --steps steps (--solver heun:
+    /// stochastic Heun).
+    ReverseSde,
+    /// The probability-flow ODE with --solver (and --steps or --rtol/--atol).
+    Ode,
+}
+
 #[derive(clap::Args, Debug)]
 struct SampleArgs {
     /// The model file: a socflow model (.safetensors), or an ONNX model v(x, t) (.onnx:
@@ -95,6 +107,9 @@ struct SampleArgs {
     /// Integrator.
     #[arg(long, value_enum, default_value_t = SolverArg::Rk4)]
     solver: SolverArg,
+    /// Score models only: the reverse SDE (default) or the probability-flow ODE.
+    #[arg(long, value_enum)]
+    method: Option<MethodArg>,
     /// Steps of a fixed-step integrator.
     #[arg(long, default_value_t = 32)]
     steps: usize,
@@ -276,10 +291,13 @@ fn sample<T: Real>(args: &SampleArgs) -> Result<()> {
     }
     let model = load_model::<T>(&args.model)?;
     if model.kind() == ModelKind::Score {
+        return sample_score(args, &model);
+    }
+    if args.method.is_some() {
         bail!(
-            "{} is a score model: it is sampled through the VP-SDE (reverse SDE or \
-             probability-flow ODE), which this build's sample command does not offer yet",
-            args.model.display()
+            "--method chooses how a score model is sampled; {} is a {} model (an ODE)",
+            args.model.display(),
+            model.kind().name()
         );
     }
     let field = model.field()?;
@@ -365,6 +383,77 @@ fn draw_samples<T: Real>(args: &SampleArgs, sampler: &Sampler<T>, d: usize) -> R
         } else {
             String::new()
         }
+    );
+    println!("{}", args.output.display());
+    Ok(())
+}
+
+/// `socflow sample` on a score model: the VP-SDE's reverse SDE or probability-flow ODE
+/// from t = 1 down to the card's ε.
+fn sample_score<T: Real>(args: &SampleArgs, model: &Model<T>) -> Result<()> {
+    let vp = model.vpsde()?;
+    let method = args.method.unwrap_or(MethodArg::ReverseSde);
+    let how = match method {
+        MethodArg::ReverseSde => {
+            let scheme = match args.solver {
+                SolverArg::Heun => SdeScheme::StochasticHeun,
+                SolverArg::Dopri5 => bail!(
+                    "the reverse SDE takes fixed steps (Euler–Maruyama, or --solver heun); \
+                     dopri5 is for --method ode"
+                ),
+                SolverArg::Euler | SolverArg::Rk4 => SdeScheme::EulerMaruyama,
+            };
+            if args.steps == 0 {
+                bail!("--steps must be at least 1");
+            }
+            if args.log_density.is_some() {
+                bail!("--log-density needs --method ode (the reverse SDE has no density)");
+            }
+            VpSampling::ReverseSde(SdeOptions::new(scheme, args.steps))
+        }
+        MethodArg::Ode => VpSampling::ProbabilityFlow(ode_options::<T>(args)?),
+    };
+    let mut so = vp.sampler_options(how, args.seed);
+    so.log_density = args.log_density.is_some();
+    if args.trajectory.is_some() {
+        if method == MethodArg::Ode && args.solver == SolverArg::Dopri5 {
+            bail!("--trajectory needs a fixed-step solver (euler, heun, rk4)");
+        }
+        so.trajectory = Some(SaveAt::Steps);
+    }
+    let sampler = vp.sampler(so)?;
+    let d = vp.dim();
+    let bar = progress::Progress::new("sampling", args.n as u64);
+    let start = std::time::Instant::now();
+    let samples =
+        sampler.sample_with_progress(args.n, args.first_sample, &|done| bar.set(done as u64))?;
+    bar.finish();
+    let secs = start.elapsed().as_secs_f64();
+    write_npy(&args.output, &[args.n, d], &samples.x)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    if let (Some(path), Some(l)) = (&args.log_density, &samples.log_density) {
+        write_npy(path, &[args.n], l)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let (Some(path), Some(tr)) = (&args.trajectory, &samples.trajectory) {
+        write_npy(path, &[tr.times.len(), args.n, d], &tr.states)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let sde = vp.sde();
+    eprintln!(
+        "{} samples (d = {d}, {}) of a score model by the {} from t = {} to {} in {:.3} s: \
+         {:.0} samples/s, {:.1} network evaluations per sample",
+        args.n,
+        T::NAME,
+        match method {
+            MethodArg::ReverseSde => "reverse SDE",
+            MethodArg::Ode => "probability-flow ODE",
+        },
+        vp.t_prior(),
+        sde.eps,
+        secs,
+        args.n as f64 / secs,
+        samples.stats.nfe as f64 / args.n as f64,
     );
     println!("{}", args.output.display());
     Ok(())

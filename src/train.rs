@@ -20,6 +20,10 @@
 //! iterations = 2000
 //! ```
 //!
+//! `problem = "diffusion"` trains a VP-SDE score network by denoising score matching
+//! (a `[diffusion]` table, `DiffusionConfig`; `examples/configs/diffusion_moons.toml`);
+//! `socflow sample --method reverse-sde|ode` samples the result.
+//!
 //! `problem = "soc"` takes no `[data]`: a `[soc]` table (`SocConfig`) and a
 //! `[soc_problem]` table (a built-in or a full problem; [`crate::soc`]).
 //! `examples/configs/` has configs for the built-in quadcopter, HJB-100 and shifted
@@ -33,11 +37,12 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::Deserialize;
-use socflow_runtime::artifact::{Artifact, StorageDtype};
+use socflow_runtime::artifact::{Artifact, ModelKind, StorageDtype};
 use socflow_runtime::model::Model;
 use socflow_runtime::ode::{solve_block, OdeOptions, OdeSolver, OdeWorkspace};
 use socflow_trainer::checkpoint::{Checkpoint, Checkpointing};
 use socflow_trainer::data::{load_dataset, Dataset, Toy};
+use socflow_trainer::diffusion::{train_diffusion_checkpointed, DiffusionConfig};
 use socflow_trainer::flow_matching::{train_flow_matching_checkpointed, FlowMatchingConfig};
 use socflow_trainer::otflow::{train_otflow_checkpointed, OtFlowConfig};
 use socflow_trainer::soc::SocConfig;
@@ -68,6 +73,8 @@ pub enum Problem {
     Otflow,
     /// NeuralSOC value functions (the `[soc]` and `[soc_problem]` tables).
     Soc,
+    /// VP-SDE denoising score matching (the `[diffusion]` table).
+    Diffusion,
 }
 
 impl Problem {
@@ -77,6 +84,7 @@ impl Problem {
             Problem::FlowMatching => "flow_matching",
             Problem::Otflow => "otflow",
             Problem::Soc => "soc",
+            Problem::Diffusion => "diffusion",
         }
     }
 }
@@ -140,6 +148,8 @@ pub struct TrainConfig {
     pub otflow: Option<OtFlowConfig>,
     /// Settings of NeuralSOC (defaults when the table is absent).
     pub soc: Option<SocConfig>,
+    /// Settings of VP-SDE diffusion (defaults when the table is absent).
+    pub diffusion: Option<DiffusionConfig>,
     /// The `[soc_problem]` table as read; [`TrainConfig::from_toml`] parses it into
     /// `soc_problem`.
     #[serde(default, rename = "soc_problem")]
@@ -178,6 +188,7 @@ impl TrainConfig {
             ),
             ("otflow", self.otflow.is_some(), Problem::Otflow),
             ("soc", self.soc.is_some(), Problem::Soc),
+            ("diffusion", self.diffusion.is_some(), Problem::Diffusion),
             (
                 "soc_problem",
                 self.soc_problem_table.is_some(),
@@ -411,8 +422,14 @@ pub fn model_log_density(model: &Model<f64>, points: &[f64], steps: usize) -> Re
             points.len()
         );
     }
-    let field = model.field()?;
-    let (t0, t1) = model.time_interval();
+    // A score model's flow is its probability-flow ODE, from ε (its data end) to the
+    // prior's time.
+    let (field, (t0, t1)) = if model.kind() == ModelKind::Score {
+        let vp = model.vpsde()?;
+        (vp.probability_flow(), (vp.sde().eps, vp.t_prior()))
+    } else {
+        (model.field()?, model.time_interval())
+    };
     let opts = OdeOptions::fixed(OdeSolver::Rk4, steps);
     let norm = model.artifact().card.normalization.clone();
     let mut y = points.to_vec();
@@ -455,6 +472,37 @@ pub fn run_flow_matching(
 ) -> Result<Outcome> {
     let start = Instant::now();
     let trained = train_flow_matching_checkpointed(config, train, validation, ckpt, &mut |p| {
+        progress(&Tick {
+            iteration: p.iteration,
+            iterations: p.iterations,
+            loss: p.loss,
+            validation: p.validation_loss.map(|v| ("validation loss", v)),
+            detail: None,
+        })
+    })?;
+    let seconds = start.elapsed().as_secs_f64();
+    let artifact = trained.to_artifact()?;
+    let mut figures = vec![("final training loss".to_string(), trained.final_loss(100))];
+    if let Some(v) = trained.validation_loss() {
+        figures.push(("validation loss".to_string(), v));
+    }
+    Ok(Outcome {
+        artifact,
+        figures,
+        seconds,
+    })
+}
+
+/// Trains a VP-SDE score network, reporting every iteration to `progress`.
+pub fn run_diffusion(
+    config: &DiffusionConfig,
+    train: &Dataset,
+    validation: Option<&Dataset>,
+    ckpt: &mut Checkpointing<'_>,
+    progress: &mut dyn FnMut(&Tick),
+) -> Result<Outcome> {
+    let start = Instant::now();
+    let trained = train_diffusion_checkpointed(config, train, validation, ckpt, &mut |p| {
         progress(&Tick {
             iteration: p.iteration,
             iterations: p.iterations,
@@ -523,7 +571,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         .unwrap_or_default();
     let data = match config.problem {
         Problem::Soc => None,
-        Problem::FlowMatching | Problem::Otflow => Some(config.datasets(&base)?),
+        Problem::FlowMatching | Problem::Otflow | Problem::Diffusion => {
+            Some(config.datasets(&base)?)
+        }
     };
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("."));
     std::fs::create_dir_all(&out)
@@ -598,6 +648,15 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             bar.finish();
             r?
         }
+        Problem::Diffusion => {
+            let dc = config.diffusion.clone().unwrap_or_default();
+            let mut bar = TrainProgress::new("diffusion", dc.iterations);
+            let r = run_diffusion(&dc, &train, validation.as_ref(), &mut ckpt, &mut |t| {
+                bar.tick(t)
+            });
+            bar.finish();
+            r?
+        }
         Problem::Soc => bail!("NeuralSOC runs return above"),
     };
     outcome
@@ -608,14 +667,19 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         eprintln!("checkpoint: {}", checkpoint_path.display());
     }
     let mut figures = outcome.figures;
-    // The exported file is what users deploy: reload it and, for velocity models,
-    // report the validation NLL of the exported flow.
+    // The exported file is what users deploy: reload it and report the validation NLL
+    // of the exported flow (a score model's probability-flow ODE).
     let model = Model::<f64>::load(&output)
         .with_context(|| format!("cannot reload the exported model {}", output.display()))?;
     if let Some(v) = &validation {
         let nll = mean_nll(&model, v, DENSITY_STEPS)?;
+        let flow = if model.kind() == ModelKind::Score {
+            "probability-flow ODE, "
+        } else {
+            ""
+        };
         figures.push((
-            format!("validation NLL (exported model, runtime RK4, {DENSITY_STEPS} steps)"),
+            format!("validation NLL (exported model, {flow}runtime RK4, {DENSITY_STEPS} steps)"),
             nll,
         ));
     }
@@ -742,6 +806,30 @@ mod tests {
         assert_eq!(task.problem.name(), "quadcopter");
         assert_eq!(task.cost_scale, 0.001);
         assert!(task.problem.starts_at_a_point());
+    }
+
+    #[test]
+    fn the_diffusion_example_config_parses() {
+        let text = include_str!("../examples/configs/diffusion_moons.toml");
+        let c = TrainConfig::from_toml(text).unwrap();
+        assert_eq!(c.problem, Problem::Diffusion);
+        let dc = c.diffusion.unwrap();
+        dc.validate().unwrap();
+        assert_eq!((dc.hidden.clone(), dc.iterations), (vec![128, 128], 6000));
+        assert_eq!((dc.beta_min, dc.beta_max, dc.eps), (0.1, 20.0, 1e-3));
+        let d = c.data.unwrap();
+        assert_eq!((d.toy.as_deref(), d.n), (Some("moons"), Some(20_000)));
+        // A [diffusion] table belongs to problem = "diffusion".
+        let e = TrainConfig::from_toml(
+            "problem = \"flow_matching\"\n[data]\ntoy = \"moons\"\n[diffusion]\niterations = 3\n",
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("[diffusion]"), "{e:#}");
+        let e = TrainConfig::from_toml(
+            "problem = \"diffusion\"\n[data]\ntoy = \"moons\"\n[diffusion]\nbeta_mx = 3\n",
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("beta_mx"), "{e:#}");
     }
 
     #[test]

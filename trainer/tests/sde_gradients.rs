@@ -743,6 +743,34 @@ fn corrected_continuous_adjoint_agrees_with_the_exact_gradient() {
     assert!(fine[0] < 1e-10, "x0 {}", fine[0]);
 }
 
+/// The expectation of the naive adjoint's (μ, σ) gradient on GBM after `steps` EM
+/// steps, in closed form. With u_k = μh + σΔW_k, the naive reverse pass gives
+/// a_{i+1}·y_{i+1} = 2X_N²·Π_{k>i}(1 − u_k²) (the reconstructed path shrinks by
+/// 1 − u_k² a step instead of retracing X), and the steps are independent, so
+/// E[∂μ] = Σᵢ 2h x₀² M₁^{i+1} M₂^{N−1−i} and E[∂σ] = Σᵢ 2x₀² M₁^i · 2(1 + μh)σh ·
+/// M₂^{N−1−i}, M₁ = E[(1 + u)²], M₂ = E[(1 + u)²(1 − u²)].
+fn naive_gbm_expectation(steps: usize) -> [f64; 2] {
+    let Problem::Gbm(x0, mu, s) = GBM else {
+        unreachable!("GBM is a Gbm problem")
+    };
+    let h = T_END / steps as f64;
+    let (m, v) = (mu * h, s * s * h);
+    let (e3, e4) = (
+        m.powi(3) + 3.0 * m * v,
+        m.powi(4) + 6.0 * m * m * v + 3.0 * v * v,
+    );
+    let m1 = (1.0 + m).powi(2) + v;
+    let m2 = 1.0 + 2.0 * m - 2.0 * e3 - e4;
+    let n = steps as i32;
+    let (mut dmu, mut dsig) = (0.0, 0.0);
+    for i in 0..n {
+        let tail = m2.powi(n - 1 - i);
+        dmu += 2.0 * h * x0 * x0 * m1.powi(i + 1) * tail;
+        dsig += 2.0 * x0 * x0 * m1.powi(i) * 2.0 * (1.0 + m) * s * h * tail;
+    }
+    [dmu, dsig]
+}
+
 #[test]
 fn naive_ito_adjoint_is_biased_when_the_diffusion_depends_on_the_state() {
     // GBM, diffusion σX: the naive adjoint (Itô drift as if Stratonovich, Jacobians at
@@ -769,6 +797,19 @@ fn naive_ito_adjoint_is_biased_when_the_diffusion_depends_on_the_state() {
                     "naive {} at {steps} steps: {m} vs {exact} (SE {se}): no bias?",
                     names(GBM)[k]
                 );
+                // And it is what the analysis of the naive recursion predicts.
+                let own = naive_gbm_expectation(steps)[k - 1];
+                eprintln!(
+                    "naive GBM {} at {steps} steps: closed-form expectation {own:.5} \
+                     ({:+.1} SE)",
+                    names(GBM)[k],
+                    (m - own) / se
+                );
+                assert!(
+                    (m - own).abs() <= K_SE * se,
+                    "naive {} at {steps} steps: {m} vs its expectation {own} (SE {se})",
+                    names(GBM)[k]
+                );
             }
         }
     }
@@ -783,6 +824,30 @@ fn naive_ito_adjoint_is_biased_when_the_diffusion_depends_on_the_state() {
             "naive {} bias shrank: {coarse} → {fine}",
             names(GBM)[k]
         );
+    }
+    // As h → 0 that expectation tends to 2E(1 − e^{−σ²T})/σ² for μ and
+    // 4σE(1 − e^{−σ²T})/σ² for σ (E = E[X_T²]), not to the exact 2TE and 2σTE.
+    let Problem::Gbm(x0, mu, s) = GBM else {
+        unreachable!("GBM is a Gbm problem")
+    };
+    let e = x0 * x0 * ((2.0 * mu + s * s) * T_END).exp();
+    let shrink = (1.0 - (-s * s * T_END).exp()) / (s * s);
+    let limit = [2.0 * e * shrink, 4.0 * s * e * shrink];
+    let fine = naive_gbm_expectation(100_000);
+    let exact = exact_gradient(GBM);
+    for k in 0..2 {
+        eprintln!(
+            "naive GBM {}: expectation at 1e5 steps {:.5}, limit {:.5}, exact {:.5}",
+            names(GBM)[k + 1],
+            fine[k],
+            limit[k],
+            exact[k + 1]
+        );
+        assert!(
+            (fine[k] - limit[k]).abs() < 1e-3 * limit[k],
+            "{fine:?} vs {limit:?}"
+        );
+        assert!((limit[k] - exact[k + 1]).abs() > 0.1 * exact[k + 1]);
     }
 }
 

@@ -1,0 +1,152 @@
+//! `socflow train` with `problem = "diffusion"` and `socflow sample` on the score model
+//! it exports, by the reverse SDE and by the probability-flow ODE, end to end through
+//! the binary; the samples are compared with held-out data by the energy distance.
+
+mod common;
+use common::{assert_success, socflow, stderr, stdout, train_ok};
+
+use socflow_runtime::artifact::ModelKind;
+use socflow_runtime::model::Model;
+use socflow_runtime::npy::read_npy_f64;
+use socflow_trainer::data::Toy;
+
+const CONFIG: &str = r#"
+problem = "diffusion"
+output = "score.safetensors"
+checkpoint = "score.ckpt.safetensors"
+checkpoint_every = 0
+
+[data]
+toy = "8gaussians"
+n = 20000
+seed = 5
+validation_fraction = 0.1
+
+[diffusion]
+hidden = [128, 128]
+batch_size = 512
+iterations = 6000
+optimizer = { lr = 0.003, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0, decoupled = false }
+schedule = { type = "step", every = 2000, factor = 0.3 }
+validate_every = 2000
+"#;
+
+/// The energy distance 2E‖X − Y‖ − E‖X − X'‖ − E‖Y − Y'‖ of two 2-D samples
+/// (U-statistics within samples).
+fn energy_distance(a: &[f64], b: &[f64]) -> f64 {
+    let dist = |p: &[f64], q: &[f64]| ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2)).sqrt();
+    let cross = |x: &[f64], y: &[f64]| {
+        let mut s = 0.0;
+        for p in x.chunks_exact(2) {
+            for q in y.chunks_exact(2) {
+                s += dist(p, q);
+            }
+        }
+        s / (x.len() / 2 * y.len() / 2) as f64
+    };
+    let within = |x: &[f64]| {
+        let n = x.len() / 2;
+        let mut s = 0.0;
+        for i in 0..n {
+            for j in i + 1..n {
+                s += dist(&x[2 * i..2 * i + 2], &x[2 * j..2 * j + 2]);
+            }
+        }
+        2.0 * s / (n * (n - 1)) as f64
+    };
+    2.0 * cross(a, b) - within(a) - within(b)
+}
+
+#[test]
+fn train_and_sample_a_score_model_by_both_methods() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("diffusion.toml");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    let out = dir.path().join("out");
+    let o = train_ok(&cfg, &out);
+    let text = stdout(&o);
+    assert!(text.contains("validation loss: "), "{text}");
+    assert!(text.contains("validation NLL"), "{text}");
+    let model_path = out.join("score.safetensors");
+    let model = Model::<f64>::load(&model_path).unwrap();
+    assert_eq!(model.kind(), ModelKind::Score);
+    assert!(model.artifact().card.vpsde.is_some());
+    let m = model_path.to_str().unwrap();
+
+    // Threshold: 3 times the 95th percentile of the statistic between independent
+    // data samples of the same size (10 seed pairs), as in the trainer's tests.
+    let n = 1000;
+    let held_out = Toy::EightGaussians.sample(n, 4242).unwrap();
+    let mut null: Vec<f64> = (0..10)
+        .map(|k| {
+            let a = Toy::EightGaussians.sample(n, 3000 + 2 * k).unwrap();
+            let b = Toy::EightGaussians.sample(n, 3001 + 2 * k).unwrap();
+            energy_distance(&a, &b)
+        })
+        .collect();
+    null.sort_by(f64::total_cmp);
+    let threshold = 3.0 * null[(0.95 * (null.len() - 1) as f64).round() as usize];
+
+    let sde = dir.path().join("sde.npy");
+    let ode = dir.path().join("ode.npy");
+    let lp = dir.path().join("lp.npy");
+    let tr = dir.path().join("tr.npy");
+    let ns = n.to_string();
+    let runs: [(&str, Vec<&str>, &std::path::Path); 3] = [
+        (
+            "reverse SDE (default method), 500 Euler–Maruyama steps",
+            vec!["--steps", "500", "--trajectory", tr.to_str().unwrap()],
+            &sde,
+        ),
+        (
+            "probability-flow ODE, Dopri5",
+            vec![
+                "--method",
+                "ode",
+                "--solver",
+                "dopri5",
+                "--log-density",
+                lp.to_str().unwrap(),
+            ],
+            &ode,
+        ),
+        (
+            "probability-flow ODE, RK4 100 steps, f64",
+            vec!["--method", "ode", "--steps", "100", "--precision", "f64"],
+            &ode,
+        ),
+    ];
+    for (name, extra, path) in runs {
+        let mut args = vec!["sample", m, "-n", &ns, "-o", path.to_str().unwrap()];
+        args.extend(extra);
+        let o = socflow(&args);
+        assert_success(&o);
+        let (shape, x) = read_npy_f64(path).unwrap();
+        assert_eq!(shape, vec![n, 2]);
+        let stat = energy_distance(&x, &held_out);
+        eprintln!("{name}: energy distance {stat:.5} (threshold {threshold:.5})");
+        assert!(stat <= threshold, "{name}: {stat} vs {threshold}");
+        assert!(stderr(&o).contains("score model"), "{}", stderr(&o));
+    }
+    let (shape, l) = read_npy_f64(&lp).unwrap();
+    assert_eq!(shape, vec![n]);
+    assert!(l.iter().all(|v| v.is_finite()));
+    // The trajectory: 501 points of n × 2 f32 values (the .npy reader takes 1-D and 2-D
+    // arrays only, so check the header and the size).
+    let bytes = std::fs::read(&tr).unwrap();
+    let header = String::from_utf8_lossy(&bytes[..128.min(bytes.len())]).into_owned();
+    assert!(header.contains(&format!("(501, {n}, 2)")), "{header}");
+    assert!(bytes.len() > 501 * n * 2 * 4 && bytes.len() < 501 * n * 2 * 4 + 256);
+
+    // Errors: log-densities and adaptive steps belong to the ODE.
+    for bad in [
+        vec!["--log-density", lp.to_str().unwrap()],
+        vec!["--solver", "dopri5"],
+        vec!["--method", "sde"],
+    ] {
+        let mut args = vec!["sample", m, "-n", "10", "-o", sde.to_str().unwrap()];
+        args.extend(bad.iter().copied());
+        let o = socflow(&args);
+        assert!(!o.status.success(), "{bad:?} should fail");
+    }
+}
