@@ -170,26 +170,33 @@ fn main() {
         group.finish();
     }
     c.final_summary();
-    // Interleaved rounds, so drifts in clock speed hit both sides alike.
+    // Interleaved rounds, so drifts in clock speed and load hit both sides alike.
     const ROUNDS: usize = 7;
-    for (d, native, onnx) in &cases {
-        let (mut tn, mut to) = (Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            let s = Instant::now();
-            native.sample(BATCH, 0).expect("sampling succeeds");
-            tn.push(s.elapsed().as_secs_f64());
-            let s = Instant::now();
-            onnx.sample(BATCH, 0).expect("sampling succeeds");
-            to.push(s.elapsed().as_secs_f64());
+    for threads in [1usize, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("thread pool");
+        for (d, native, onnx) in &cases {
+            let (mut tn, mut to) = (Vec::new(), Vec::new());
+            pool.install(|| {
+                for _ in 0..ROUNDS {
+                    let s = Instant::now();
+                    native.sample(BATCH, 0).expect("sampling succeeds");
+                    tn.push(s.elapsed().as_secs_f64());
+                    let s = Instant::now();
+                    onnx.sample(BATCH, 0).expect("sampling succeeds");
+                    to.push(s.elapsed().as_secs_f64());
+                }
+            });
+            let (tn, to) = (median(tn), median(to));
+            println!(
+                "d = {d:2}, batch {BATCH}, RK4 32 steps, {threads} thread(s): native {:.0} \
+                 samples/s, ONNX Runtime {:.0} samples/s, time ratio ONNX/native {:.2}",
+                BATCH as f64 / tn,
+                BATCH as f64 / to,
+                to / tn
+            );
         }
-        let (tn, to) = (median(tn), median(to));
-        println!(
-            "d = {d:2}, batch {BATCH}, RK4 32 steps, {} threads: native {:.0} samples/s, \
-             ONNX Runtime {:.0} samples/s, time ratio ONNX/native {:.2}",
-            rayon::current_num_threads(),
-            BATCH as f64 / tn,
-            BATCH as f64 / to,
-            to / tn
-        );
     }
 }
