@@ -19,6 +19,15 @@
 //! k standard errors, and against the exact gradient with the scheme's exact weak
 //! error |∇E_h − ∇E| (O(h), EM and Heun have weak order 1 here) as the allowance.
 //!
+//! The corrected continuous adjoint agrees with the exact gradient (and converges path
+//! by path to the discrete adjoint of stochastic Heun); the naive Itô adjoint is biased
+//! on (b), by the amount a closed-form analysis of its recursion predicts, with a
+//! nonzero limit as h → 0; on (a), where the diffusion depends on the parameter but
+//! not on the state, the Itô-to-Stratonovich correction is zero and the naive adjoint
+//! is consistent. Pathwise: both discrete adjoints equal central differences of the
+//! discrete loss on the same path; the trainer's Heun paths equal the runtime's; the
+//! ODE continuous adjoint approaches the discrete one at order 4.
+//!
 //! `cargo test -p socflow-trainer --release --test sde_gradients -- --ignored
 //! --nocapture` prints the bias table.
 
