@@ -684,28 +684,40 @@ fn library_search() -> Search {
         }
         return s;
     }
-    let mut envs: Vec<PathBuf> = Vec::new();
+    // Python environments: (root, where it came from), the named ones first.
+    let mut envs: Vec<(PathBuf, &str)> = Vec::new();
     // An interpreter path: <env>/bin/python.
     if let Some(py) = std::env::var_os("SOCFLOW_PYTHON").filter(|p| !p.is_empty()) {
         if let Some(root) = Path::new(&py).parent().and_then(Path::parent) {
-            envs.push(root.to_path_buf());
+            envs.push((root.to_path_buf(), "SOCFLOW_PYTHON"));
         }
     }
     if let Some(v) = std::env::var_os("VIRTUAL_ENV").filter(|p| !p.is_empty()) {
-        envs.push(PathBuf::from(v));
+        envs.push((PathBuf::from(v), "VIRTUAL_ENV"));
     }
     if let Ok(exe) = std::env::current_exe() {
         for dir in exe.ancestors().skip(1).take(4) {
-            envs.push(dir.join("pyenv"));
-            envs.push(dir.join("target").join("pyenv"));
+            envs.push((dir.join("pyenv"), ""));
+            envs.push((dir.join("target").join("pyenv"), ""));
         }
     }
-    envs.push(PathBuf::from("target/pyenv"));
+    envs.push((PathBuf::from("target/pyenv"), ""));
     let mut site_dirs: Vec<PathBuf> = Vec::new();
-    for env in &envs {
+    for (env, from) in &envs {
+        let before = site_dirs.len();
         for lib in ["lib", "lib64"] {
             site_dirs.extend(python_dirs(&env.join(lib), "site-packages"));
         }
+        if site_dirs.len() == before && !from.is_empty() {
+            s.tried.push(format!(
+                "{from}: no Python environment at {} (no lib/python3*/site-packages)",
+                env.display()
+            ));
+        }
+    }
+    if envs.iter().all(|(env, _)| !env.is_dir()) {
+        s.tried
+            .push("no pyenv or target/pyenv beside the executable or in the current folder".into());
     }
     if let Some(home) = std::env::var_os("HOME").filter(|p| !p.is_empty()) {
         site_dirs.extend(python_dirs(
@@ -719,6 +731,8 @@ fn library_search() -> Search {
         }
     }
     site_dirs.push(PathBuf::from("/usr/lib/python3/dist-packages"));
+    let mut seen = std::collections::HashSet::new();
+    site_dirs.retain(|p| seen.insert(p.clone()));
     for site in site_dirs {
         let capi = site.join("onnxruntime").join("capi");
         let before = s.found.len();
@@ -745,7 +759,7 @@ fn library_search() -> Search {
     for dir in &lib_dirs {
         let before = s.found.len();
         push_libraries(dir, &mut s.found);
-        if s.found.len() == before {
+        if s.found.len() == before && dir.is_dir() {
             s.tried
                 .push(format!("{}/{}", dir.display(), library_pattern()));
         }
