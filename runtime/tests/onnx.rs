@@ -19,7 +19,10 @@ use socflow_runtime::ode::{OdeOptions, OdeSolver};
 use socflow_runtime::onnx::{OnnxDtype, OnnxField, OnnxOptions, TimeShape};
 use socflow_runtime::sampler::{Sampler, SamplerOptions};
 use socflow_runtime::{Error, Real};
-use socflow_testkit::Rng;
+use socflow_testkit::{count_allocs, CountingAlloc, Rng};
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 /// A Python that imports onnx and onnxruntime, or why there is none.
 fn python() -> Result<PathBuf, String> {
@@ -454,4 +457,41 @@ fn library_is_found_without_ort_dylib_path() {
         "{} not among {found:?}",
         lib.display()
     );
+}
+
+#[test]
+fn field_controller_allocates_only_inside_onnx_runtime() {
+    // Over a native network the control does no allocation at all.
+    let p = mlp_params(3, &[24, 24], Activation::Silu, 7);
+    let mut native = FieldController::new(Arc::new(Mlp::<f32>::new(&p).unwrap()));
+    let x = [0.3f32, -0.1, 0.7];
+    let mut u = [0.0f32; 3];
+    native.control(0.5, &x, &mut u).unwrap();
+    let (r, n) = count_allocs(|| {
+        let mut acc = 0.0;
+        for k in 0..100 {
+            native.control(k as f32 / 100.0, &x, &mut u).unwrap();
+            acc += u[0];
+        }
+        acc
+    });
+    assert!(r.is_finite());
+    assert_eq!(n, 0, "allocations in 100 native field controls");
+    // Through ONNX Runtime each run allocates its output and ort's bookkeeping (the
+    // Rust side is counted here; ONNX Runtime's C++ allocations bypass Rust's
+    // allocator), while the runtime reuses its pooled session and input buffers: a
+    // bounded, small number per call.
+    let py = python_or_skip!();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_onnx(&py, dir.path(), &p, "float32", "batch", "ok");
+    let mut onnx = OnnxField::<f32>::load(&path).unwrap().into_controller();
+    onnx.control(0.5, &x, &mut u).unwrap();
+    let (_, n) = count_allocs(|| {
+        for k in 0..100 {
+            onnx.control(k as f32 / 100.0, &x, &mut u).unwrap();
+        }
+    });
+    let per_call = n as f64 / 100.0;
+    println!("ONNX field control: {per_call:.1} Rust-side allocations per call");
+    assert!(per_call <= 8.0, "{per_call} allocations per ONNX control");
 }
