@@ -19,7 +19,6 @@ use socflow_trainer::autodiff::{check_gradients, CheckOptions, Cpu, DType, Graph
 use socflow_trainer::data::{Dataset, Toy};
 use socflow_trainer::diffusion::{dsm_loss, train_diffusion, DiffusionConfig, TrainedScore};
 use socflow_trainer::mlp::{MlpNet, MlpVars};
-use socflow_trainer::optim::{AdamConfig, Schedule};
 
 /// Test-only draws (a stream no library module uses).
 const TEST_STREAM: Stream = Stream(901);
@@ -218,15 +217,8 @@ fn end_to_end_8gaussians() {
     let n_eval = 1500;
     let data = Dataset::from_toy(Toy::EightGaussians, 20_000, 21).unwrap();
     let (train, val) = data.split(0.9, 22).unwrap();
+    // The defaults (3×128 SiLU, 18,000 Adam steps of 256 at 1e-3, halved every 6,000).
     let config = DiffusionConfig {
-        hidden: vec![128, 128, 128],
-        batch_size: 256,
-        iterations: 18_000,
-        optimizer: AdamConfig::adam(1e-3),
-        schedule: Schedule::Step {
-            every: 6000,
-            factor: 0.5,
-        },
         validate_every: 3000,
         ..DiffusionConfig::default()
     };
@@ -330,13 +322,13 @@ fn end_to_end_8gaussians() {
 /// Config JSON round trip, unknown keys, and bad settings refused before training.
 #[test]
 fn config_json_and_errors() {
-    let example = r#"{"hidden": [128, 128], "activation": "silu", "batch_size": 256,
-        "iterations": 4000,
-        "optimizer": {"lr": 0.002, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
+    let example = r#"{"hidden": [128, 128, 128], "activation": "silu", "batch_size": 256,
+        "iterations": 18000,
+        "optimizer": {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
                       "weight_decay": 0.0, "decoupled": false},
-        "schedule": {"type": "constant"}, "clip_norm": null, "seed": 0,
-        "beta_min": 0.1, "beta_max": 20.0, "eps": 0.001, "output": "noise",
-        "normalize": true, "validate_every": 200, "precision": "f32"}"#;
+        "schedule": {"type": "step", "every": 6000, "factor": 0.5}, "clip_norm": null,
+        "seed": 0, "beta_min": 0.1, "beta_max": 20.0, "eps": 0.001, "output": "noise",
+        "normalize": true, "validate_every": 1000, "precision": "f32"}"#;
     let c = DiffusionConfig::from_json(example).unwrap();
     assert_eq!(c, DiffusionConfig::default());
     assert_eq!(
