@@ -16,8 +16,11 @@ use socflow_runtime::ode::{OdeOptions, OdeSolver};
 use socflow_runtime::sde::{SdeOptions, SdeScheme};
 use socflow_runtime::vpsde::{ScoreOutput, VpSampling, VpSde};
 use socflow_trainer::autodiff::{check_gradients, CheckOptions, Cpu, DType, Graph, Tensor};
+use socflow_trainer::checkpoint::{Checkpoint, Checkpointing};
 use socflow_trainer::data::{Dataset, Toy};
-use socflow_trainer::diffusion::{dsm_loss, train_diffusion, DiffusionConfig, TrainedScore};
+use socflow_trainer::diffusion::{
+    dsm_loss, train_diffusion, train_diffusion_checkpointed, DiffusionConfig, TrainedScore,
+};
 use socflow_trainer::mlp::{MlpNet, MlpVars};
 
 /// Test-only draws (a stream no library module uses).
@@ -385,4 +388,66 @@ fn config_json_and_errors() {
     let a: TrainedScore = train_diffusion(&c, &data, Some(&data), &mut |_| {}).unwrap();
     let b = train_diffusion(&c, &data, Some(&data), &mut |_| {}).unwrap();
     assert_eq!(a, b);
+}
+
+fn bits(v: &[f64]) -> Vec<u64> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// A run resumed from its checkpoint (read back from bytes) continues bitwise as the
+/// uninterrupted run: the same losses after the resume point and the same parameters.
+#[test]
+fn resumes_bitwise_from_a_checkpoint() {
+    let data = Dataset::from_toy(Toy::Moons, 600, 4).unwrap();
+    let (tr, va) = data.split(0.8, 2).unwrap();
+    let config = DiffusionConfig {
+        hidden: vec![16, 16],
+        batch_size: 64,
+        iterations: 12,
+        validate_every: 2,
+        ..DiffusionConfig::default()
+    };
+    let mut saved = Vec::new();
+    let full = {
+        let mut save = |c: &Checkpoint| {
+            saved.push(c.clone());
+            Ok(())
+        };
+        let mut ck = Checkpointing {
+            every: 4,
+            resume: None,
+            save: &mut save,
+        };
+        train_diffusion_checkpointed(&config, &tr, Some(&va), &mut ck, &mut |_| {}).unwrap()
+    };
+    let mid = saved.iter().find(|c| c.iteration == 8).unwrap();
+    let mid = Checkpoint::from_bytes(&mid.to_bytes().unwrap()).unwrap();
+    let mut ck = Checkpointing {
+        every: 0,
+        resume: Some(mid),
+        save: &mut |_| Ok(()),
+    };
+    let resumed =
+        train_diffusion_checkpointed(&config, &tr, Some(&va), &mut ck, &mut |_| {}).unwrap();
+    assert_eq!(bits(&full.losses[8..]), bits(&resumed.losses));
+    for (a, b) in full
+        .net
+        .params()
+        .values
+        .iter()
+        .zip(&resumed.net.params().values)
+    {
+        assert_eq!(bits(a), bits(b));
+    }
+    // A checkpoint of another config is refused.
+    let other = DiffusionConfig {
+        beta_max: 10.0,
+        ..config.clone()
+    };
+    let mut ck = Checkpointing {
+        every: 0,
+        resume: Some(saved[0].clone()),
+        save: &mut |_| Ok(()),
+    };
+    assert!(train_diffusion_checkpointed(&other, &tr, Some(&va), &mut ck, &mut |_| {}).is_err());
 }
