@@ -150,3 +150,34 @@ fn train_and_sample_a_score_model_by_both_methods() {
         assert!(!o.status.success(), "{bad:?} should fail");
     }
 }
+
+/// `--method` belongs to score models: on a velocity model it is an error that says
+/// so, and without it the velocity model samples as before.
+#[test]
+fn method_is_refused_on_a_velocity_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fm.toml");
+    std::fs::write(
+        &cfg,
+        "problem = \"flow_matching\"\noutput = \"fm.safetensors\"\n[data]\ntoy = \"moons\"\n\
+         n = 400\n[flow_matching]\nhidden = [8]\nbatch_size = 32\niterations = 3\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    train_ok(&cfg, &out);
+    let fm = out.join("fm.safetensors");
+    let x = dir.path().join("x.npy");
+    let args = [
+        "sample",
+        fm.to_str().unwrap(),
+        "-n",
+        "8",
+        "-o",
+        x.to_str().unwrap(),
+    ];
+    let o = socflow(&[&args[..], &["--method", "ode"]].concat());
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--method"), "{}", stderr(&o));
+    assert_success(&socflow(&args));
+    assert_eq!(read_npy_f64(&x).unwrap().0, vec![8, 2]);
+}
