@@ -45,7 +45,8 @@ def check_artifact(entry):
         fail(f"{path}: no __metadata__")
     if set(meta) != {"format", "format_version", "card"}:
         fail(f"{path}: metadata keys {sorted(meta)}")
-    if meta["format"] != "socflow" or meta["format_version"] != "1":
+    # Version 1: the base format; 2 adds a card's control_law; 3 a score model's vpsde.
+    if meta["format"] != "socflow" or meta["format_version"] not in ("1", "2", "3"):
         fail(f"{path}: format {meta['format']!r} version {meta['format_version']!r}")
     card = json.loads(meta["card"])
     if card != entry["card"]:

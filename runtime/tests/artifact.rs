@@ -1335,6 +1335,17 @@ fn python_reads_artifacts_and_npy_files() {
             mlp_artifact(ModelKind::Velocity),
             StorageDtype::F16,
         ),
+        (
+            "score_vpsde_f32",
+            mlp_artifact(ModelKind::Score)
+                .with_vpsde(socflow_runtime::vpsde::VpSde {
+                    beta_min: 0.2,
+                    beta_max: 15.0,
+                    ..Default::default()
+                })
+                .unwrap(),
+            StorageDtype::F32,
+        ),
     ];
     let mut artifacts = Vec::new();
     for (name, a, dtype) in &models {
