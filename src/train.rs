@@ -462,6 +462,45 @@ pub fn mean_nll(model: &Model<f64>, data: &Dataset, steps: usize) -> Result<f64>
     Ok(-logp.iter().sum::<f64>() / logp.len().max(1) as f64)
 }
 
+/// What a loss-reporting trainer (flow matching, diffusion) tells each iteration:
+/// iteration, iterations, mini-batch loss, validation loss when computed.
+type LossTick = (u64, u64, f64, Option<f64>);
+
+/// Runs a trainer that reports a mini-batch loss and an occasional validation loss
+/// (flow matching, diffusion): maps its progress to [`Tick`]s, then builds the
+/// [`Outcome`] from `summary`'s view of the trained model (its artifact, its final
+/// training loss over the last 100 iterations, its last validation loss).
+fn run_loss_trainer<T, E>(
+    progress: &mut dyn FnMut(&Tick),
+    train: impl FnOnce(&mut dyn FnMut(LossTick)) -> std::result::Result<T, E>,
+    summary: impl FnOnce(&T) -> std::result::Result<(Artifact, f64, Option<f64>), E>,
+) -> Result<Outcome>
+where
+    anyhow::Error: From<E>,
+{
+    let start = Instant::now();
+    let trained = train(&mut |(iteration, iterations, loss, validation)| {
+        progress(&Tick {
+            iteration,
+            iterations,
+            loss,
+            validation: validation.map(|v| ("validation loss", v)),
+            detail: None,
+        })
+    })?;
+    let seconds = start.elapsed().as_secs_f64();
+    let (artifact, final_loss, validation) = summary(&trained)?;
+    let mut figures = vec![("final training loss".to_string(), final_loss)];
+    if let Some(v) = validation {
+        figures.push(("validation loss".to_string(), v));
+    }
+    Ok(Outcome {
+        artifact,
+        figures,
+        seconds,
+    })
+}
+
 /// Trains flow matching, reporting every iteration to `progress`.
 pub fn run_flow_matching(
     config: &FlowMatchingConfig,
@@ -470,27 +509,15 @@ pub fn run_flow_matching(
     ckpt: &mut Checkpointing<'_>,
     progress: &mut dyn FnMut(&Tick),
 ) -> Result<Outcome> {
-    let start = Instant::now();
-    let trained = train_flow_matching_checkpointed(config, train, validation, ckpt, &mut |p| {
-        progress(&Tick {
-            iteration: p.iteration,
-            iterations: p.iterations,
-            loss: p.loss,
-            validation: p.validation_loss.map(|v| ("validation loss", v)),
-            detail: None,
-        })
-    })?;
-    let seconds = start.elapsed().as_secs_f64();
-    let artifact = trained.to_artifact()?;
-    let mut figures = vec![("final training loss".to_string(), trained.final_loss(100))];
-    if let Some(v) = trained.validation_loss() {
-        figures.push(("validation loss".to_string(), v));
-    }
-    Ok(Outcome {
-        artifact,
-        figures,
-        seconds,
-    })
+    run_loss_trainer(
+        progress,
+        |tick| {
+            train_flow_matching_checkpointed(config, train, validation, ckpt, &mut |p| {
+                tick((p.iteration, p.iterations, p.loss, p.validation_loss))
+            })
+        },
+        |t| Ok((t.to_artifact()?, t.final_loss(100), t.validation_loss())),
+    )
 }
 
 /// Trains a VP-SDE score network, reporting every iteration to `progress`.
@@ -501,27 +528,15 @@ pub fn run_diffusion(
     ckpt: &mut Checkpointing<'_>,
     progress: &mut dyn FnMut(&Tick),
 ) -> Result<Outcome> {
-    let start = Instant::now();
-    let trained = train_diffusion_checkpointed(config, train, validation, ckpt, &mut |p| {
-        progress(&Tick {
-            iteration: p.iteration,
-            iterations: p.iterations,
-            loss: p.loss,
-            validation: p.validation_loss.map(|v| ("validation loss", v)),
-            detail: None,
-        })
-    })?;
-    let seconds = start.elapsed().as_secs_f64();
-    let artifact = trained.to_artifact()?;
-    let mut figures = vec![("final training loss".to_string(), trained.final_loss(100))];
-    if let Some(v) = trained.validation_loss() {
-        figures.push(("validation loss".to_string(), v));
-    }
-    Ok(Outcome {
-        artifact,
-        figures,
-        seconds,
-    })
+    run_loss_trainer(
+        progress,
+        |tick| {
+            train_diffusion_checkpointed(config, train, validation, ckpt, &mut |p| {
+                tick((p.iteration, p.iterations, p.loss, p.validation_loss))
+            })
+        },
+        |t| Ok((t.to_artifact()?, t.final_loss(100), t.validation_loss())),
+    )
 }
 
 /// Trains OT-Flow, reporting every iteration to `progress`.
