@@ -18,36 +18,12 @@ use socflow_runtime::npy::read_npy_f64;
 
 /// A Python that imports onnx and onnxruntime, or why there is none.
 fn python() -> Result<PathBuf, String> {
-    let py = match std::env::var_os("SOCFLOW_PYTHON") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/target/pyenv/bin/python"
-        )),
-    };
-    match Command::new(&py)
-        .args(["-c", "import numpy, onnx, onnxruntime"])
-        .output()
-    {
-        Ok(o) if o.status.success() => Ok(py),
-        Ok(o) => Err(format!(
-            "{} cannot import onnx and onnxruntime: {}",
-            py.display(),
-            String::from_utf8_lossy(&o.stderr).trim()
-        )),
-        Err(e) => Err(format!("{}: {e} (run scripts/setup-python)", py.display())),
-    }
+    socflow_testkit::python_importing("numpy, onnx, onnxruntime", "onnx and onnxruntime")
 }
 
 macro_rules! python_or_skip {
     () => {
-        match python() {
-            Ok(p) => p,
-            Err(why) => {
-                eprintln!("skipped: {why}");
-                return;
-            }
-        }
+        socflow_testkit::ok_or_skip!(python())
     };
 }
 

@@ -1287,25 +1287,7 @@ fn architecture_serializes_with_a_type_tag() {
 /// A Python that imports numpy and safetensors: `SOCFLOW_PYTHON`, else the workspace's
 /// `target/pyenv`. `Err` says why there is none.
 fn python() -> Result<PathBuf, String> {
-    let py = match std::env::var_os("SOCFLOW_PYTHON") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../target/pyenv/bin/python"
-        )),
-    };
-    match std::process::Command::new(&py)
-        .args(["-c", "import numpy, safetensors.numpy"])
-        .output()
-    {
-        Ok(o) if o.status.success() => Ok(py),
-        Ok(o) => Err(format!(
-            "{} cannot import numpy and safetensors: {}",
-            py.display(),
-            String::from_utf8_lossy(&o.stderr).trim()
-        )),
-        Err(e) => Err(format!("{}: {e} (run scripts/setup-python)", py.display())),
-    }
+    socflow_testkit::python_importing("numpy, safetensors.numpy", "numpy and safetensors")
 }
 
 #[test]

@@ -7,6 +7,8 @@
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use serde_json::Value;
 
@@ -219,4 +221,42 @@ pub mod golden {
             .expect("cases is an array")
             .clone()
     }
+}
+
+/// A Python that runs `import {imports}` (e.g. `"numpy, onnx, onnxruntime"`):
+/// `SOCFLOW_PYTHON`, else the workspace's `target/pyenv` (made by
+/// scripts/setup-python). `Err` says why there is none, naming the packages as
+/// `packages` (e.g. `"onnx and onnxruntime"`).
+pub fn python_importing(imports: &str, packages: &str) -> Result<PathBuf, String> {
+    let py = match std::env::var_os("SOCFLOW_PYTHON") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join("target/pyenv/bin/python"),
+    };
+    match Command::new(&py)
+        .args(["-c", &format!("import {imports}")])
+        .output()
+    {
+        Ok(o) if o.status.success() => Ok(py),
+        Ok(o) => Err(format!(
+            "{} cannot import {packages}: {}",
+            py.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!("{}: {e} (run scripts/setup-python)", py.display())),
+    }
+}
+
+/// The `Ok` value of a `Result<T, String>`, or else prints `skipped: <why>` and
+/// returns from the calling test.
+#[macro_export]
+macro_rules! ok_or_skip {
+    ($result:expr) => {
+        match $result {
+            Ok(v) => v,
+            Err(why) => {
+                eprintln!("skipped: {why}");
+                return;
+            }
+        }
+    };
 }
