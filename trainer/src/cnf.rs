@@ -179,12 +179,7 @@ impl Default for CnfConfig {
 impl CnfConfig {
     /// Checks the settings that do not depend on the data.
     pub fn validate(&self) -> Result<()> {
-        if self.hidden.is_empty() || self.hidden.contains(&0) {
-            return Err(Error::InvalidArgument(format!(
-                "hidden widths {:?}: need at least one layer, each of width ≥ 1",
-                self.hidden
-            )));
-        }
+        crate::mlp::validate_hidden(&self.hidden)?;
         if self.steps == 0 || self.validation_steps == Some(0) {
             return Err(Error::InvalidArgument("a CNF solve needs ≥ 1 step".into()));
         }

@@ -147,12 +147,7 @@ impl DiffusionConfig {
 
     /// Checks the settings that do not depend on the data.
     pub fn validate(&self) -> Result<()> {
-        if self.hidden.is_empty() || self.hidden.contains(&0) {
-            return Err(Error::InvalidArgument(format!(
-                "hidden widths {:?}: need at least one layer, each of width ≥ 1",
-                self.hidden
-            )));
-        }
+        crate::mlp::validate_hidden(&self.hidden)?;
         self.sde()
             .validate()
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;

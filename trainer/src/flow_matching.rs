@@ -174,12 +174,7 @@ impl Default for FlowMatchingConfig {
 impl FlowMatchingConfig {
     /// Checks the settings that do not depend on the data.
     pub fn validate(&self) -> Result<()> {
-        if self.hidden.is_empty() || self.hidden.contains(&0) {
-            return Err(Error::InvalidArgument(format!(
-                "hidden widths {:?}: need at least one layer, each of width ≥ 1",
-                self.hidden
-            )));
-        }
+        crate::mlp::validate_hidden(&self.hidden)?;
         crate::optim::validate_run(
             self.batch_size,
             self.iterations,

@@ -37,6 +37,17 @@ const MAX_DIM: usize = socflow_runtime::artifact::MAX_DIM;
 const MAX_WIDTH: usize = socflow_runtime::artifact::MAX_WIDTH;
 const MAX_LAYERS: usize = socflow_runtime::artifact::MAX_LAYERS;
 
+/// Checks a config's hidden widths (flow matching, CNF, diffusion): at least one
+/// layer, each of width ≥ 1.
+pub(crate) fn validate_hidden(hidden: &[usize]) -> Result<()> {
+    if hidden.is_empty() || hidden.contains(&0) {
+        return Err(Error::InvalidArgument(format!(
+            "hidden widths {hidden:?}: need at least one layer, each of width ≥ 1"
+        )));
+    }
+    Ok(())
+}
+
 /// Name of layer `l`'s weight.
 pub fn weight_name(l: usize) -> String {
     format!("layers.{l}.weight")
