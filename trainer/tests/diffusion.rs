@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::energy_distance;
+use common::{energy_distance, mlp_leaves};
 use socflow_runtime::artifact::{Artifact, ModelKind, StorageDtype};
 use socflow_runtime::brownian::{Brownian, Stream};
 use socflow_runtime::field::Field;
@@ -15,7 +15,7 @@ use socflow_runtime::nn::Activation;
 use socflow_runtime::ode::{OdeOptions, OdeSolver};
 use socflow_runtime::sde::{SdeOptions, SdeScheme};
 use socflow_runtime::vpsde::{ScoreOutput, VpSampling, VpSde};
-use socflow_trainer::autodiff::{check_gradients, CheckOptions, Cpu, DType, Graph, Tensor};
+use socflow_trainer::autodiff::{check_gradients, CheckOptions, Cpu, DType, Graph};
 use socflow_trainer::checkpoint::{Checkpoint, Checkpointing};
 use socflow_trainer::data::{Dataset, Toy};
 use socflow_trainer::diffusion::{
@@ -66,20 +66,7 @@ fn dsm_loss_gradient_and_value() {
         let act = Activation::Silu;
         let net = MlpNet::init(d, &hidden, act, 20 + k as u64).unwrap();
         let cpu = Cpu::new();
-        let leaves: Vec<Tensor<Cpu>> = net
-            .params()
-            .shapes
-            .iter()
-            .zip(&net.params().values)
-            .map(|(s, v)| {
-                let (r, c) = if s.len() == 2 {
-                    (s[0], s[1])
-                } else {
-                    (1, s[0])
-                };
-                Tensor::from_f64(&cpu, r, c, v, DType::F64).unwrap()
-            })
-            .collect();
+        let leaves = mlp_leaves(&cpu, &net);
         let mut g = Graph::new(cpu);
         let rep = check_gradients(
             &mut g,

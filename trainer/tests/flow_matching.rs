@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{energy_distance, null_distribution, sample_model};
+use common::{energy_distance, mlp_leaves, null_distribution, sample_model};
 use socflow_runtime::artifact::{Artifact, Params, StorageDtype};
 use socflow_runtime::brownian::{Brownian, Stream};
 use socflow_runtime::field::Field;
@@ -15,7 +15,7 @@ use socflow_runtime::nn::Activation;
 use socflow_runtime::ode::{OdeOptions, OdeSolver, SaveAt};
 use socflow_runtime::sampler::{Sampler, SamplerOptions};
 use socflow_trainer::assignment::AssignmentWorkspace;
-use socflow_trainer::autodiff::{check_gradients, CheckOptions, Cpu, DType, Graph, Tensor};
+use socflow_trainer::autodiff::{check_gradients, CheckOptions, Cpu, DType, Graph};
 use socflow_trainer::data::rng::Draws;
 use socflow_trainer::data::{Dataset, Toy};
 use socflow_trainer::flow_matching::{
@@ -61,20 +61,7 @@ fn cfm_loss_gradient_matches_finite_differences() {
     {
         let net = MlpNet::init(d, &hidden, act, 10 + k as u64).unwrap();
         let cpu = Cpu::new();
-        let leaves: Vec<Tensor<Cpu>> = net
-            .params()
-            .shapes
-            .iter()
-            .zip(&net.params().values)
-            .map(|(s, v)| {
-                let (r, c) = if s.len() == 2 {
-                    (s[0], s[1])
-                } else {
-                    (1, s[0])
-                };
-                Tensor::from_f64(&cpu, r, c, v, DType::F64).unwrap()
-            })
-            .collect();
+        let leaves = mlp_leaves(&cpu, &net);
         let mut g = Graph::new(cpu);
         let rep = check_gradients(
             &mut g,

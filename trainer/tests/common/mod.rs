@@ -6,7 +6,9 @@ use socflow_runtime::artifact::{Artifact, StorageDtype};
 use socflow_runtime::model::Model;
 use socflow_runtime::ode::{OdeOptions, OdeSolver};
 use socflow_runtime::sampler::{Sampler, SamplerOptions};
+use socflow_trainer::autodiff::{Cpu, DType, Tensor};
 use socflow_trainer::data::Toy;
+use socflow_trainer::mlp::MlpNet;
 
 /// Samples an exported model through the runtime as a user would: the f32 model file
 /// loaded as `Model<f32>`, RK4 with `steps` steps from the prior at t1 to the data at
@@ -62,4 +64,22 @@ pub fn null_distribution(n: usize) -> Vec<f64> {
         .collect();
     null.sort_by(f64::total_cmp);
     null
+}
+
+/// A net's parameters as f64 leaf tensors on `cpu` (weights `[out, in]`, biases
+/// `[1, out]`), in the net's order: the leaves of a gradient check.
+pub fn mlp_leaves(cpu: &Cpu, net: &MlpNet) -> Vec<Tensor<Cpu>> {
+    net.params()
+        .shapes
+        .iter()
+        .zip(&net.params().values)
+        .map(|(s, v)| {
+            let (r, c) = if s.len() == 2 {
+                (s[0], s[1])
+            } else {
+                (1, s[0])
+            };
+            Tensor::from_f64(cpu, r, c, v, DType::F64).unwrap()
+        })
+        .collect()
 }
