@@ -736,18 +736,27 @@ mod tests {
         assert_eq!(c.problem, Problem::Otflow);
         assert_eq!(c.otflow, Some(OtFlowConfig::default()));
         assert_eq!(c.checkpoint_every, 100);
-        // The commented flow matching table is the default config too.
-        let fm: String = text[text.find("# [flow_matching]").unwrap()..]
-            .lines()
-            .map(|l| l.trim_start_matches("# ").trim_start_matches('#'))
-            .collect::<Vec<_>>()
-            .join("\n");
-        let fm = format!(
-            "problem = \"flow_matching\"\n[data]\ntoy = \"moons\"\n{}",
-            fm.trim_start()
+        // The commented flow matching and diffusion tables are the default configs too.
+        let (fm_at, diff_at) = (
+            text.find("# [flow_matching]").unwrap(),
+            text.find("# [diffusion]").unwrap(),
         );
-        let c = TrainConfig::from_toml(&fm).unwrap();
+        let table = |problem: &str, commented: &str| {
+            let body: String = commented
+                .lines()
+                .map(|l| l.trim_start_matches("# ").trim_start_matches('#'))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let toml = format!(
+                "problem = \"{problem}\"\n[data]\ntoy = \"moons\"\n{}",
+                body.trim_start()
+            );
+            TrainConfig::from_toml(&toml).unwrap()
+        };
+        let c = table("flow_matching", &text[fm_at..diff_at]);
         assert_eq!(c.flow_matching, Some(FlowMatchingConfig::default()));
+        let c = table("diffusion", &text[diff_at..]);
+        assert_eq!(c.diffusion, Some(DiffusionConfig::default()));
     }
 
     #[test]
