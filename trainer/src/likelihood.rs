@@ -1,7 +1,19 @@
 //! Log-likelihood of data points under any exported density model.
 //!
-//! A density model (an MLP velocity, or an OT-Flow potential whose field is −∇ₓΦ) over
-//! the time interval [t0, t1] carries data at t0 to the standard normal prior at t1.
+//! A density model carries data at a time t0 to the standard normal prior at a time
+//! t1 along an ODE dz/dt = f(t, z) ([`DensityFlow`], the one place that knows which
+//! field and interval each kind of model has):
+//!
+//! - an MLP velocity, or an OT-Flow potential whose field is −∇ₓΦ, over the model's
+//!   time interval [t0, t1];
+//! - a score model (VP-SDE diffusion, MATH.md §4): its probability-flow ODE
+//!   f = −½β(t)[z + s_θ(z, t)] (Song et al. 2021) from t0 = ε (the end of sampling,
+//!   the data end) to t1 = the prior's time. The result is the density at ε of the
+//!   flow's samples from the N(0, I) prior at t1 (what the sampler draws), which is
+//!   the forward process's p_ε to the extent that its marginal at t1 is N(0, I): for
+//!   data of mean m the two differ by about α_{t1} mᵀz, α_{t1} = e^{−B(t1)/2}
+//!   ≈ 0.0066 for the default schedule.
+//!
 //! For a data point x the runtime's ODE driver ([`solve_block`]) integrates
 //!
 //! ```text
@@ -10,12 +22,12 @@
 //! ```
 //!
 //! (the change of variables of MATH.md §2 plus the normalization recorded in the
-//! artifact), with the exact divergence of the network ([`Field::eval_block_div`]:
-//! the MLP's forward-mode Jacobian, the OT-Flow potential's closed-form Laplacian) and
-//! any runtime ODE method: fixed RK4 steps or adaptive Dopri5 (where l is part of the
-//! error norm, so the log-density meets the tolerances too). This is the inverse of the
-//! runtime sampler's log-density: sampling integrates the same field from t1 back to
-//! t0.
+//! artifact), with the exact divergence of the field ([`Field::eval_block_div`]:
+//! the MLP's forward-mode Jacobian, the OT-Flow potential's closed-form Laplacian, a
+//! score model's −½β(t)[d + k(t) tr ∂net/∂z]) and any runtime ODE method: fixed RK4
+//! steps or adaptive Dopri5 (where l is part of the error norm, so the log-density
+//! meets the tolerances too). This is the inverse of the runtime sampler's
+//! log-density: sampling integrates the same field from t1 back to t0.
 //!
 //! # Hutchinson's estimator
 //!
@@ -43,11 +55,15 @@
 //! Blocks of rows are solved in parallel (rayon); every row is independent of the
 //! block it is solved in, so the result does not depend on the thread count.
 
+use std::sync::Arc;
+
 use rayon::prelude::*;
+use socflow_runtime::artifact::{ModelKind, Normalization};
 use socflow_runtime::brownian::{Brownian, Stream, MAX_SAMPLE};
 use socflow_runtime::field::Field;
 use socflow_runtime::model::Model;
 use socflow_runtime::ode::{solve_block, OdeOptions, OdeWorkspace, StepSize};
+use socflow_runtime::vpsde::VpSdeModel;
 use socflow_runtime::Real;
 
 use crate::cnf::Noise;
@@ -155,24 +171,152 @@ impl<T: Real> LikelihoodOptions<T> {
     }
 }
 
+/// The flow whose change of variables gives a model's density (module
+/// documentation): a field f that carries model coordinates from the data end t0 to
+/// the standard normal prior at t1, with the normalization from data to model
+/// coordinates.
+#[derive(Clone)]
+pub struct DensityFlow<T: Real> {
+    field: Arc<dyn Field<T>>,
+    t0: T,
+    t1: T,
+    normalization: Option<Normalization>,
+}
+
+impl<T: Real> std::fmt::Debug for DensityFlow<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DensityFlow")
+            .field("dim", &self.field.dim())
+            .field("t0", &self.t0.f64())
+            .field("t1", &self.t1.f64())
+            .field("normalization", &self.normalization)
+            .finish()
+    }
+}
+
+impl<T: Real> DensityFlow<T> {
+    /// The flow of `field` from the data end `t0` to the prior end `t1`, data mapped to
+    /// model coordinates by `normalization` when given.
+    ///
+    /// Errors: [`Error::InvalidArgument`] for times that are not finite or are equal,
+    /// or a normalization of another dimension than the field's.
+    pub fn new(
+        field: Arc<dyn Field<T>>,
+        t0: T,
+        t1: T,
+        normalization: Option<Normalization>,
+    ) -> Result<Self> {
+        let (a, b) = (t0.f64(), t1.f64());
+        if !(a.is_finite() && b.is_finite() && a != b) {
+            return Err(Error::InvalidArgument(format!(
+                "density flow from t0 = {a} to t1 = {b}: the times must be finite and differ"
+            )));
+        }
+        if let Some(nm) = &normalization {
+            if nm.dim() != field.dim() {
+                return Err(Error::InvalidArgument(format!(
+                    "density flow: a normalization of dimension {} for a field of dimension {}",
+                    nm.dim(),
+                    field.dim()
+                )));
+            }
+        }
+        Ok(DensityFlow {
+            field,
+            t0,
+            t1,
+            normalization,
+        })
+    }
+
+    /// The density flow of a loaded model: for a score model its VP-SDE's
+    /// ([`DensityFlow::of_vpsde`]), for any other its field ([`Model::field`]: the
+    /// velocity, or −∇ₓΦ of a potential) over its time interval; the normalization is
+    /// the card's.
+    ///
+    /// Errors: the runtime's (a score model with a bad VP-SDE entry).
+    pub fn of_model(model: &Model<T>) -> Result<Self> {
+        if model.kind() == ModelKind::Score {
+            return Self::of_vpsde(&model.vpsde()?);
+        }
+        let (t0, t1) = model.time_interval();
+        Self::new(
+            model.field()?,
+            t0,
+            t1,
+            model.artifact().card.normalization.clone(),
+        )
+    }
+
+    /// The probability-flow ODE of a score network with its VP-SDE
+    /// ([`VpSdeModel::probability_flow`]), from ε (the data end) to the prior's time
+    /// [`VpSdeModel::t_prior`], with the model's normalization.
+    ///
+    /// Errors: none for a valid [`VpSdeModel`] (its constructor checks the same
+    /// conditions as [`DensityFlow::new`]).
+    pub fn of_vpsde(vp: &VpSdeModel<T>) -> Result<Self> {
+        Self::new(
+            vp.probability_flow(),
+            T::of(vp.sde().eps),
+            T::of(vp.t_prior()),
+            vp.normalization().cloned(),
+        )
+    }
+
+    /// State dimension d.
+    pub fn dim(&self) -> usize {
+        self.field.dim()
+    }
+
+    /// The field f.
+    pub fn field(&self) -> &Arc<dyn Field<T>> {
+        &self.field
+    }
+
+    /// (t0, t1): data at t0, the prior N(0, I) at t1.
+    pub fn interval(&self) -> (T, T) {
+        (self.t0, self.t1)
+    }
+
+    /// The map from data to model coordinates, if any.
+    pub fn normalization(&self) -> Option<&Normalization> {
+        self.normalization.as_ref()
+    }
+}
+
 /// The log-density log p(x) of each of the `n` data points `x` (row-major n × d, data
-/// coordinates) under `model` (module documentation), in f64.
+/// coordinates) under `model` (module documentation), in f64: [`flow_log_likelihood`]
+/// of the model's [`DensityFlow`] (velocity, potential or score model).
 ///
 /// With [`Divergence::Hutchinson`] each value is an unbiased estimate (module
 /// documentation), reproducible bit for bit from its seed.
 ///
-/// Errors: [`Error::Length`] when `x` is not n × d; [`Error::NonFinite`] for a
-/// non-finite coordinate; [`Error::InvalidArgument`] for n = 0 or bad Hutchinson
-/// settings ([`Hutchinson::validate`]); the runtime's errors (a score model has no
-/// ODE field, bad ODE options, a failed adaptive solve, a field without a
-/// Jacobian–vector product under Hutchinson).
+/// Errors: [`flow_log_likelihood`]'s, and the runtime's for a model without a density
+/// flow ([`DensityFlow::of_model`]).
 pub fn log_likelihood<T: Real>(
     model: &Model<T>,
     x: &[f64],
     n: usize,
     opts: &LikelihoodOptions<T>,
 ) -> Result<Vec<f64>> {
-    let d = model.dim();
+    flow_log_likelihood(&DensityFlow::of_model(model)?, x, n, opts)
+}
+
+/// The log-density log p(x) of each of the `n` data points `x` (row-major n × d, data
+/// coordinates) under the density of `flow` (module documentation), in f64.
+///
+/// Errors: [`Error::Length`] when `x` is not n × d; [`Error::NonFinite`] for a
+/// non-finite coordinate; [`Error::InvalidArgument`] for n = 0 or bad Hutchinson
+/// settings ([`Hutchinson::validate`]); the runtime's errors (bad ODE options, a
+/// failed adaptive solve, a field without a Jacobian–vector product under
+/// Hutchinson).
+pub fn flow_log_likelihood<T: Real>(
+    flow: &DensityFlow<T>,
+    x: &[f64],
+    n: usize,
+    opts: &LikelihoodOptions<T>,
+) -> Result<Vec<f64>> {
+    let d = flow.dim();
     if n == 0 {
         return Err(Error::InvalidArgument(
             "log-likelihood of no data points".into(),
@@ -186,13 +330,12 @@ pub fn log_likelihood<T: Real>(
     if let Divergence::Hutchinson(h) = &opts.divergence {
         h.validate(n)?;
     }
-    let field = model.field()?;
+    let field = &flow.field;
     let mut xm = x.to_vec();
-    let norm = model.artifact().card.normalization.clone();
-    if let Some(nm) = &norm {
+    if let Some(nm) = &flow.normalization {
         nm.to_model(&mut xm)?;
     }
-    let shift = norm.as_ref().map_or(0.0, |nm| nm.log_det());
+    let shift = flow.normalization.as_ref().map_or(0.0, |nm| nm.log_det());
     let mut z: Vec<T> = xm.iter().map(|v| T::of(*v)).collect();
     let mut logdet = vec![T::zero(); n];
     let rows = if opts.block_rows > 0 {
@@ -200,18 +343,18 @@ pub fn log_likelihood<T: Real>(
     } else {
         field.preferred_block_rows().max(1)
     };
-    let (t0, t1) = model.time_interval();
+    let (t0, t1) = flow.interval();
     z.par_chunks_mut(rows * d)
         .zip(logdet.par_chunks_mut(rows))
         .enumerate()
         .map(|(b, (zb, lb))| -> Result<()> {
             match &opts.divergence {
                 Divergence::Exact => {
-                    let mut ws = OdeWorkspace::for_field(&*field, lb.len());
-                    solve_block(&*field, &opts.ode, t0, t1, zb, Some(lb), None, &mut ws)?;
+                    let mut ws = OdeWorkspace::for_field(&**field, lb.len());
+                    solve_block(&**field, &opts.ode, t0, t1, zb, Some(lb), None, &mut ws)?;
                 }
                 Divergence::Hutchinson(h) => {
-                    solve_hutchinson(&*field, h, (b * rows) as u64, &opts.ode, t0, t1, zb, lb)?
+                    solve_hutchinson(&**field, h, (b * rows) as u64, &opts.ode, t0, t1, zb, lb)?
                 }
             }
             Ok(())
