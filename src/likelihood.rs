@@ -1,10 +1,12 @@
 //! `socflow likelihood`: the mean negative log-likelihood of a data file under a
-//! density model (velocity or potential), with the exact divergence or Hutchinson's
-//! estimate, and its standard error over the data points.
+//! density model (velocity, potential, or score model through its probability-flow
+//! ODE), with the exact divergence or Hutchinson's estimate, and its standard error
+//! over the data points.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use socflow_runtime::artifact::ModelKind;
 use socflow_runtime::controller::mean_and_standard_error;
 use socflow_runtime::model::Model;
 use socflow_runtime::npy::write_npy;
@@ -28,7 +30,8 @@ pub enum NoiseArg {
 /// Arguments of `socflow likelihood`.
 #[derive(clap::Args, Debug)]
 pub struct LikelihoodArgs {
-    /// The model file (a velocity or potential model).
+    /// The model file: a velocity or potential model, or a score (diffusion) model,
+    /// whose density is its probability-flow ODE's from eps to the prior's time.
     model: PathBuf,
     /// The data points, in data coordinates (n × d, .npy or .csv).
     #[arg(long)]
@@ -124,7 +127,7 @@ fn run_in<T: Real>(args: &LikelihoodArgs) -> Result<()> {
             )
         }
     };
-    let solve = match args.solver {
+    let mut solve = match args.solver {
         SolverArg::Dopri5 => format!("dopri5 rtol {:e} atol {:e}", args.rtol, args.atol),
         other => format!(
             "{} {} steps",
@@ -132,6 +135,15 @@ fn run_in<T: Real>(args: &LikelihoodArgs) -> Result<()> {
             args.steps
         ),
     };
+    if model.kind() == ModelKind::Score {
+        // The density flow log_likelihood integrates (DensityFlow::of_model).
+        let vp = model.vpsde()?;
+        solve = format!(
+            "probability-flow ODE from t = {} to {}, {solve}",
+            vp.sde().eps,
+            vp.t_prior()
+        );
+    }
     let lp = log_likelihood(&model, &data.x, data.n, &opts)?;
     let nll: Vec<f64> = lp.iter().map(|v| -v).collect();
     let (mean, se) = mean_and_standard_error(&nll);

@@ -2,7 +2,8 @@
 //! and the written per-point log-likelihoods equal the library's (exact divergence and
 //! Hutchinson's estimate, fixed and adaptive steps), the Hutchinson NLL agrees with the
 //! exact one within its standard error, a seed reproduces its file whatever the thread
-//! count, and bad arguments fail with a message.
+//! count, and bad arguments fail with a message. A score model's likelihood is its
+//! probability-flow ODE's, the same through the binary as through the library.
 
 mod common;
 use common::socflow;
@@ -16,6 +17,7 @@ use socflow_runtime::nn::{Activation, MlpParams, OtFlowParams};
 use socflow_runtime::npy::{read_npy_f64, write_npy};
 use socflow_runtime::ode::OdeOptions;
 use socflow_runtime::ode::OdeSolver;
+use socflow_runtime::vpsde::{ScoreOutput, VpSde};
 use socflow_trainer::cnf::Noise;
 use socflow_trainer::likelihood::{log_likelihood, Hutchinson, LikelihoodOptions};
 
@@ -291,4 +293,106 @@ fn likelihood_command_rejects_bad_arguments() {
     assert!(err.contains("--steps"), "{err}");
     let err = fails(&["likelihood", vel_s]);
     assert!(err.contains("--data"), "{err}");
+}
+
+/// A score MLP (d = 2, noise output, a normalization, stored in f32) with fixed
+/// pseudo-random weights.
+fn write_score_model(dir: &Path) -> PathBuf {
+    let d = 2;
+    let widths = [d + 1, 32, 32, d];
+    let p = MlpParams {
+        d,
+        hidden: vec![32, 32],
+        activation: Activation::Silu,
+        weights: widths
+            .windows(2)
+            .enumerate()
+            .map(|(l, w)| values(40 + l as u64, w[0] * w[1], 1.5 / (w[0] as f64).sqrt()))
+            .collect(),
+        biases: widths[1..]
+            .iter()
+            .enumerate()
+            .map(|(l, &n)| values(50 + l as u64, n, 0.2))
+            .collect(),
+    };
+    let path = dir.join("score.safetensors");
+    Artifact::mlp(
+        p,
+        ModelKind::Score,
+        [0.0, 1.0],
+        Provenance::now("likelihood test"),
+    )
+    .unwrap()
+    .with_vpsde(VpSde {
+        output: ScoreOutput::Noise,
+        ..VpSde::default()
+    })
+    .unwrap()
+    .with_normalization(Normalization::new(vec![0.5, -0.5], vec![1.5, 0.8]).unwrap())
+    .unwrap()
+    .save(&path, StorageDtype::F32)
+    .unwrap();
+    path
+}
+
+/// `socflow likelihood` on a score model: the probability-flow ODE from ε to 1, the
+/// library's values bitwise (exact and Hutchinson), a finite mean NLL, and the
+/// Hutchinson NLL within 4 standard errors of the exact one.
+#[test]
+fn likelihood_command_on_a_score_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let score = write_score_model(dir.path());
+    let (n, d) = (500, 2);
+    let x = values(8, n * d, 2.5);
+    let data = dir.path().join("x.npy");
+    write_npy(&data, &[n, d], &x).unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (score_s, data_s) = (s(&score), s(&data));
+    let model = Model::<f64>::load(&score).unwrap();
+    let rk4 = LikelihoodOptions::new(OdeOptions::fixed(OdeSolver::Rk4, 32));
+
+    let lp_e = dir.path().join("lp_e.npy");
+    let text = ok(&["likelihood", &score_s, "--data", &data_s, "-o", &s(&lp_e)]);
+    assert!(
+        text.contains("probability-flow ODE from t = 0.001 to 1, rk4 32 steps"),
+        "{text}"
+    );
+    let want = log_likelihood(&model, &x, n, &rk4).unwrap();
+    let (_, got) = read_npy_f64(&lp_e).unwrap();
+    assert!(got
+        .iter()
+        .zip(&want)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    let (pm, pse) = parse(&text);
+    assert!(pm.is_finite() && pse > 0.0, "{text}");
+    let nll: Vec<f64> = want.iter().map(|v| -v).collect();
+    let (mean, _) = mean_and_standard_error(&nll);
+    assert!((pm - mean).abs() <= 1e-6, "{text} vs {mean}");
+
+    let lp_h = dir.path().join("lp_h.npy");
+    let text_h = ok(&[
+        "likelihood",
+        &score_s,
+        "--data",
+        &data_s,
+        "--hutchinson",
+        "2",
+        "--seed",
+        "3",
+        "-o",
+        &s(&lp_h),
+    ]);
+    let want_h =
+        log_likelihood(&model, &x, n, &rk4.with_hutchinson(Hutchinson::new(2, 3))).unwrap();
+    let (_, got_h) = read_npy_f64(&lp_h).unwrap();
+    assert!(got_h
+        .iter()
+        .zip(&want_h)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    let diff: Vec<f64> = got_h.iter().zip(&got).map(|(a, b)| a - b).collect();
+    let (dm, dse) = mean_and_standard_error(&diff);
+    let (hm, _) = parse(&text_h);
+    println!("score model: exact {text}Hutchinson {text_h}difference {dm:+.4} ± {dse:.4}");
+    assert!(dse > 0.0 && dm.abs() < 4.0 * dse, "difference {dm} ± {dse}");
+    assert!((hm - pm).abs() < 4.0 * dse + 1e-6, "{text_h} vs {text}");
 }
