@@ -61,29 +61,47 @@
 #define SOCFLOW_MODEL_VELOCITY 1
 
 /**
- * The model is a score network ∇ₓ log p_t(x) (diffusion).
+ * The model is a score network ∇ₓ log p_t(x) of a VP-SDE (diffusion; `socflow
+ * train` with problem = "diffusion"). A sampler draws from it by the reverse SDE
+ * (`SOCFLOW_SOLVER_EULER_MARUYAMA`, `_STOCHASTIC_HEUN`) or the probability-flow ODE
+ * (the ODE solvers); it has no controller.
  */
 #define SOCFLOW_MODEL_SCORE 2
 
 /**
- * Explicit Euler, `steps` fixed steps (order 1).
+ * Explicit Euler, `steps` fixed steps (order 1). An ODE solver: a flow model's
+ * field, or a score model's probability-flow ODE.
  */
 #define SOCFLOW_SOLVER_EULER 0
 
 /**
- * Heun's method, `steps` fixed steps (order 2).
+ * Heun's method, `steps` fixed steps (order 2). An ODE solver.
  */
 #define SOCFLOW_SOLVER_HEUN 1
 
 /**
- * Classical Runge–Kutta, `steps` fixed steps (order 4).
+ * Classical Runge–Kutta, `steps` fixed steps (order 4). An ODE solver.
  */
 #define SOCFLOW_SOLVER_RK4 2
 
 /**
- * Dormand–Prince 5(4) with adaptive steps to tolerances `rtol`, `atol`.
+ * Dormand–Prince 5(4) with adaptive steps to tolerances `rtol`, `atol`. An ODE
+ * solver.
  */
 #define SOCFLOW_SOLVER_DOPRI5 3
+
+/**
+ * Euler–Maruyama on a score model's reverse SDE, `steps` fixed steps (weak order
+ * 1). An SDE solver: score models only, no log-densities.
+ */
+#define SOCFLOW_SOLVER_EULER_MARUYAMA 4
+
+/**
+ * Stochastic Heun on a score model's reverse SDE, `steps` fixed steps (two network
+ * evaluations a step; the noise is additive, so it discretizes the same SDE as
+ * Euler–Maruyama). An SDE solver: score models only, no log-densities.
+ */
+#define SOCFLOW_SOLVER_STOCHASTIC_HEUN 5
 
 /**
  * The result of every socflow call. `SOCFLOW_OK` is 0; on any other status,
@@ -294,12 +312,13 @@ typedef struct socflow_model_info {
   uint32_t kind;
   /**
    * Start of the model's time interval: the data end of a flow, the initial time
-   * of a control problem.
+   * of a control problem, the data end of a diffusion (its samplers stop at the
+   * VP-SDE's ε just above it).
    */
   double t0;
   /**
-   * End of the time interval: the prior of a flow, the horizon of a control
-   * problem.
+   * End of the time interval: the prior of a flow or a diffusion, the horizon of
+   * a control problem.
    */
   double t1;
   /**
@@ -311,15 +330,19 @@ typedef struct socflow_model_info {
 /**
  * Options of `socflow_sampler_create`; `socflow_sampler_options_default` fills in
  * the defaults (RK4, 32 steps, tolerances 1e-5, seed 0, double precision, no
- * log-densities, the shared thread pool).
+ * log-densities, the shared thread pool). On a score model the default RK4 samples
+ * the probability-flow ODE; `solver = SOCFLOW_SOLVER_EULER_MARUYAMA` samples the
+ * reverse SDE instead (what `socflow sample` does by default on a score model).
  */
 typedef struct socflow_sampler_options {
   /**
-   * `SOCFLOW_SOLVER_EULER`, `_HEUN`, `_RK4` or `_DOPRI5`.
+   * `SOCFLOW_SOLVER_EULER`, `_HEUN`, `_RK4` or `_DOPRI5` (ODE solvers, any
+   * model), `SOCFLOW_SOLVER_EULER_MARUYAMA` or `_STOCHASTIC_HEUN` (the reverse
+   * SDE of a score model).
    */
   uint32_t solver;
   /**
-   * Steps of a fixed-step solver (>= 1; ignored by Dopri5).
+   * Steps of a fixed-step solver, ODE or SDE (>= 1; ignored by Dopri5).
    */
   size_t steps;
   /**
@@ -331,8 +354,9 @@ typedef struct socflow_sampler_options {
    */
   double atol;
   /**
-   * Seed: sample i's prior draw is keyed by (seed, i), so a seed gives the same
-   * samples for any thread count and any split of the work into calls.
+   * Seed: sample i's prior draw, and the Brownian increments of its reverse-SDE
+   * path, are keyed by (seed, i) (and the step), so a seed gives the same samples
+   * for any thread count and any split of the work into calls.
    */
   uint64_t seed;
   /**
@@ -341,9 +365,11 @@ typedef struct socflow_sampler_options {
   uint32_t precision;
   /**
    * Nonzero: also compute each sample's log-density (exact trace), which
-   * `socflow_sampler_sample` then writes when given a buffer. With Dopri5 the
-   * log-density takes part in the step-size control, so the samples differ (within
-   * the tolerances) from those of a sampler without log-densities.
+   * `socflow_sampler_sample` then writes when given a buffer. ODE solvers only (a
+   * score model's log-density is that of its probability-flow ODE; the reverse SDE
+   * has none). With Dopri5 the log-density takes part in the step-size control, so
+   * the samples differ (within the tolerances) from those of a sampler without
+   * log-densities.
    */
   uint32_t log_density;
   /**
@@ -354,10 +380,13 @@ typedef struct socflow_sampler_options {
 } socflow_sampler_options;
 
 /**
- * A sampler (opaque): a prior N(0, I) at the model's t1, its field, an ODE solver
- * and a seed. A sampler is read-only once created: several threads may draw from
- * one sampler at once (each call uses its own buffers); destroy it only when no
- * other call on it is running.
+ * A sampler (opaque): a prior N(0, I) at the model's t1, integrated to where the
+ * model's samples live, and a seed. Over a flow model (potential or velocity) an
+ * ODE solver integrates its field from t1 to t0; over a score model (diffusion) an
+ * ODE solver integrates the probability-flow ODE and an SDE solver the reverse SDE,
+ * from t1 down to the VP-SDE's ε. A sampler is read-only once created: several
+ * threads may draw from one sampler at once (each call uses its own buffers);
+ * destroy it only when no other call on it is running.
  */
 typedef struct socflow_sampler {
   /**
@@ -549,10 +578,19 @@ enum socflow_status socflow_model_destroy(struct socflow_model model);
 enum socflow_status socflow_sampler_options_default(struct socflow_sampler_options *out);
 
 /**
- * Creates a sampler over a potential or velocity model with `options` (NULL: the
- * defaults) and stores its handle in `*out` (the null handle on failure). A score
- * model gives `SOCFLOW_ERROR_UNSUPPORTED`; an unknown solver, zero steps or bad
- * tolerances `SOCFLOW_ERROR_INVALID_ARGUMENT`.
+ * Creates a sampler over a model with `options` (NULL: the defaults) and stores its
+ * handle in `*out` (the null handle on failure).
+ *
+ * - A potential or velocity model (a flow): an ODE solver integrates its field
+ *   from the prior N(0, I) at t1 to t0.
+ * - A score model (VP-SDE diffusion, the card's schedule): an ODE solver
+ *   integrates the probability-flow ODE, `SOCFLOW_SOLVER_EULER_MARUYAMA` or
+ *   `_STOCHASTIC_HEUN` the reverse SDE with `steps` fixed steps, from the prior
+ *   N(0, I) at t1 down to the schedule's ε.
+ *
+ * Samples are in data coordinates (the card's normalization applied). An unknown
+ * solver, an SDE solver on a flow model, an SDE solver with `log_density`, zero
+ * steps or bad tolerances give `SOCFLOW_ERROR_INVALID_ARGUMENT`.
  *
  * # Safety
  * `options` is NULL or valid; `out` is NULL or valid for a write.

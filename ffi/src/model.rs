@@ -27,7 +27,10 @@ pub struct socflow_model {
 pub const SOCFLOW_MODEL_POTENTIAL: u32 = 0;
 /// The model is a velocity field v(t, x) (flow matching, CNF).
 pub const SOCFLOW_MODEL_VELOCITY: u32 = 1;
-/// The model is a score network ∇ₓ log p_t(x) (diffusion).
+/// The model is a score network ∇ₓ log p_t(x) of a VP-SDE (diffusion; `socflow
+/// train` with problem = "diffusion"). A sampler draws from it by the reverse SDE
+/// (`SOCFLOW_SOLVER_EULER_MARUYAMA`, `_STOCHASTIC_HEUN`) or the probability-flow ODE
+/// (the ODE solvers); it has no controller.
 pub const SOCFLOW_MODEL_SCORE: u32 = 2;
 
 /// What `socflow_model_info` reports about a model.
@@ -43,10 +46,11 @@ pub struct socflow_model_info {
     /// `SOCFLOW_MODEL_POTENTIAL`, `SOCFLOW_MODEL_VELOCITY` or `SOCFLOW_MODEL_SCORE`.
     pub kind: u32,
     /// Start of the model's time interval: the data end of a flow, the initial time
-    /// of a control problem.
+    /// of a control problem, the data end of a diffusion (its samplers stop at the
+    /// VP-SDE's ε just above it).
     pub t0: f64,
-    /// End of the time interval: the prior of a flow, the horizon of a control
-    /// problem.
+    /// End of the time interval: the prior of a flow or a diffusion, the horizon of
+    /// a control problem.
     pub t1: f64,
     /// Number of trained parameters.
     pub parameter_count: usize,

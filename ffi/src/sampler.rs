@@ -1,9 +1,12 @@
-//! Samplers: draw samples (and log-densities) of a flow model into caller-owned
-//! buffers.
+//! Samplers: draw samples (and log-densities) of a flow model or a score (VP-SDE
+//! diffusion) model into caller-owned buffers.
 
+use socflow_runtime::artifact::ModelKind;
 use socflow_runtime::model::Model;
 use socflow_runtime::ode::{AdaptiveOptions, OdeOptions, OdeSolver, StepSize};
 use socflow_runtime::sampler::{Sampler, SamplerOptions};
+use socflow_runtime::sde::{SdeOptions, SdeScheme};
+use socflow_runtime::vpsde::VpSampling;
 use socflow_runtime::Real;
 
 use crate::args;
@@ -12,10 +15,13 @@ use crate::handle::{self, Kind};
 use crate::model::{self, socflow_model};
 use crate::{thread_pool, Precision};
 
-/// A sampler (opaque): a prior N(0, I) at the model's t1, its field, an ODE solver
-/// and a seed. A sampler is read-only once created: several threads may draw from
-/// one sampler at once (each call uses its own buffers); destroy it only when no
-/// other call on it is running.
+/// A sampler (opaque): a prior N(0, I) at the model's t1, integrated to where the
+/// model's samples live, and a seed. Over a flow model (potential or velocity) an
+/// ODE solver integrates its field from t1 to t0; over a score model (diffusion) an
+/// ODE solver integrates the probability-flow ODE and an SDE solver the reverse SDE,
+/// from t1 down to the VP-SDE's ε. A sampler is read-only once created: several
+/// threads may draw from one sampler at once (each call uses its own buffers);
+/// destroy it only when no other call on it is running.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[allow(non_camel_case_types)]
@@ -24,39 +30,55 @@ pub struct socflow_sampler {
     pub id: u64,
 }
 
-/// Explicit Euler, `steps` fixed steps (order 1).
+/// Explicit Euler, `steps` fixed steps (order 1). An ODE solver: a flow model's
+/// field, or a score model's probability-flow ODE.
 pub const SOCFLOW_SOLVER_EULER: u32 = 0;
-/// Heun's method, `steps` fixed steps (order 2).
+/// Heun's method, `steps` fixed steps (order 2). An ODE solver.
 pub const SOCFLOW_SOLVER_HEUN: u32 = 1;
-/// Classical Runge–Kutta, `steps` fixed steps (order 4).
+/// Classical Runge–Kutta, `steps` fixed steps (order 4). An ODE solver.
 pub const SOCFLOW_SOLVER_RK4: u32 = 2;
-/// Dormand–Prince 5(4) with adaptive steps to tolerances `rtol`, `atol`.
+/// Dormand–Prince 5(4) with adaptive steps to tolerances `rtol`, `atol`. An ODE
+/// solver.
 pub const SOCFLOW_SOLVER_DOPRI5: u32 = 3;
+/// Euler–Maruyama on a score model's reverse SDE, `steps` fixed steps (weak order
+/// 1). An SDE solver: score models only, no log-densities.
+pub const SOCFLOW_SOLVER_EULER_MARUYAMA: u32 = 4;
+/// Stochastic Heun on a score model's reverse SDE, `steps` fixed steps (two network
+/// evaluations a step; the noise is additive, so it discretizes the same SDE as
+/// Euler–Maruyama). An SDE solver: score models only, no log-densities.
+pub const SOCFLOW_SOLVER_STOCHASTIC_HEUN: u32 = 5;
 
 /// Options of `socflow_sampler_create`; `socflow_sampler_options_default` fills in
 /// the defaults (RK4, 32 steps, tolerances 1e-5, seed 0, double precision, no
-/// log-densities, the shared thread pool).
+/// log-densities, the shared thread pool). On a score model the default RK4 samples
+/// the probability-flow ODE; `solver = SOCFLOW_SOLVER_EULER_MARUYAMA` samples the
+/// reverse SDE instead (what `socflow sample` does by default on a score model).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[allow(non_camel_case_types)]
 pub struct socflow_sampler_options {
-    /// `SOCFLOW_SOLVER_EULER`, `_HEUN`, `_RK4` or `_DOPRI5`.
+    /// `SOCFLOW_SOLVER_EULER`, `_HEUN`, `_RK4` or `_DOPRI5` (ODE solvers, any
+    /// model), `SOCFLOW_SOLVER_EULER_MARUYAMA` or `_STOCHASTIC_HEUN` (the reverse
+    /// SDE of a score model).
     pub solver: u32,
-    /// Steps of a fixed-step solver (>= 1; ignored by Dopri5).
+    /// Steps of a fixed-step solver, ODE or SDE (>= 1; ignored by Dopri5).
     pub steps: usize,
     /// Relative tolerance of Dopri5.
     pub rtol: f64,
     /// Absolute tolerance of Dopri5.
     pub atol: f64,
-    /// Seed: sample i's prior draw is keyed by (seed, i), so a seed gives the same
-    /// samples for any thread count and any split of the work into calls.
+    /// Seed: sample i's prior draw, and the Brownian increments of its reverse-SDE
+    /// path, are keyed by (seed, i) (and the step), so a seed gives the same samples
+    /// for any thread count and any split of the work into calls.
     pub seed: u64,
     /// `SOCFLOW_PRECISION_F64` or `SOCFLOW_PRECISION_F32` (buffers are double either way).
     pub precision: u32,
     /// Nonzero: also compute each sample's log-density (exact trace), which
-    /// `socflow_sampler_sample` then writes when given a buffer. With Dopri5 the
-    /// log-density takes part in the step-size control, so the samples differ (within
-    /// the tolerances) from those of a sampler without log-densities.
+    /// `socflow_sampler_sample` then writes when given a buffer. ODE solvers only (a
+    /// score model's log-density is that of its probability-flow ODE; the reverse SDE
+    /// has none). With Dopri5 the log-density takes part in the step-size control, so
+    /// the samples differ (within the tolerances) from those of a sampler without
+    /// log-densities.
     pub log_density: u32,
     /// Worker threads: 0 uses the library's shared pool, n > 0 a pool of n threads
     /// owned by the sampler.
@@ -90,18 +112,34 @@ pub(crate) struct SamplerObject {
     pool: Option<rayon::ThreadPool>,
 }
 
-fn build<T: Real>(model: &Model<T>, o: &socflow_sampler_options) -> Result<Sampler<T>, Failure> {
-    let solver = match o.solver {
-        SOCFLOW_SOLVER_EULER => OdeSolver::Euler,
-        SOCFLOW_SOLVER_HEUN => OdeSolver::Heun,
-        SOCFLOW_SOLVER_RK4 => OdeSolver::Rk4,
-        SOCFLOW_SOLVER_DOPRI5 => OdeSolver::Dopri5,
+/// What a solver code integrates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Integrator {
+    Ode(OdeSolver),
+    Sde(SdeScheme),
+}
+
+fn integrator(solver: u32) -> Result<Integrator, Failure> {
+    Ok(match solver {
+        SOCFLOW_SOLVER_EULER => Integrator::Ode(OdeSolver::Euler),
+        SOCFLOW_SOLVER_HEUN => Integrator::Ode(OdeSolver::Heun),
+        SOCFLOW_SOLVER_RK4 => Integrator::Ode(OdeSolver::Rk4),
+        SOCFLOW_SOLVER_DOPRI5 => Integrator::Ode(OdeSolver::Dopri5),
+        SOCFLOW_SOLVER_EULER_MARUYAMA => Integrator::Sde(SdeScheme::EulerMaruyama),
+        SOCFLOW_SOLVER_STOCHASTIC_HEUN => Integrator::Sde(SdeScheme::StochasticHeun),
         other => {
             return Err(Failure::invalid(format!(
-                "unknown solver {other} (SOCFLOW_SOLVER_EULER, _HEUN, _RK4 or _DOPRI5)"
+                "unknown solver {other} (SOCFLOW_SOLVER_EULER, _HEUN, _RK4, _DOPRI5, \
+                 _EULER_MARUYAMA or _STOCHASTIC_HEUN)"
             )))
         }
-    };
+    })
+}
+
+fn ode_options<T: Real>(
+    solver: OdeSolver,
+    o: &socflow_sampler_options,
+) -> Result<OdeOptions<T>, Failure> {
     let ode = if solver == OdeSolver::Dopri5 {
         OdeOptions {
             solver,
@@ -111,7 +149,53 @@ fn build<T: Real>(model: &Model<T>, o: &socflow_sampler_options) -> Result<Sampl
         OdeOptions::fixed(solver, o.steps)
     };
     ode.validate()?;
-    let mut so = SamplerOptions::ode(ode, o.seed);
+    Ok(ode)
+}
+
+fn build<T: Real>(model: &Model<T>, o: &socflow_sampler_options) -> Result<Sampler<T>, Failure> {
+    let how = integrator(o.solver)?;
+    if model.kind() == ModelKind::Score {
+        // The CLI's `socflow sample` on a score model, in the same terms: the
+        // probability-flow ODE or the reverse SDE from the prior at t1 down to ε.
+        let vp = model.vpsde()?;
+        let sampling = match how {
+            Integrator::Ode(solver) => VpSampling::ProbabilityFlow(ode_options(solver, o)?),
+            Integrator::Sde(scheme) => {
+                if o.steps == 0 {
+                    return Err(Failure::invalid(format!(
+                        "steps = 0: the {} reverse SDE takes fixed steps (>= 1)",
+                        scheme.name()
+                    )));
+                }
+                if o.log_density != 0 {
+                    return Err(Failure::invalid(
+                        "log_density needs an ODE solver: the reverse SDE \
+                         (SOCFLOW_SOLVER_EULER_MARUYAMA, _STOCHASTIC_HEUN) has no density; \
+                         an ODE solver (e.g. SOCFLOW_SOLVER_RK4) samples the probability-flow \
+                         ODE with log-densities",
+                    ));
+                }
+                VpSampling::ReverseSde(SdeOptions::new(scheme, o.steps))
+            }
+        };
+        let mut so = vp.sampler_options(sampling, o.seed);
+        so.log_density = o.log_density != 0;
+        return Ok(vp.sampler(so)?);
+    }
+    let solver = match how {
+        Integrator::Ode(solver) => solver,
+        Integrator::Sde(scheme) => {
+            return Err(Failure::invalid(format!(
+                "solver {} ({}) samples the reverse SDE of a score (diffusion) model; a {} \
+                 model is a flow: use an ODE solver (SOCFLOW_SOLVER_EULER, _HEUN, _RK4 or \
+                 _DOPRI5)",
+                o.solver,
+                scheme.name(),
+                model.kind().name()
+            )))
+        }
+    };
+    let mut so = SamplerOptions::ode(ode_options(solver, o)?, o.seed);
     so.log_density = o.log_density != 0;
     so.normalization = model.artifact().card.normalization.clone();
     let (t0, t1) = model.time_interval();
@@ -131,10 +215,19 @@ pub unsafe extern "C" fn socflow_sampler_options_default(
     call(|| unsafe { args::write(out, socflow_sampler_options::default(), "out") })
 }
 
-/// Creates a sampler over a potential or velocity model with `options` (NULL: the
-/// defaults) and stores its handle in `*out` (the null handle on failure). A score
-/// model gives `SOCFLOW_ERROR_UNSUPPORTED`; an unknown solver, zero steps or bad
-/// tolerances `SOCFLOW_ERROR_INVALID_ARGUMENT`.
+/// Creates a sampler over a model with `options` (NULL: the defaults) and stores its
+/// handle in `*out` (the null handle on failure).
+///
+/// - A potential or velocity model (a flow): an ODE solver integrates its field
+///   from the prior N(0, I) at t1 to t0.
+/// - A score model (VP-SDE diffusion, the card's schedule): an ODE solver
+///   integrates the probability-flow ODE, `SOCFLOW_SOLVER_EULER_MARUYAMA` or
+///   `_STOCHASTIC_HEUN` the reverse SDE with `steps` fixed steps, from the prior
+///   N(0, I) at t1 down to the schedule's ε.
+///
+/// Samples are in data coordinates (the card's normalization applied). An unknown
+/// solver, an SDE solver on a flow model, an SDE solver with `log_density`, zero
+/// steps or bad tolerances give `SOCFLOW_ERROR_INVALID_ARGUMENT`.
 ///
 /// # Safety
 /// `options` is NULL or valid; `out` is NULL or valid for a write.

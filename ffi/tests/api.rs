@@ -1,6 +1,10 @@
 //! The C ABI called from Rust (the rlib): results equal the runtime's Rust API, the
 //! control path does not allocate, handles fail safely (closed, forged, wrong kind,
-//! destroyed while in use), errors are per thread, callbacks are honoured.
+//! destroyed while in use), errors are per thread, callbacks are honoured, score
+//! models sample the reverse SDE and the probability-flow ODE of an exact Gaussian
+//! score to its closed forms.
+
+mod common;
 
 use std::ffi::{c_void, CStr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -8,11 +12,15 @@ use std::sync::Arc;
 
 use socflow::*;
 use socflow_runtime::artifact::{Artifact, ControlMap, Provenance, StorageDtype};
+use socflow_runtime::brownian::Brownian;
 use socflow_runtime::controller::{Dynamics, Integrator, SimulateOptions};
 use socflow_runtime::model::Model;
 use socflow_runtime::nn::OtFlowParams;
-use socflow_runtime::ode::OdeOptions;
+use socflow_runtime::ode::{OdeOptions, OdeSolver};
 use socflow_runtime::sampler::{Sampler, SamplerOptions};
+use socflow_runtime::sde::{SdeOptions, SdeScheme};
+use socflow_runtime::vpsde::VpSampling;
+use socflow_runtime::Real;
 use socflow_testkit::{count_allocs, CountingAlloc, Rng};
 
 #[global_allocator]
@@ -565,6 +573,378 @@ fn samples_equal_the_rust_api_for_any_split_and_thread_count() {
     }
     for h in [s, s1, s2] {
         assert_eq!(socflow_sampler_destroy(h), SOCFLOW_OK);
+    }
+    assert_eq!(socflow_model_destroy(m), SOCFLOW_OK);
+}
+
+/// The runtime's samples (and log-densities) of the score model in `bytes` drawn the
+/// way `o` asks the C ABI to: `VpSdeModel::sampler` with the probability-flow ODE
+/// for an ODE solver, the reverse SDE for an SDE solver; widened to f64.
+fn rust_score_samples<T: Real>(
+    bytes: &[u8],
+    o: &socflow_sampler_options,
+    n: usize,
+    first: u64,
+) -> (Vec<f64>, Option<Vec<f64>>) {
+    let vp = Model::<T>::from_bytes(bytes)
+        .expect("model")
+        .vpsde()
+        .expect("a score model");
+    let how = match o.solver {
+        SOCFLOW_SOLVER_EULER => {
+            VpSampling::ProbabilityFlow(OdeOptions::fixed(OdeSolver::Euler, o.steps))
+        }
+        SOCFLOW_SOLVER_HEUN => {
+            VpSampling::ProbabilityFlow(OdeOptions::fixed(OdeSolver::Heun, o.steps))
+        }
+        SOCFLOW_SOLVER_RK4 => {
+            VpSampling::ProbabilityFlow(OdeOptions::fixed(OdeSolver::Rk4, o.steps))
+        }
+        SOCFLOW_SOLVER_DOPRI5 => {
+            VpSampling::ProbabilityFlow(OdeOptions::adaptive(T::of(o.rtol), T::of(o.atol)))
+        }
+        SOCFLOW_SOLVER_EULER_MARUYAMA => {
+            VpSampling::ReverseSde(SdeOptions::new(SdeScheme::EulerMaruyama, o.steps))
+        }
+        SOCFLOW_SOLVER_STOCHASTIC_HEUN => {
+            VpSampling::ReverseSde(SdeOptions::new(SdeScheme::StochasticHeun, o.steps))
+        }
+        other => panic!("no solver {other}"),
+    };
+    let mut so = vp.sampler_options(how, o.seed);
+    so.log_density = o.log_density != 0;
+    let s = vp
+        .sampler(so)
+        .expect("sampler")
+        .sample(n, first)
+        .expect("samples");
+    let wide = |v: Vec<T>| v.into_iter().map(|x| x.f64()).collect::<Vec<f64>>();
+    (wide(s.x), s.log_density.map(wide))
+}
+
+fn create_status(m: socflow_model, o: &socflow_sampler_options) -> socflow_status {
+    let mut h = socflow_sampler {
+        id: 0x0bad_c0de_0bad_c0de,
+    };
+    // SAFETY: locals.
+    let s = unsafe { socflow_sampler_create(m, o, &mut h) };
+    assert_eq!(
+        h.id, 0,
+        "a failed socflow_sampler_create leaves the null handle"
+    );
+    s
+}
+
+/// A score model through the C ABI, every solver (the probability-flow ODE by
+/// Euler, Heun, RK4 and Dopri5 with log-densities; the reverse SDE by Euler–Maruyama
+/// and stochastic Heun), in f64 and f32: the samples and log-densities equal the
+/// runtime's `VpSdeModel` sampler bit for bit, in one call and split into two calls
+/// on a sampler with its own pool of 3 threads (the reverse SDE's increments are
+/// keyed by seed, sample and step, not by thread or call).
+#[test]
+fn score_samples_equal_the_rust_api_for_any_split_and_thread_count() {
+    const SD: usize = 3;
+    let bytes = common::score_model(SD, 31)
+        .to_bytes(StorageDtype::F64)
+        .expect("bytes");
+    let m = load(&bytes);
+    let mut info = socflow_model_info::default();
+    // SAFETY: a local.
+    assert_eq!(unsafe { socflow_model_get_info(m, &mut info) }, SOCFLOW_OK);
+    assert_eq!(
+        (
+            info.kind,
+            info.state_dim,
+            info.control_dim,
+            info.t0,
+            info.t1
+        ),
+        (SOCFLOW_MODEL_SCORE, SD, 0, 0.0, 1.0)
+    );
+    let (n, first, split) = (40, 7, 15);
+    let cases = [
+        (SOCFLOW_SOLVER_EULER, 24, true),
+        (SOCFLOW_SOLVER_HEUN, 12, true),
+        (SOCFLOW_SOLVER_RK4, 16, true),
+        (SOCFLOW_SOLVER_DOPRI5, 0, true),
+        (SOCFLOW_SOLVER_EULER_MARUYAMA, 40, false),
+        (SOCFLOW_SOLVER_STOCHASTIC_HEUN, 20, false),
+    ];
+    let mut firsts = Vec::new();
+    for precision in [SOCFLOW_PRECISION_F64, SOCFLOW_PRECISION_F32] {
+        for (solver, steps, log_density) in cases {
+            let o = socflow_sampler_options {
+                solver,
+                steps,
+                rtol: 1e-5,
+                atol: 1e-5,
+                seed: 23,
+                precision,
+                log_density: u32::from(log_density),
+                threads: 0,
+            };
+            let what = format!("solver {solver}, precision {precision}");
+            let (want_x, want_ld) = if precision == SOCFLOW_PRECISION_F64 {
+                rust_score_samples::<f64>(&bytes, &o, n, first)
+            } else {
+                rust_score_samples::<f32>(&bytes, &o, n, first)
+            };
+            assert_eq!(want_ld.is_some(), log_density);
+            assert!(want_x.iter().all(|v| v.is_finite()), "{what}");
+            let s = sampler(m, &o);
+            let mut dim = 0;
+            // SAFETY: a local.
+            assert_eq!(unsafe { socflow_sampler_dim(s, &mut dim) }, SOCFLOW_OK);
+            assert_eq!(dim, SD);
+            let (mut x, mut ld) = (vec![0.0; n * SD], vec![0.0; n]);
+            let st = sample(s, first, &mut x, log_density.then_some(&mut ld[..]));
+            assert_eq!(st, SOCFLOW_OK, "{what}: {}", last_error());
+            assert_eq!(x, want_x, "{what}: samples, one call");
+            if let Some(l) = &want_ld {
+                assert_eq!(&ld, l, "{what}: log-densities, one call");
+            }
+            // Two calls over consecutive ranges on 3 threads of the sampler's own.
+            let s3 = sampler(m, &socflow_sampler_options { threads: 3, ..o });
+            let (mut a, mut b) = (vec![0.0; split * SD], vec![0.0; (n - split) * SD]);
+            let (mut la, mut lb) = (vec![0.0; split], vec![0.0; n - split]);
+            let st = sample(s3, first, &mut a, log_density.then_some(&mut la[..]));
+            assert_eq!(st, SOCFLOW_OK, "{what}: {}", last_error());
+            let st = sample(
+                s3,
+                first + split as u64,
+                &mut b,
+                log_density.then_some(&mut lb[..]),
+            );
+            assert_eq!(st, SOCFLOW_OK, "{what}: {}", last_error());
+            a.extend_from_slice(&b);
+            la.extend_from_slice(&lb);
+            assert_eq!(a, want_x, "{what}: samples, two calls on 3 threads");
+            if let Some(l) = &want_ld {
+                assert_eq!(&la, l, "{what}: log-densities, two calls on 3 threads");
+            }
+            for h in [s, s3] {
+                assert_eq!(socflow_sampler_destroy(h), SOCFLOW_OK);
+            }
+            firsts.push(x[0]);
+        }
+    }
+    // The solver is honoured: the six ways give six different first samples (in each
+    // precision).
+    for p in firsts.chunks(cases.len()) {
+        for (i, a) in p.iter().enumerate() {
+            assert!(
+                p[i + 1..].iter().all(|b| b != a),
+                "two solvers drew the same first sample: {p:?}"
+            );
+        }
+    }
+    assert_eq!(socflow_model_destroy(m), SOCFLOW_OK);
+}
+
+/// SDE solvers need a score model and draw no log-densities; each misuse is an
+/// invalid argument whose message says what to do, and leaves the null handle.
+#[test]
+fn sde_solvers_need_a_score_model_and_no_log_density() {
+    let score_bytes = common::score_model(2, 5)
+        .to_bytes(StorageDtype::F64)
+        .expect("bytes");
+    let (score, flow) = (load(&score_bytes), load(&model_bytes(12)));
+    let base = socflow_sampler_options {
+        steps: 10,
+        ..socflow_sampler_options::default()
+    };
+    for precision in [SOCFLOW_PRECISION_F64, SOCFLOW_PRECISION_F32] {
+        for solver in [
+            SOCFLOW_SOLVER_EULER_MARUYAMA,
+            SOCFLOW_SOLVER_STOCHASTIC_HEUN,
+        ] {
+            let o = socflow_sampler_options {
+                solver,
+                precision,
+                ..base
+            };
+            // A flow model has no reverse SDE.
+            assert_eq!(create_status(flow, &o), SOCFLOW_ERROR_INVALID_ARGUMENT);
+            let e = last_error();
+            assert!(
+                e.contains("score (diffusion) model") && e.contains("potential model is a flow"),
+                "{e}"
+            );
+            // The reverse SDE has no log-density.
+            let with_ld = socflow_sampler_options {
+                log_density: 1,
+                ..o
+            };
+            assert_eq!(
+                create_status(score, &with_ld),
+                SOCFLOW_ERROR_INVALID_ARGUMENT
+            );
+            let e = last_error();
+            assert!(
+                e.contains("log_density needs an ODE solver")
+                    && e.contains("reverse SDE")
+                    && e.contains("probability-flow"),
+                "{e}"
+            );
+            // Zero steps.
+            let zero = socflow_sampler_options { steps: 0, ..o };
+            assert_eq!(create_status(score, &zero), SOCFLOW_ERROR_INVALID_ARGUMENT);
+            assert!(last_error().contains("steps = 0"), "{}", last_error());
+            // A reverse-SDE sampler refuses a log-density buffer when sampling.
+            let s = sampler(score, &o);
+            let (mut x, mut ld) = (vec![0.0; 4 * 2], vec![0.0; 4]);
+            assert_eq!(
+                sample(s, 0, &mut x, Some(&mut ld)),
+                SOCFLOW_ERROR_INVALID_ARGUMENT
+            );
+            assert!(last_error().contains("log_density"), "{}", last_error());
+            assert_eq!(sample(s, 0, &mut x, None), SOCFLOW_OK);
+            assert!(x.iter().all(|v| v.is_finite() && *v != 0.0), "{x:?}");
+            assert_eq!(socflow_sampler_destroy(s), SOCFLOW_OK);
+        }
+    }
+    // Past the last solver.
+    let o = socflow_sampler_options {
+        solver: SOCFLOW_SOLVER_STOCHASTIC_HEUN + 1,
+        ..base
+    };
+    for m in [score, flow] {
+        assert_eq!(create_status(m, &o), SOCFLOW_ERROR_INVALID_ARGUMENT);
+        let e = last_error();
+        assert!(
+            e.contains("unknown solver 6") && e.contains("_EULER_MARUYAMA"),
+            "{e}"
+        );
+    }
+    for m in [score, flow] {
+        assert_eq!(socflow_model_destroy(m), SOCFLOW_OK);
+    }
+}
+
+/// Mean and unbiased variance of coordinate `j` of `rows` (model coordinates).
+fn moments(rows: &[Vec<f64>], j: usize) -> (f64, f64) {
+    let n = rows.len() as f64;
+    let mean = rows.iter().map(|r| r[j]).sum::<f64>() / n;
+    let var = rows.iter().map(|r| (r[j] - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, var)
+}
+
+/// Through the C ABI, a score model whose network is the exact score of Gaussian
+/// data N(m, I) (model coordinates; common::GaussianScoreModel) under β = 10:
+///
+/// - the reverse SDE's samples (n = 20000, 200 steps, drawn in two calls on a pool
+///   of 2) have the moments of the discrete scheme's exact recursion (Euler–Maruyama
+///   and stochastic Heun) within 4 standard errors, and so, up to the scheme's bias,
+///   those of the data law at ε: mean α_ε m, variance α_ε² + σ_ε² = 1, i.e.
+///   N(mean + std ⊙ α_ε m, diag(std²)) in data coordinates;
+/// - the probability-flow ODE (RK4, 64 steps; Dopri5 at 1e-10) maps each prior draw
+///   exactly (a translation by m(α_ε − α₁)) and gives the exact log-density, both to
+///   1e-6.
+#[test]
+fn score_sampler_draws_the_closed_forms_of_an_exact_gaussian_score() {
+    let g = common::GaussianScoreModel::new(vec![1.5, -1.0], 10.0, vec![0.5, -2.0], vec![2.0, 0.5]);
+    let d = g.dim();
+    let bytes = g.artifact.to_bytes(StorageDtype::F64).expect("bytes");
+    let m = load(&bytes);
+    let (n, steps) = (20_000, 200);
+    let alpha_eps = g.sde.alpha(g.sde.eps);
+    let (mean_c, var_c) = g.reverse_sde_moments();
+    for (j, mc) in mean_c.iter().enumerate() {
+        // The continuous reverse SDE lands on the data law at ε up to the prior's
+        // mismatch α₁ = e^{-5}.
+        assert!((mc - alpha_eps * g.m[j]).abs() < 1e-4, "{mean_c:?}");
+    }
+    for (solver, heun) in [
+        (SOCFLOW_SOLVER_EULER_MARUYAMA, false),
+        (SOCFLOW_SOLVER_STOCHASTIC_HEUN, true),
+    ] {
+        let o = socflow_sampler_options {
+            solver,
+            steps,
+            seed: 2025,
+            threads: 2,
+            ..socflow_sampler_options::default()
+        };
+        let s = sampler(m, &o);
+        let mut x = vec![0.0; n * d];
+        let (a, b) = x.split_at_mut(12_000 * d);
+        assert_eq!(sample(s, 0, a, None), SOCFLOW_OK, "{}", last_error());
+        assert_eq!(sample(s, 12_000, b, None), SOCFLOW_OK, "{}", last_error());
+        assert_eq!(socflow_sampler_destroy(s), SOCFLOW_OK);
+        let rows: Vec<Vec<f64>> = x.chunks_exact(d).map(|r| g.to_model(r)).collect();
+        let (mean_d, var_d) = g.scheme_moments(heun, steps);
+        let se_var = var_d * (2.0 / (n - 1) as f64).sqrt();
+        let se_mu = (var_d / n as f64).sqrt();
+        for j in 0..d {
+            let (mu, var) = moments(&rows, j);
+            println!(
+                "solver {solver}, coordinate {j}: mean {mu:.5} (scheme {:.5}, data {:.5}), \
+                 variance {var:.5} (scheme {var_d:.5}, data {var_c})",
+                mean_d[j], mean_c[j]
+            );
+            assert!(
+                (mu - mean_d[j]).abs() < 4.0 * se_mu,
+                "solver {solver}, coordinate {j}: mean {mu} vs the scheme's {}",
+                mean_d[j]
+            );
+            assert!(
+                (var - var_d).abs() < 4.0 * se_var,
+                "solver {solver}, coordinate {j}: variance {var} vs the scheme's {var_d}"
+            );
+            let (bias_mu, bias_var) = ((mean_d[j] - mean_c[j]).abs(), (var_d - var_c).abs());
+            assert!(bias_mu < 0.02 && bias_var < 0.02, "{bias_mu} {bias_var}");
+            assert!((mu - mean_c[j]).abs() < 4.0 * se_mu + bias_mu);
+            assert!((var - var_c).abs() < 4.0 * se_var + bias_var);
+        }
+    }
+
+    // The probability-flow ODE: the exact map of every prior draw, and its density.
+    let shift = g.flow_shift();
+    let log_det: f64 = g.normalization.std.iter().map(|s| s.ln()).sum();
+    for o in [
+        socflow_sampler_options {
+            solver: SOCFLOW_SOLVER_RK4,
+            steps: 64,
+            ..socflow_sampler_options::default()
+        },
+        socflow_sampler_options {
+            solver: SOCFLOW_SOLVER_DOPRI5,
+            rtol: 1e-10,
+            atol: 1e-10,
+            ..socflow_sampler_options::default()
+        },
+    ] {
+        let o = socflow_sampler_options {
+            seed: 9,
+            log_density: 1,
+            ..o
+        };
+        let n = 500;
+        let s = sampler(m, &o);
+        let (mut x, mut ld) = (vec![0.0; n * d], vec![0.0; n]);
+        assert_eq!(sample(s, 0, &mut x, Some(&mut ld)), SOCFLOW_OK);
+        assert_eq!(socflow_sampler_destroy(s), SOCFLOW_OK);
+        let prior = Brownian::new(o.seed);
+        let (mut ex, mut el) = (0.0f64, 0.0f64);
+        for i in 0..n {
+            let mut z = vec![0.0; d];
+            prior.prior_normals(i as u64, &mut z).expect("prior draw");
+            let row = &x[i * d..(i + 1) * d];
+            for j in 0..d {
+                let want = g.normalization.mean[j] + g.normalization.std[j] * (z[j] + shift[j]);
+                ex = ex.max((row[j] - want).abs());
+            }
+            let want_ld = -0.5 * d as f64 * 1.837_877_066_409_345_3
+                - 0.5 * z.iter().map(|v| v * v).sum::<f64>()
+                - log_det;
+            el = el.max((ld[i] - want_ld).abs());
+            el = el.max((ld[i] - g.flow_log_density(row)).abs());
+        }
+        println!(
+            "probability flow, solver {}: largest state error {ex:e}, log-density error {el:e}",
+            o.solver
+        );
+        assert!(ex < 1e-6 && el < 1e-6, "solver {}: {ex:e} {el:e}", o.solver);
     }
     assert_eq!(socflow_model_destroy(m), SOCFLOW_OK);
 }

@@ -26,6 +26,8 @@ use socflow_runtime::controller::{Dynamics, Integrator, SimulateOptions};
 use socflow_runtime::model::Model;
 use socflow_runtime::ode::{OdeOptions, OdeSolver};
 use socflow_runtime::sampler::{Sampler, SamplerOptions};
+use socflow_runtime::sde::{SdeOptions, SdeScheme};
+use socflow_runtime::vpsde::VpSampling;
 use socflow_testkit::Rng;
 
 /// Sizes test_abi.c assumes (its MAP_D, MAP_U, PLAIN_D, MLP_D).
@@ -136,25 +138,41 @@ struct SamplerCase {
 
 /// Records `prefix.params` ([solver, steps, rtol, atol, seed, log_density, n]),
 /// `prefix.x` and `prefix.logp`: the samples the runtime's sampler draws the way
-/// the C sampler is documented to (prior N(0, I) at the model's t1, integrated to
-/// t0, the card's normalization applied).
+/// the C sampler is documented to: for a flow, the prior N(0, I) at the model's t1
+/// integrated to t0; for a score model, the probability-flow ODE (ODE solvers) or
+/// the reverse SDE (solvers 4 and 5, Euler–Maruyama and stochastic Heun) from t1 down
+/// to the VP-SDE's ε; the card's normalization applied.
 fn put_samples(e: &mut Expected, prefix: &str, model: &Model<f64>, c: &SamplerCase) {
-    let solver = [
-        OdeSolver::Euler,
-        OdeSolver::Heun,
-        OdeSolver::Rk4,
-        OdeSolver::Dopri5,
-    ][c.solver as usize];
-    let ode = if solver == OdeSolver::Dopri5 {
-        OdeOptions::adaptive(c.rtol, c.atol)
-    } else {
-        OdeOptions::fixed(solver, c.steps)
+    let ode = || {
+        let solver = [
+            OdeSolver::Euler,
+            OdeSolver::Heun,
+            OdeSolver::Rk4,
+            OdeSolver::Dopri5,
+        ][c.solver as usize];
+        if solver == OdeSolver::Dopri5 {
+            OdeOptions::adaptive(c.rtol, c.atol)
+        } else {
+            OdeOptions::fixed(solver, c.steps)
+        }
     };
-    let mut so = SamplerOptions::ode(ode, c.seed);
-    so.log_density = c.log_density;
-    so.normalization = model.artifact().card.normalization.clone();
-    let (t0, t1) = model.time_interval();
-    let sampler = Sampler::new(model.field().expect("a flow"), t1, t0, so).expect("sampler");
+    let sampler = if model.kind() == ModelKind::Score {
+        let vp = model.vpsde().expect("a score model");
+        let how = match c.solver {
+            4 => VpSampling::ReverseSde(SdeOptions::new(SdeScheme::EulerMaruyama, c.steps)),
+            5 => VpSampling::ReverseSde(SdeOptions::new(SdeScheme::StochasticHeun, c.steps)),
+            _ => VpSampling::ProbabilityFlow(ode()),
+        };
+        let mut so = vp.sampler_options(how, c.seed);
+        so.log_density = c.log_density;
+        vp.sampler(so).expect("sampler")
+    } else {
+        let mut so = SamplerOptions::ode(ode(), c.seed);
+        so.log_density = c.log_density;
+        so.normalization = model.artifact().card.normalization.clone();
+        let (t0, t1) = model.time_interval();
+        Sampler::new(model.field().expect("a flow"), t1, t0, so).expect("sampler")
+    };
     let s = sampler.sample(c.n, 0).expect("Rust samples");
     e.put(
         &format!("{prefix}.params"),
@@ -221,7 +239,8 @@ fn write_inputs(dir: &Path) {
     let load = |name: &str| {
         Model::<f64>::load(dir.join(format!("{name}.safetensors"))).expect("load a model")
     };
-    let (map, plain, velocity) = (load("map"), load("plain"), load("velocity"));
+    let (map, plain, velocity, score) =
+        (load("map"), load("plain"), load("velocity"), load("score"));
 
     // Controls and values of single states, and a batch of 100 (two worker chunks).
     let mut g = Rng(2024);
@@ -324,6 +343,11 @@ fn write_inputs(dir: &Path) {
             &velocity,
             case(3, 0, 1e-7, 1e-9, 6, true, 8),
         ),
+        // The score model (no vpsde entry: the default schedule): the probability-flow
+        // ODE with log-densities, the reverse SDE by Euler–Maruyama and stochastic Heun.
+        ("score.rk4", &score, case(2, 16, 1e-5, 1e-5, 8, true, 8)),
+        ("score.em", &score, case(4, 40, 1e-5, 1e-5, 9, false, 12)),
+        ("score.sheun", &score, case(5, 20, 1e-5, 1e-5, 10, false, 8)),
     ];
     for (prefix, model, c) in &cases {
         put_samples(&mut e, prefix, model, c);

@@ -8,8 +8,10 @@
  * DIR is written by the Rust harness (ffi/tests/c_abi.rs): the model files
  * map.safetensors (OT-Flow, 4 states, a 2 x 4 control map), plain.safetensors
  * (OT-Flow, 3 states, no control map, a data normalization), velocity.safetensors
- * and score.safetensors (MLP fields, 2 states), and expected.txt: the inputs and the
- * values the Rust API computes for them, one array a line, "name count v1 ... v_count".
+ * and score.safetensors (MLP fields, 2 states; the score model is a VP-SDE diffusion
+ * with the default schedule, sampled by its probability-flow ODE and its reverse
+ * SDE), and expected.txt: the inputs and the values the Rust API computes for them,
+ * one array a line, "name count v1 ... v_count".
  *
  * --quick leaves out the sampler results and the shared sampler, and makes
  * fewer calls in the other threaded groups (for valgrind, which is slow).
@@ -1367,9 +1369,11 @@ static void check_sampler_case(struct socflow_model model, const char *prefix, s
 static void test_sampler_results(void) {
     struct socflow_model plain = load("plain.safetensors");
     struct socflow_model velocity = load("velocity.safetensors");
+    struct socflow_model score = load("score.safetensors");
     struct socflow_sampler_options o;
     static const char *vel_cases[] = {"velocity.euler", "velocity.heun", "velocity.rk4",
                                       "velocity.dopri5"};
+    static const char *score_cases[] = {"score.rk4", "score.em", "score.sheun"};
     size_t i;
     check_sampler_case(plain, "plain.rk4", PLAIN_D, 0, 0);
     check_sampler_case(plain, "plain.rk4", PLAIN_D, 0, 2);
@@ -1377,6 +1381,14 @@ static void test_sampler_results(void) {
     for (i = 0; i < 4; i++) {
         check_sampler_case(velocity, vel_cases[i], MLP_D, 0, 0);
         if (i < 3) check_sampler_case(velocity, vel_cases[i], MLP_D, 1, 1);
+    }
+    /* A score model: the probability-flow ODE (with log-densities) and the reverse
+     * SDE, whose Brownian increments are keyed by (seed, sample, step): the same
+     * samples on any thread count and in any split into calls. */
+    for (i = 0; i < 3; i++) {
+        check_sampler_case(score, score_cases[i], MLP_D, 0, 0);
+        check_sampler_case(score, score_cases[i], MLP_D, 0, 2);
+        check_sampler_case(score, score_cases[i], MLP_D, 1, 1);
     }
     /* The defaults: what the header documents, and what NULL options mean. */
     if (CHECK_OK(socflow_sampler_options_default(&o))) {
@@ -1401,6 +1413,7 @@ static void test_sampler_results(void) {
     }
     CHECK_OK(socflow_model_destroy(plain));
     CHECK_OK(socflow_model_destroy(velocity));
+    CHECK_OK(socflow_model_destroy(score));
 }
 
 static void test_sampler_errors(void) {
@@ -1424,7 +1437,7 @@ static void test_sampler_errors(void) {
 
     /* Unknown solver and precision, zero steps, bad tolerances. */
     {
-        uint32_t solvers[] = {4, 99, UINT32_MAX};
+        uint32_t solvers[] = {SOCFLOW_SOLVER_STOCHASTIC_HEUN + 1, 99, UINT32_MAX};
         for (i = 0; i < 3; i++) {
             o = def;
             o.solver = solvers[i];
@@ -1432,9 +1445,18 @@ static void test_sampler_errors(void) {
         }
         for (i = 0; i < 3; i++) {
             o = def;
-            o.precision = solvers[i] == 4 ? 2 : solvers[i];
+            o.precision = i == 0 ? 2 : solvers[i];
             CREATE_FAILS(SOCFLOW_ERROR_INVALID_ARGUMENT, &o);
         }
+    }
+    /* The reverse-SDE solvers sample score models only. */
+    for (i = SOCFLOW_SOLVER_EULER_MARUYAMA; i <= SOCFLOW_SOLVER_STOCHASTIC_HEUN; i++) {
+        o = def;
+        o.solver = (uint32_t)i;
+        CREATE_FAILS(SOCFLOW_ERROR_INVALID_ARGUMENT, &o);
+        CHECK(strstr(last_error(), "score (diffusion) model") != NULL,
+              "an SDE solver on a flow model: the message \"%s\" names score models",
+              last_error());
     }
     for (i = SOCFLOW_SOLVER_EULER; i <= SOCFLOW_SOLVER_RK4; i++) {
         o = def;
@@ -1469,16 +1491,41 @@ static void test_sampler_errors(void) {
         s = make_sampler(plain, &o);
         CHECK_OK(socflow_sampler_destroy(s));
     }
-    /* A score model is not a flow. */
-    out.id = JUNK_ID;
-    CHECK_ERR(SOCFLOW_ERROR_UNSUPPORTED, socflow_sampler_create(score, NULL, &out));
-    CHECK(out.id == 0, "a failed sampler_create leaves the null handle");
-    o = def;
-    o.precision = SOCFLOW_PRECISION_F32;
-    out.id = JUNK_ID;
-    CHECK_ERR(SOCFLOW_ERROR_UNSUPPORTED, socflow_sampler_create(score, &o, &out));
-    CHECK(out.id == 0, "a failed sampler_create leaves the null handle");
 #undef CREATE_FAILS
+#define SCORE_CREATE_FAILS(opts, message)                                         \
+    do {                                                                          \
+        out.id = JUNK_ID;                                                         \
+        CHECK_ERR(SOCFLOW_ERROR_INVALID_ARGUMENT,                                 \
+                  socflow_sampler_create(score, opts, &out));                     \
+        CHECK(out.id == 0, "a failed sampler_create leaves the null handle");     \
+        CHECK(strstr(last_error(), message) != NULL, "the message \"%s\" lacks %s", \
+              last_error(), message);                                             \
+    } while (0)
+
+    /* A score model: NULL options (RK4 on the probability-flow ODE) and the reverse
+     * SDE sample; the reverse SDE has no log-density and needs steps. */
+    s = make_sampler(score, NULL);
+    CHECK_OK(socflow_sampler_destroy(s));
+    for (i = SOCFLOW_SOLVER_EULER_MARUYAMA; i <= SOCFLOW_SOLVER_STOCHASTIC_HEUN; i++) {
+        o = def;
+        o.solver = (uint32_t)i;
+        o.steps = 4;
+        o.precision = i == SOCFLOW_SOLVER_EULER_MARUYAMA ? SOCFLOW_PRECISION_F32
+                                                          : SOCFLOW_PRECISION_F64;
+        s = make_sampler(score, &o);
+        /* A log-density buffer is refused, samples are drawn. */
+        CHECK_ERR(SOCFLOW_ERROR_INVALID_ARGUMENT, socflow_sampler_sample(s, 0, x, 4 * MLP_D, l, 4));
+        fill(x, 4 * MLP_D, 0.0);
+        CHECK_OK(socflow_sampler_sample(s, 0, x, 4 * MLP_D, NULL, 0));
+        CHECK(isfinite(x[0]) && x[0] != 0.0, "reverse-SDE sample %g", x[0]);
+        CHECK_OK(socflow_sampler_destroy(s));
+        o.log_density = 1;
+        SCORE_CREATE_FAILS(&o, "log_density needs an ODE solver");
+        o.log_density = 0;
+        o.steps = 0;
+        SCORE_CREATE_FAILS(&o, "steps = 0");
+    }
+#undef SCORE_CREATE_FAILS
 
     /* dim and sample. */
     o = def;

@@ -13,8 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use socflow_runtime::artifact::{Artifact, ControlMap, ModelKind, Provenance, StorageDtype};
+use socflow_runtime::artifact::{
+    Artifact, ControlMap, ModelKind, Normalization, Provenance, StorageDtype,
+};
 use socflow_runtime::nn::{Activation, MlpParams, OtFlowParams};
+use socflow_runtime::vpsde::{ScoreOutput, VpSde};
 use socflow_testkit::Rng;
 
 /// The workspace root (the parent of `ffi/`).
@@ -293,6 +296,203 @@ pub fn mlp_model(d: usize, kind: ModelKind, seed: u64) -> Artifact {
         Provenance::now("socflow-ffi C tests"),
     )
     .expect("MLP artifact")
+}
+
+/// A score (diffusion) model as `socflow train` writes one: a random MLP (hidden
+/// 16, 16, SiLU) predicting the noise, with its VP-SDE in the card (β from 0.2 to 15,
+/// sampling down to ε = 2·10⁻³, not the defaults, so a sampler that ignored the
+/// card would differ) and a data normalization.
+pub fn score_model(d: usize, seed: u64) -> Artifact {
+    let mut g = Rng(seed ^ 0xd1ff);
+    Artifact::mlp(
+        mlp_params(d, &[16, 16], Activation::Silu, seed),
+        ModelKind::Score,
+        [0.0, 1.0],
+        Provenance::now("socflow-ffi tests"),
+    )
+    .expect("MLP artifact")
+    .with_vpsde(VpSde {
+        beta_min: 0.2,
+        beta_max: 15.0,
+        eps: 2e-3,
+        output: ScoreOutput::Noise,
+    })
+    .expect("VP-SDE entry")
+    .with_normalization(
+        Normalization::new(
+            g.vec_sym(d, 1.0),
+            g.vec(d, 0.5).iter().map(|v| 1.0 + v.abs()).collect(),
+        )
+        .expect("normalization"),
+    )
+    .expect("normalization fits")
+}
+
+/// A score model whose network is, to rounding, the exact score of Gaussian data,
+/// and the closed forms it is checked against.
+///
+/// In model coordinates the data law is N(m, I): its VP-SDE marginals are
+/// N(α_t m, I) at every t (v_t = α_t²·1 + σ_t² = 1), so the exact score is
+/// s(x, t) = −(x − α_t m), affine in x with a unit coefficient. (Data of another
+/// variance s² ≠ 1 has the score −(x − α_t m)/v_t, a product of x and a function of
+/// t that no MLP of (x, t) computes exactly; a non-unit variance comes from the
+/// card's normalization instead: the data law in data coordinates is
+/// N(mean + std ⊙ m, diag(std²)).) With a constant schedule β(t) = β, α_t = e^{−βt/2}.
+///
+/// The MLP has one softplus layer of 2d + 1 units: softplus(x_j) − softplus(−x_j) = x_j
+/// exactly in real arithmetic (to an ulp in floating point), and
+/// e^{c}·softplus(−c − βt/2) = α_t (1 − O(e^{−c})) with c = 40, i.e. to an ulp too.
+#[derive(Clone, Debug)]
+pub struct GaussianScoreModel {
+    /// The model (kind score, card entry `vpsde`, normalization).
+    pub artifact: Artifact,
+    /// Data mean m in model coordinates.
+    pub m: Vec<f64>,
+    /// The VP-SDE (constant β).
+    pub sde: VpSde,
+    /// The normalization model → data: x = mean + std ⊙ x_model.
+    pub normalization: Normalization,
+}
+
+impl GaussianScoreModel {
+    /// N(m, I) in model coordinates with β(t) = `beta`, sampling down to ε = 10⁻³,
+    /// and the normalization (`mean`, `std`).
+    pub fn new(m: Vec<f64>, beta: f64, mean: Vec<f64>, std: Vec<f64>) -> Self {
+        const C: f64 = 40.0;
+        let d = m.len();
+        let width = 2 * d + 1;
+        // Layer 0 (width × (d + 1), inputs [x, t]): units j and d + j see ±x_j,
+        // unit 2d sees −βt/2 − c.
+        let mut w0 = vec![0.0; width * (d + 1)];
+        let mut b0 = vec![0.0; width];
+        for j in 0..d {
+            w0[j * (d + 1) + j] = 1.0;
+            w0[(d + j) * (d + 1) + j] = -1.0;
+        }
+        w0[2 * d * (d + 1) + d] = -0.5 * beta;
+        b0[2 * d] = -C;
+        // Layer 1 (d × width): −(softplus(x_j) − softplus(−x_j)) + m_j e^c softplus(…).
+        let mut w1 = vec![0.0; d * width];
+        for j in 0..d {
+            w1[j * width + j] = -1.0;
+            w1[j * width + d + j] = 1.0;
+            w1[j * width + 2 * d] = m[j] * C.exp();
+        }
+        let params = MlpParams {
+            d,
+            hidden: vec![width],
+            activation: Activation::Softplus,
+            weights: vec![w0, w1],
+            biases: vec![b0, vec![0.0; d]],
+        };
+        let sde = VpSde {
+            beta_min: beta,
+            beta_max: beta,
+            eps: 1e-3,
+            output: ScoreOutput::Score,
+        };
+        let normalization = Normalization::new(mean, std).expect("normalization");
+        let artifact = Artifact::mlp(
+            params,
+            ModelKind::Score,
+            [0.0, 1.0],
+            Provenance::now("socflow-ffi tests: exact Gaussian score"),
+        )
+        .expect("MLP artifact")
+        .with_vpsde(sde)
+        .expect("VP-SDE entry")
+        .with_normalization(normalization.clone())
+        .expect("normalization fits");
+        GaussianScoreModel {
+            artifact,
+            m,
+            sde,
+            normalization,
+        }
+    }
+
+    /// State dimension.
+    pub fn dim(&self) -> usize {
+        self.m.len()
+    }
+
+    /// Model coordinates of a sample in data coordinates.
+    pub fn to_model(&self, x: &[f64]) -> Vec<f64> {
+        x.iter()
+            .zip(&self.normalization.mean)
+            .zip(&self.normalization.std)
+            .map(|((x, mu), s)| (x - mu) / s)
+            .collect()
+    }
+
+    /// The probability-flow ODE dx/dt = −½β[x + s(x, t)] = −½β α_t m moves every
+    /// point by the same offset from t = 1 to ε: m(α_ε − α₁) (model coordinates).
+    pub fn flow_shift(&self) -> Vec<f64> {
+        let shift = self.sde.alpha(self.sde.eps) - self.sde.alpha(1.0);
+        self.m.iter().map(|m| m * shift).collect()
+    }
+
+    /// The model's exact log-density at a sample `x` (data coordinates) of its
+    /// probability-flow sampler: the prior N(0, I) shifted by [`flow_shift`]
+    /// (a translation: no volume change), minus Σ ln std for the normalization.
+    ///
+    /// [`flow_shift`]: GaussianScoreModel::flow_shift
+    pub fn flow_log_density(&self, x: &[f64]) -> f64 {
+        const LN_2PI: f64 = 1.837_877_066_409_345_3;
+        let z = self.to_model(x);
+        let shift = self.flow_shift();
+        let mut lp = -0.5 * self.dim() as f64 * LN_2PI;
+        for (zj, sj) in z.iter().zip(&shift) {
+            lp -= 0.5 * (zj - sj) * (zj - sj);
+        }
+        lp - self.normalization.std.iter().map(|s| s.ln()).sum::<f64>()
+    }
+
+    /// Exact moments (per coordinate, model coordinates) of the continuous reverse
+    /// SDE from the prior N(0, I) at t = 1 to ε: the mean offset from α_t m decays by
+    /// ρ = α₁/α_ε, and the variance stays 1 (the prior's variance is already v₁ = 1).
+    /// So the mean is m(α_ε − α₁²/α_ε) ≈ α_ε m and the variance α_ε² + σ_ε² = 1.
+    pub fn reverse_sde_moments(&self) -> (Vec<f64>, f64) {
+        let (a1, ae) = (self.sde.alpha(1.0), self.sde.alpha(self.sde.eps));
+        let mean = self.m.iter().map(|m| m * (ae - a1 * a1 / ae)).collect();
+        (mean, 1.0)
+    }
+
+    /// Exact moments (per coordinate, model coordinates) of the discrete schemes after
+    /// `steps` steps from N(0, I) at t = 1: the reverse drift is a x + b_k with
+    /// a = −½β + β = ½β and b_k = −β α_{t_k} m, the noise √β ΔW, so each step maps
+    /// (mean, variance) linearly. Euler–Maruyama: x₊ = (1 + ah)x + b_k h + √β ΔW;
+    /// stochastic Heun: x₊ = x + ½h[(a x + b_k) + (a x̃ + b_{k+1})] + √β ΔW with the
+    /// predictor x̃ = x + (a x + b_k)h + √β ΔW.
+    pub fn scheme_moments(&self, heun: bool, steps: usize) -> (Vec<f64>, f64) {
+        let beta = self.sde.beta_min;
+        let (t0, t1) = (1.0, self.sde.eps);
+        let h = (t1 - t0) / steps as f64;
+        let time = |k: usize| if k == steps { t1 } else { t0 + k as f64 * h };
+        let a = 0.5 * beta;
+        let g = beta.sqrt();
+        let mut mean = vec![0.0; self.dim()];
+        let mut var = 1.0;
+        for k in 0..steps {
+            let (ak, bk) = (self.sde.alpha(time(k)), self.sde.alpha(time(k + 1)));
+            let (mult, noise) = if heun {
+                (1.0 + a * h + 0.5 * a * a * h * h, g * (1.0 + 0.5 * a * h))
+            } else {
+                (1.0 + a * h, g)
+            };
+            for (mu, m) in mean.iter_mut().zip(&self.m) {
+                let (b0, b1) = (-beta * ak * m, -beta * bk * m);
+                let shift = if heun {
+                    0.5 * h * (b0 + b1 + a * b0 * h)
+                } else {
+                    b0 * h
+                };
+                *mu = mult * *mu + shift;
+            }
+            var = mult * mult * var + noise * noise * h.abs();
+        }
+        (mean, var)
+    }
 }
 
 /// Writes a model file (f64 tensors).
