@@ -19,7 +19,7 @@ use socflow_runtime::controller::{Integrator, SimulateOptions};
 use socflow_runtime::model::Model;
 use socflow_runtime::npy::write_npy;
 use socflow_runtime::ode::{AdaptiveOptions, OdeOptions, OdeSolver, SaveAt, StepSize};
-use socflow_runtime::onnx::OnnxField;
+use socflow_runtime::onnx::{OnnxField, TimeShape};
 use socflow_runtime::sampler::{Sampler, SamplerOptions};
 use socflow_runtime::sde::{SdeOptions, SdeScheme};
 use socflow_runtime::vpsde::VpSampling;
@@ -44,15 +44,17 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Trains a model from a TOML config and exports it as a model file.
     Train(train::TrainArgs),
-    /// Prints a model file's card: kind, architecture, sizes, provenance.
+    /// Prints a model file's card: kind, architecture, sizes, provenance; for an .onnx
+    /// model, its signature (inputs, output, state dimension, element type).
     Inspect {
-        /// The model file (.safetensors).
+        /// The model file (.safetensors, or .onnx).
         model: PathBuf,
     },
     /// Draws samples from a velocity or potential model and writes them as .npy.
     Sample(SampleArgs),
-    /// Mean negative log-likelihood of a data file under a velocity or potential
-    /// model (exact divergence, or Hutchinson's estimate), with its standard error.
+    /// Mean negative log-likelihood of a data file under a velocity, potential or
+    /// score model (exact divergence, or Hutchinson's estimate), with its standard
+    /// error.
     Likelihood(likelihood::LikelihoodArgs),
     /// Evaluates the feedback control u = −M∇ₓΦ(t, x) of a potential model.
     Control(ControlArgs),
@@ -246,10 +248,54 @@ fn load_model<T: Real>(path: &Path) -> Result<Model<T>> {
 }
 
 fn inspect(path: &Path) -> Result<()> {
+    if is_onnx(path) {
+        return inspect_onnx(path);
+    }
     let artifact =
         Artifact::load(path).with_context(|| format!("cannot load model {}", path.display()))?;
     println!("{}", path.display());
     print!("{}", artifact.describe());
+    Ok(())
+}
+
+/// `socflow inspect MODEL.onnx`: what the ONNX field reader sees (the signature it
+/// validated when loading the model through ONNX Runtime) and what the model lacks
+/// beside a socflow model file.
+fn inspect_onnx(path: &Path) -> Result<()> {
+    let field = OnnxField::<f64>::load(path)
+        .with_context(|| format!("cannot load ONNX model {}", path.display()))?;
+    let sig = field.signature();
+    let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let library = socflow_runtime::onnx::init()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "?".into());
+    let d = sig.dim;
+    let time = match sig.time_shape {
+        TimeShape::Scalar => "[], a scalar shared by the batch",
+        TimeShape::Batch => "[batch]",
+        TimeShape::BatchByOne => "[batch, 1]",
+    };
+    let state = format!("`{}` (state, [batch, {d}])", sig.x_name);
+    let time = format!("`{}` (time, {time})", sig.t_name);
+    let inputs = if sig.x_first {
+        [state, time]
+    } else {
+        [time, state]
+    };
+    println!("{}", path.display());
+    println!("format:        ONNX model, {bytes} bytes, read by ONNX Runtime ({library})");
+    println!("kind:          field v = f(x, t), sampled as a velocity");
+    println!("inputs:        {}", inputs.join(", "));
+    println!("output:        `{}` ([batch, {d}])", sig.output_name);
+    println!("state dim:     {d}");
+    println!("dtype:         {} (inputs and output)", sig.dtype.name());
+    println!("batch:         dynamic");
+    println!("time:          not recorded (socflow sample takes --t0/--t1, default [0, 1])");
+    println!("normalization: none");
+    println!(
+        "divergence:    none (ONNX Runtime gives no derivatives: no log-densities or \
+         likelihoods)"
+    );
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! `socflow sample MODEL.onnx`: an ONNX model written by the `onnx` Python package from
 //! a native MLP's weights samples what the native model file samples, and ONNX-specific
 //! mistakes (log-densities, a wrong signature, --t0/--t1 on a card model, no ONNX
-//! Runtime library) are clear messages with a non-zero exit.
+//! Runtime library) are clear messages with a non-zero exit. `socflow inspect MODEL.onnx`
+//! prints the signature the field reader validated, and refuses what it refuses.
 //!
 //! Needs a Python with `onnx` and `onnxruntime` (SOCFLOW_PYTHON, else target/pyenv
 //! from scripts/setup-python); without one each test prints `skipped: <reason>`.
@@ -55,20 +56,33 @@ fn mlp(d: usize) -> MlpParams {
     }
 }
 
-/// Writes `p` as an ONNX model with runtime/tests/onnx_mlp.py.
+/// Writes `p` as an ONNX model with runtime/tests/onnx_mlp.py (time input [batch]).
 fn write_onnx(py: &Path, dir: &Path, p: &MlpParams, dtype: &str, variant: &str) -> PathBuf {
+    write_onnx_timed(py, dir, p, dtype, variant, "batch")
+}
+
+/// Writes `p` as an ONNX model with runtime/tests/onnx_mlp.py, its time input of shape
+/// `time` ("batch": [batch], "batch1": [batch, 1], "scalar": []).
+fn write_onnx_timed(
+    py: &Path,
+    dir: &Path,
+    p: &MlpParams,
+    dtype: &str,
+    variant: &str,
+    time: &str,
+) -> PathBuf {
     let spec = serde_json::json!({
         "d": p.d,
         "activation": p.activation.name(),
         "weights": p.weights,
         "biases": p.biases,
         "dtype": dtype,
-        "time": "batch",
+        "time": time,
         "variant": variant,
     });
-    let spec_path = dir.join(format!("{dtype}_{variant}.json"));
+    let spec_path = dir.join(format!("{dtype}_{variant}_{time}.json"));
     std::fs::write(&spec_path, spec.to_string()).unwrap();
-    let out = dir.join(format!("vel_{dtype}_{variant}.onnx"));
+    let out = dir.join(format!("vel_{dtype}_{variant}_{time}.onnx"));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/runtime/tests/onnx_mlp.py");
     let o = Command::new(py)
         .arg(script)
@@ -220,6 +234,125 @@ fn onnx_mistakes_are_clear_errors() {
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("ONNX Runtime library not found"), "{err}");
+    assert!(err.contains("ORT_DYLIB_PATH="), "{err}");
+}
+
+/// `socflow inspect MODEL.onnx` prints the signature the ONNX field reader validated:
+/// input names in the model's order with the state and time shapes, the output, d, the
+/// element type, the dynamic batch; d is the dimension `socflow sample` then draws in.
+/// A socflow model file still prints its card.
+#[test]
+fn inspect_prints_an_onnx_models_signature() {
+    let py = python_or_skip!();
+    let dir = tempfile::tempdir().unwrap();
+    let inspect = |path: &Path| {
+        let o = socflow(&["inspect", path.to_str().unwrap()]);
+        assert_success(&o);
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let cases: [(usize, &str, &str, &str, &str); 3] = [
+        (
+            3,
+            "float32",
+            "ok",
+            "batch",
+            "inputs:        `x` (state, [batch, 3]), `t` (time, [batch])\n",
+        ),
+        (
+            2,
+            "float64",
+            "swapped",
+            "scalar",
+            "inputs:        `t` (time, [], a scalar shared by the batch), `x` (state, [batch, 2])\n",
+        ),
+        (
+            4,
+            "float32",
+            "unnamed",
+            "batch1",
+            "inputs:        `a` (state, [batch, 4]), `b` (time, [batch, 1])\n",
+        ),
+    ];
+    for (d, dtype, variant, time, inputs) in cases {
+        let onnx = write_onnx_timed(&py, dir.path(), &mlp(d), dtype, variant, time);
+        let text = inspect(&onnx);
+        println!("{text}");
+        let bytes = std::fs::metadata(&onnx).unwrap().len();
+        for want in [
+            format!("format:        ONNX model, {bytes} bytes, read by ONNX Runtime ("),
+            inputs.to_string(),
+            format!("output:        `v` ([batch, {d}])\n"),
+            format!("state dim:     {d}\n"),
+            format!("dtype:         {dtype} (inputs and output)\n"),
+            "batch:         dynamic\n".to_string(),
+            "normalization: none\n".to_string(),
+            "divergence:    none".to_string(),
+        ] {
+            assert!(text.contains(&want), "{variant}: no {want:?} in\n{text}");
+        }
+        assert!(text.starts_with(onnx.to_str().unwrap()), "{text}");
+        let out = dir.path().join("s.npy");
+        let (shape, x) = sample_ok(&onnx, &out, &["-n", "7"]);
+        assert_eq!(shape, vec![7, d]);
+        assert!(x.iter().all(|v| v.is_finite()));
+    }
+    let native = dir.path().join("vel.safetensors");
+    Artifact::mlp(
+        mlp(2),
+        ModelKind::Velocity,
+        [0.0, 1.0],
+        Provenance::now("onnx cli test"),
+    )
+    .unwrap()
+    .save(&native, StorageDtype::F32)
+    .unwrap();
+    let text = inspect(&native);
+    assert!(
+        text.contains("kind:          velocity") && text.contains("state dim:     2"),
+        "{text}"
+    );
+}
+
+/// `socflow inspect` on an ONNX model the field reader refuses, on bytes that are no
+/// ONNX model, on a missing file, and without an ONNX Runtime library: the messages of
+/// `socflow sample MODEL.onnx`, a non-zero exit and no panic.
+#[test]
+fn inspect_onnx_mistakes_are_clear_errors() {
+    let py = python_or_skip!();
+    let dir = tempfile::tempdir().unwrap();
+    let p = mlp(3);
+    let fails = |path: &Path, lib: Option<&Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_socflow"));
+        cmd.args(["inspect", path.to_str().unwrap()]);
+        if let Some(lib) = lib {
+            cmd.env("ORT_DYLIB_PATH", lib);
+        }
+        let o = cmd.output().unwrap();
+        assert!(!o.status.success(), "inspect {} succeeded", path.display());
+        let err = stderr(&o);
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(err.contains("cannot load ONNX model"), "{err}");
+        err
+    };
+    for (variant, want) in [
+        ("three_inputs", "3 inputs"),
+        ("fixed_batch", "fixed batch size 1"),
+        ("wrong_d", "the output must be [batch, 3]"),
+        ("mixed_dtype", "mixes element types"),
+    ] {
+        let onnx = write_onnx(&py, dir.path(), &p, "float32", variant);
+        let err = fails(&onnx, None);
+        assert!(err.contains(want), "{variant}: {err}");
+    }
+    let junk = dir.path().join("junk.onnx");
+    std::fs::write(&junk, b"not an onnx model").unwrap();
+    let err = fails(&junk, None);
+    assert!(err.contains("not a loadable ONNX model"), "{err}");
+    let err = fails(&dir.path().join("missing.onnx"), None);
+    assert!(err.contains("missing.onnx"), "{err}");
+    let ok = write_onnx(&py, dir.path(), &p, "float32", "ok");
+    let err = fails(&ok, Some(&dir.path().join("no/libonnxruntime.so")));
     assert!(err.contains("ONNX Runtime library not found"), "{err}");
     assert!(err.contains("ORT_DYLIB_PATH="), "{err}");
 }
