@@ -1,15 +1,23 @@
 /*
- * sample: draw samples of a socflow flow model into a caller-owned buffer and write
- * them as a NumPy .npy file (float64, shape (n, d)) that numpy.load reads.
+ * sample: draw samples of a socflow flow model (potential or velocity) or score
+ * model (VP-SDE diffusion) into a caller-owned buffer and write them as a NumPy .npy
+ * file (float64, shape (n, d)) that numpy.load reads.
  *
- *   sample MODEL OUT.npy [--n N] [--solver euler|heun|rk4|dopri5] [--steps K]
- *          [--rtol R] [--atol A] [--seed S] [--threads T] [--chunk C] [--f32]
- *          [--log-density LOGP.npy]
+ *   sample MODEL OUT.npy [--n N] [--solver euler|heun|rk4|dopri5|em|stochastic-heun]
+ *          [--steps K] [--rtol R] [--atol A] [--seed S] [--threads T] [--chunk C]
+ *          [--f32] [--log-density LOGP.npy]
+ *
+ * The ODE solvers (euler, heun, rk4, dopri5) integrate a flow model's field, or a
+ * score model's probability-flow ODE; em (Euler-Maruyama) and stochastic-heun run a
+ * score model's reverse SDE with --steps fixed steps (what `socflow sample` does on
+ * a score model by default; e.g. --solver em --steps 500).
  *
  * Samples first .. first + n are keyed by (seed, index): the same seed gives the
  * same samples for any thread count and any --chunk (the buffer is filled by calls
- * of C samples each at consecutive first_sample offsets). --log-density also
- * computes each sample's log-density (exact trace) and writes it as shape (n,).
+ * of C samples each at consecutive first_sample offsets); so are the Brownian
+ * increments of the reverse SDE (by seed, index and step). --log-density also
+ * computes each sample's log-density (exact trace; ODE solvers only) and writes it
+ * as shape (n,).
  *
  * Exit status: 0 on success, 1 on a socflow error (its status name and message are
  * printed), 2 on bad arguments, 3 on other failures (memory, I/O).
@@ -40,18 +48,21 @@ static void usage(const char *msg) {
         fprintf(stderr, "sample: %s\n", msg);
     }
     fprintf(stderr,
-            "usage: sample MODEL OUT.npy [--n N] [--solver euler|heun|rk4|dopri5] [--steps K]\n"
-            "              [--rtol R] [--atol A] [--seed S] [--threads T] [--chunk C] [--f32]\n"
+            "usage: sample MODEL OUT.npy [--n N] [--solver NAME] [--steps K] [--rtol R]\n"
+            "              [--atol A] [--seed S] [--threads T] [--chunk C] [--f32]\n"
             "              [--log-density LOGP.npy]\n"
             "  --n N            samples to draw (default 1000)\n"
-            "  --solver NAME    ODE solver (default rk4)\n"
-            "  --steps K        steps of a fixed-step solver (default 32)\n"
+            "  --solver NAME    euler, heun, rk4 or dopri5: an ODE solver (a flow's field, or\n"
+            "                   a score model's probability-flow ODE); em or stochastic-heun:\n"
+            "                   a score model's reverse SDE (default rk4)\n"
+            "  --steps K        steps of a fixed-step solver, ODE or SDE (default 32)\n"
             "  --rtol, --atol   tolerances of dopri5 (default 1e-5)\n"
-            "  --seed S         seed of the prior draws (default 0)\n"
+            "  --seed S         seed of the prior draws and SDE noise (default 0)\n"
             "  --threads T      worker threads (0, the default: the library's shared pool)\n"
             "  --chunk C        samples per call (default: all in one call)\n"
             "  --f32            compute in single precision (the file stays float64)\n"
-            "  --log-density F  also write each sample's log-density to F (.npy, shape (n,))\n");
+            "  --log-density F  also write each sample's log-density to F (.npy, shape (n,));\n"
+            "                   ODE solvers only\n");
     exit(2);
 }
 
@@ -174,6 +185,10 @@ int main(int argc, char **argv) {
                 opts.solver = SOCFLOW_SOLVER_RK4;
             } else if (strcmp(s, "dopri5") == 0) {
                 opts.solver = SOCFLOW_SOLVER_DOPRI5;
+            } else if (strcmp(s, "em") == 0) {
+                opts.solver = SOCFLOW_SOLVER_EULER_MARUYAMA;
+            } else if (strcmp(s, "stochastic-heun") == 0) {
+                opts.solver = SOCFLOW_SOLVER_STOCHASTIC_HEUN;
             } else {
                 fprintf(stderr, "sample: unknown solver '%s'\n", s);
                 usage(NULL);
@@ -215,6 +230,11 @@ int main(int argc, char **argv) {
 
     struct socflow_model model = {0};
     check(socflow_model_load(model_path, &model), "socflow_model_load");
+    /* The sampler knows how to draw from each kind of model; the kind is printed. */
+    struct socflow_model_info info;
+    check(socflow_model_get_info(model, &info), "socflow_model_get_info");
+    static const char *const kind_names[] = {"potential", "velocity", "score"};
+    const char *kind = info.kind < 3 ? kind_names[info.kind] : "?";
     struct socflow_sampler sampler = {0};
     check(socflow_sampler_create(model, &opts, &sampler), "socflow_sampler_create");
     check(socflow_model_destroy(model), "socflow_model_destroy");
@@ -243,9 +263,11 @@ int main(int argc, char **argv) {
     double elapsed = seconds() - t_start;
     check(socflow_sampler_destroy(sampler), "socflow_sampler_destroy");
 
-    static const char *const solver_names[] = {"euler", "heun", "rk4", "dopri5"};
-    printf("sampled n=%zu d=%zu solver=%s steps=%zu seed=%" PRIu64 " precision=%s chunk=%zu\n", n,
-           d, opts.solver < 4 ? solver_names[opts.solver] : "?", opts.steps, opts.seed,
+    static const char *const solver_names[] = {"euler", "heun", "rk4",
+                                               "dopri5", "em", "stochastic-heun"};
+    printf("sampled n=%zu d=%zu kind=%s solver=%s steps=%zu seed=%" PRIu64
+           " precision=%s chunk=%zu\n",
+           n, d, kind, opts.solver < 6 ? solver_names[opts.solver] : "?", opts.steps, opts.seed,
            opts.precision == SOCFLOW_PRECISION_F32 ? "f32" : "f64", chunk);
     printf("elapsed_s=%.6f samples_per_s=%.1f\n", elapsed, (double)n / elapsed);
 

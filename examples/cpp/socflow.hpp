@@ -159,12 +159,15 @@ inline const char *to_string(ModelKind kind) noexcept {
     return "unknown";
 }
 
-/// ODE solvers of a sampler.
+/// Solvers of a sampler: ODE solvers (a flow's field, or a score model's
+/// probability-flow ODE) and SDE solvers (a score model's reverse SDE).
 enum class Solver : std::uint32_t {
     euler = SOCFLOW_SOLVER_EULER,    ///< explicit Euler, fixed steps
     heun = SOCFLOW_SOLVER_HEUN,      ///< Heun, fixed steps
     rk4 = SOCFLOW_SOLVER_RK4,        ///< classical Runge–Kutta, fixed steps
     dopri5 = SOCFLOW_SOLVER_DOPRI5,  ///< Dormand–Prince 5(4), adaptive steps
+    euler_maruyama = SOCFLOW_SOLVER_EULER_MARUYAMA,    ///< reverse SDE, fixed steps
+    stochastic_heun = SOCFLOW_SOLVER_STOCHASTIC_HEUN,  ///< reverse SDE, fixed steps
 };
 
 /// The library's version, "MAJOR.MINOR.PATCH".
@@ -441,12 +444,12 @@ private:
 /// (RK4, 32 steps, tolerances 1e-5, seed 0, f64, no log-densities, shared pool).
 struct SamplerOptions {
     Solver solver;
-    std::size_t steps;          ///< steps of a fixed-step solver
+    std::size_t steps;          ///< steps of a fixed-step solver (ODE or SDE)
     double rtol;                ///< relative tolerance of dopri5
     double atol;                ///< absolute tolerance of dopri5
-    std::uint64_t seed;         ///< sample i's prior draw is keyed by (seed, i)
+    std::uint64_t seed;         ///< sample i's prior draw (and noise) keyed by (seed, i)
     Precision precision;
-    bool log_density;           ///< also compute log-densities (exact trace)
+    bool log_density;           ///< also compute log-densities (exact trace; ODE solvers)
     std::size_t threads;        ///< worker threads (0: the library's shared pool)
 
     SamplerOptions() {
@@ -463,8 +466,10 @@ struct SamplerOptions {
     }
 };
 
-/// A sampler over a potential or velocity model (move-only). Read-only once made:
-/// several threads may draw from one sampler at once.
+/// A sampler over a potential or velocity model, or a score model (its
+/// probability-flow ODE with an ODE solver, its reverse SDE with
+/// Solver::euler_maruyama or Solver::stochastic_heun); move-only. Read-only once
+/// made: several threads may draw from one sampler at once.
 class Sampler {
 public:
     explicit Sampler(const Model &model, const SamplerOptions &options = SamplerOptions()) {

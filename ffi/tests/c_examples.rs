@@ -7,7 +7,9 @@
 //!   final state and control equal the same loop run through the Rust API;
 //! - `sample`: the .npy files it writes (shared and static builds, several solvers,
 //!   chunked calls, f32) hold the runtime's samples and log-densities, bit for bit;
-//!   numpy reads them when the Python environment is there;
+//!   numpy reads them when the Python environment is there; on a score (diffusion)
+//!   model `--solver em` and `stochastic-heun` draw the runtime's reverse-SDE samples
+//!   and `--solver rk4` its probability-flow samples and log-densities;
 //! - the C++ example (CMake, `find_package(socflow)`): controls, values, batches,
 //!   roll-outs (built-in and C++ callables), samples and log-densities equal the
 //!   Rust API's; the deliberate errors come back as they should;
@@ -29,6 +31,8 @@ use socflow_runtime::model::Model;
 use socflow_runtime::npy::read_npy_f64;
 use socflow_runtime::ode::{OdeOptions, OdeSolver};
 use socflow_runtime::sampler::{Sampler, SamplerOptions};
+use socflow_runtime::sde::{SdeOptions, SdeScheme};
+use socflow_runtime::vpsde::VpSampling;
 use socflow_runtime::Real;
 use socflow_testkit::Rng;
 
@@ -47,6 +51,9 @@ struct Examples {
     model: PathBuf,
     /// The same network with a 4 × 10 control map.
     mapped_model: PathBuf,
+    /// A d = 10 score model (VP-SDE diffusion: noise output, the schedule in the
+    /// card, a normalization).
+    score_model: PathBuf,
     /// `control_loop` and `sample` linked against libsocflow.so.
     c_shared: PathBuf,
     /// The same linked against libsocflow.a.
@@ -90,6 +97,9 @@ fn build() -> Result<Examples, String> {
         &mapped_model,
     );
 
+    let score_model = dir.join("score_d10.safetensors");
+    common::write_model(&common::score_model(D, 2025), &score_model);
+
     let makefile = common::workspace_root().join("examples/c/Makefile");
     let mut builds = Vec::new();
     for (name, static_link) in [("c-shared", false), ("c-static", true)] {
@@ -118,6 +128,7 @@ fn build() -> Result<Examples, String> {
         dir,
         model,
         mapped_model,
+        score_model,
         c_shared,
         c_static,
         cpp,
@@ -613,6 +624,142 @@ fn sample_writes_npy_files_holding_the_runtimes_samples() {
     }
 }
 
+/// The runtime's samples (and log-densities) of a score model, as the C ABI's
+/// sampler draws them for `solver` (a `--solver` name of the example).
+fn score_samples_in_rust(
+    model: &Path,
+    solver: &str,
+    steps: usize,
+    seed: u64,
+    n: usize,
+    log_density: bool,
+) -> (Vec<f64>, Option<Vec<f64>>) {
+    let vp = Model::<f64>::load(model)
+        .expect("model")
+        .vpsde()
+        .expect("a score model");
+    let how = match solver {
+        "rk4" => VpSampling::ProbabilityFlow(OdeOptions::fixed(OdeSolver::Rk4, steps)),
+        "em" => VpSampling::ReverseSde(SdeOptions::new(SdeScheme::EulerMaruyama, steps)),
+        "stochastic-heun" => {
+            VpSampling::ReverseSde(SdeOptions::new(SdeScheme::StochasticHeun, steps))
+        }
+        other => panic!("no solver {other} in this test"),
+    };
+    let mut so = vp.sampler_options(how, seed);
+    so.log_density = log_density;
+    let s = vp
+        .sampler(so)
+        .expect("sampler")
+        .sample(n, 0)
+        .expect("samples");
+    (s.x, s.log_density)
+}
+
+#[test]
+fn sample_draws_a_diffusion_model_by_its_reverse_sde_or_probability_flow() {
+    let ex = match examples() {
+        Ok(ex) => ex,
+        Err(why) => return println!("skipped: {why}"),
+    };
+    let model = path_str(&ex.score_model);
+    let out_dir = ex.dir.join("score_samples");
+    std::fs::create_dir_all(&out_dir).expect("samples directory");
+    let file = |name: &str| out_dir.join(name);
+    let n = 48;
+
+    // The reverse SDE, both schemes, in calls of 10 rows on two threads.
+    for (solver, steps) in [("em", "60"), ("stochastic-heun", "30")] {
+        let x_path = file(&format!("{solver}.npy"));
+        let out = run(
+            &ex.c_shared.join("sample"),
+            &[
+                model,
+                path_str(&x_path),
+                "--n",
+                "48",
+                "--solver",
+                solver,
+                "--steps",
+                steps,
+                "--seed",
+                "6",
+                "--chunk",
+                "10",
+                "--threads",
+                "2",
+            ],
+        );
+        let sampled = line(&out, "sampled");
+        assert_eq!(field(sampled, "kind"), "score", "{sampled}");
+        assert_eq!(field(sampled, "solver"), solver, "{sampled}");
+        let (want, _) = score_samples_in_rust(
+            &ex.score_model,
+            solver,
+            steps.parse().expect("steps"),
+            6,
+            n,
+            false,
+        );
+        assert_eq!(read_npy(&x_path, &[n, D]), want, "{solver} samples");
+    }
+
+    // The probability-flow ODE with log-densities (the static build).
+    let (x_path, lp_path) = (file("pf.npy"), file("pf_logp.npy"));
+    run(
+        &ex.c_static.join("sample"),
+        &[
+            model,
+            path_str(&x_path),
+            "--n",
+            "48",
+            "--solver",
+            "rk4",
+            "--steps",
+            "24",
+            "--seed",
+            "7",
+            "--log-density",
+            path_str(&lp_path),
+        ],
+    );
+    let (want_x, want_lp) = score_samples_in_rust(&ex.score_model, "rk4", 24, 7, n, true);
+    assert_eq!(
+        read_npy(&x_path, &[n, D]),
+        want_x,
+        "probability-flow samples"
+    );
+    assert_eq!(
+        read_npy(&lp_path, &[n]),
+        want_lp.expect("log-densities"),
+        "probability-flow log-densities"
+    );
+
+    // The reverse SDE has no log-density, and a flow model no reverse SDE: socflow
+    // errors (status 1) that say so.
+    let never = file("never.npy");
+    for (m, extra, message) in [
+        (
+            model,
+            vec!["--log-density", path_str(&lp_path)],
+            "log_density needs an ODE solver",
+        ),
+        (path_str(&ex.model), vec![], "score (diffusion) model"),
+    ] {
+        let mut args = vec![m, path_str(&never), "--n", "4", "--solver", "em"];
+        args.extend(extra);
+        let out = run_status(&ex.c_shared.join("sample"), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("socflow_sampler_create failed: SOCFLOW_ERROR_INVALID_ARGUMENT: ")
+                && stderr.contains(message),
+            "{stderr}"
+        );
+        assert!(!never.exists());
+    }
+}
+
 // ---------------------------------------------------------------------------
 // C++
 
@@ -799,6 +946,23 @@ fn valgrind_memcheck_is_clean_on_the_examples() {
             ],
         ),
     ];
+    // The reverse SDE of a score model.
+    let score_npy = ex.dir.join("valgrind_score.npy");
+    runs.push((
+        ex.c_shared.join("sample"),
+        vec![
+            path_str(&ex.score_model),
+            path_str(&score_npy),
+            "--n",
+            "2",
+            "--solver",
+            "em",
+            "--steps",
+            "1",
+            "--threads",
+            "1",
+        ],
+    ));
     match &ex.cpp {
         Ok(exe) => runs.push((exe.clone(), vec![model, "--threads", "1", "--steps", "1"])),
         Err(why) => println!("skipped: valgrind on the C++ example: {why}"),
