@@ -35,15 +35,15 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use rayon::prelude::*;
 use serde::Deserialize;
 use socflow_runtime::artifact::{Artifact, ModelKind, StorageDtype};
 use socflow_runtime::model::Model;
-use socflow_runtime::ode::{solve_block, OdeOptions, OdeSolver, OdeWorkspace};
+use socflow_runtime::ode::{OdeOptions, OdeSolver};
 use socflow_trainer::checkpoint::{Checkpoint, Checkpointing};
 use socflow_trainer::data::{load_dataset, Dataset, Toy};
 use socflow_trainer::diffusion::{train_diffusion_checkpointed, DiffusionConfig};
 use socflow_trainer::flow_matching::{train_flow_matching_checkpointed, FlowMatchingConfig};
+use socflow_trainer::likelihood::{log_likelihood, LikelihoodOptions};
 use socflow_trainer::otflow::{train_otflow_checkpointed, OtFlowConfig};
 use socflow_trainer::soc::SocConfig;
 
@@ -422,38 +422,14 @@ pub fn model_log_density(model: &Model<f64>, points: &[f64], steps: usize) -> Re
             points.len()
         );
     }
-    // A score model's flow is its probability-flow ODE, from ε (its data end) to the
-    // prior's time.
-    let (field, (t0, t1)) = if model.kind() == ModelKind::Score {
-        let vp = model.vpsde()?;
-        (vp.probability_flow(), (vp.sde().eps, vp.t_prior()))
-    } else {
-        (model.field()?, model.time_interval())
-    };
-    let opts = OdeOptions::fixed(OdeSolver::Rk4, steps);
-    let norm = model.artifact().card.normalization.clone();
-    let mut y = points.to_vec();
-    let mut shift = 0.0;
-    if let Some(n) = &norm {
-        n.to_model(&mut y)?;
-        shift = n.log_det();
+    let n = points.len() / d;
+    if n == 0 {
+        return Ok(Vec::new());
     }
-    let rows = field.preferred_block_rows().max(1);
-    let mut out = vec![0.0; points.len() / d];
-    let half_log_2pi = 0.5 * (2.0 * std::f64::consts::PI).ln();
-    y.par_chunks_mut(rows * d)
-        .zip(out.par_chunks_mut(rows))
-        .try_for_each(|(yb, lb)| -> Result<()> {
-            let mut ws = OdeWorkspace::for_field(&*field, lb.len());
-            let mut logdet = vec![0.0; lb.len()];
-            solve_block(&*field, &opts, t0, t1, yb, Some(&mut logdet), None, &mut ws)?;
-            for ((l, z), ld) in lb.iter_mut().zip(yb.chunks_exact(d)).zip(&logdet) {
-                let sq: f64 = z.iter().map(|v| v * v).sum();
-                *l = -0.5 * sq - d as f64 * half_log_2pi + ld - shift;
-            }
-            Ok(())
-        })?;
-    Ok(out)
+    // The trainer's likelihood knows each kind's flow (a score model's is its
+    // probability-flow ODE, from ε to the prior's time) and does the one solve.
+    let opts = LikelihoodOptions::new(OdeOptions::fixed(OdeSolver::Rk4, steps));
+    Ok(log_likelihood(model, points, n, &opts)?)
 }
 
 /// Mean negative log-likelihood of `data` under `model` ([`model_log_density`]).
