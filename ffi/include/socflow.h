@@ -147,7 +147,7 @@ typedef enum socflow_status {
   SOCFLOW_ERROR_FORMAT = 8,
   /**
    * The operation is not available for this model (a controller over a model with
-   * no potential, log-densities with an SDE sampler, …).
+   * no potential, …).
    */
   SOCFLOW_ERROR_UNSUPPORTED = 9,
   /**

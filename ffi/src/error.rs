@@ -33,7 +33,7 @@ pub enum socflow_status {
     /// A model file or buffer is malformed, too new, or exceeds the runtime's limits.
     SOCFLOW_ERROR_FORMAT = 8,
     /// The operation is not available for this model (a controller over a model with
-    /// no potential, log-densities with an SDE sampler, …).
+    /// no potential, …).
     SOCFLOW_ERROR_UNSUPPORTED = 9,
     /// An integration failed (adaptive step-size underflow, a state that became
     /// non-finite).
