@@ -62,26 +62,36 @@ fn values(seed: u64, n: usize, s: f64) -> Vec<f64> {
         .collect()
 }
 
-/// A velocity MLP (d = 3, stored in f32, with a normalization) and an OT-Flow
-/// potential (d = 3, stored in f64).
-fn write_models(dir: &Path) -> (PathBuf, PathBuf) {
-    let d = 3;
-    let widths = [d + 1, 24, 24, d];
-    let mlp = MlpParams {
+/// A SiLU MLP of state dimension `d` with fixed pseudo-random parameters: layer l's
+/// weights from stream `seed + l` scaled by `w_scale`/√fan-in, its biases from stream
+/// `seed + 10 + l` scaled by `b_scale`.
+fn random_mlp(d: usize, hidden: &[usize], seed: u64, w_scale: f64, b_scale: f64) -> MlpParams {
+    let widths: Vec<usize> = std::iter::once(d + 1)
+        .chain(hidden.iter().copied())
+        .chain(std::iter::once(d))
+        .collect();
+    MlpParams {
         d,
-        hidden: vec![24, 24],
+        hidden: hidden.to_vec(),
         activation: Activation::Silu,
         weights: widths
             .windows(2)
             .enumerate()
-            .map(|(l, w)| values(10 + l as u64, w[0] * w[1], 1.2 / (w[0] as f64).sqrt()))
+            .map(|(l, w)| values(seed + l as u64, w[0] * w[1], w_scale / (w[0] as f64).sqrt()))
             .collect(),
         biases: widths[1..]
             .iter()
             .enumerate()
-            .map(|(l, &n)| values(20 + l as u64, n, 0.3))
+            .map(|(l, &n)| values(seed + 10 + l as u64, n, b_scale))
             .collect(),
-    };
+    }
+}
+
+/// A velocity MLP (d = 3, stored in f32, with a normalization) and an OT-Flow
+/// potential (d = 3, stored in f64).
+fn write_models(dir: &Path) -> (PathBuf, PathBuf) {
+    let d = 3;
+    let mlp = random_mlp(d, &[24, 24], 10, 1.2, 0.3);
     let vel = dir.join("vel.safetensors");
     Artifact::mlp(
         mlp,
@@ -299,22 +309,7 @@ fn likelihood_command_rejects_bad_arguments() {
 /// pseudo-random weights.
 fn write_score_model(dir: &Path) -> PathBuf {
     let d = 2;
-    let widths = [d + 1, 32, 32, d];
-    let p = MlpParams {
-        d,
-        hidden: vec![32, 32],
-        activation: Activation::Silu,
-        weights: widths
-            .windows(2)
-            .enumerate()
-            .map(|(l, w)| values(40 + l as u64, w[0] * w[1], 1.5 / (w[0] as f64).sqrt()))
-            .collect(),
-        biases: widths[1..]
-            .iter()
-            .enumerate()
-            .map(|(l, &n)| values(50 + l as u64, n, 0.2))
-            .collect(),
-    };
+    let p = random_mlp(d, &[32, 32], 40, 1.5, 0.2);
     let path = dir.join("score.safetensors");
     Artifact::mlp(
         p,

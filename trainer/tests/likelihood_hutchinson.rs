@@ -6,12 +6,14 @@
 //! whatever the block size, thread count or split into pieces; bad settings are typed
 //! errors.
 
+mod common;
+
+use common::hutchinson_agreement;
 use socflow_runtime::artifact::{Artifact, Normalization, Provenance, StorageDtype};
 use socflow_runtime::brownian::{Brownian, MAX_SAMPLE};
 use socflow_runtime::model::Model;
 use socflow_runtime::nn::OtFlowParams;
 use socflow_runtime::ode::{OdeOptions, OdeSolver};
-use socflow_runtime::Real;
 use socflow_testkit::Rng;
 use socflow_trainer::cnf::Noise;
 use socflow_trainer::data::rng::Draws;
@@ -31,16 +33,6 @@ fn hutch(probes: usize, noise: Noise, seed: u64) -> Hutchinson {
         noise,
         ..Hutchinson::new(probes, seed)
     }
-}
-
-/// Mean, sample variance, and the standard deviation of the sample variance
-/// √((m₄ − s⁴)/n), of `xs`.
-fn moments(xs: &[f64]) -> (f64, f64, f64) {
-    let n = xs.len() as f64;
-    let mean = xs.iter().sum::<f64>() / n;
-    let s2 = xs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    let m4 = xs.iter().map(|v| (v - mean).powi(4)).sum::<f64>() / n;
-    (mean, s2, ((m4 - s2 * s2).max(0.0) / n).sqrt())
 }
 
 fn bits(v: &[f64]) -> Vec<u64> {
@@ -209,67 +201,32 @@ fn linear_flow_estimate_is_the_probes_quadratic_form() {
     }
 }
 
-/// Hutchinson minus exact log-likelihoods of `x` under `model` for K = 1 and K = 8
-/// (independent seeds): each mean within 4 standard errors of zero, and the K = 8
-/// variance one eighth of the K = 1 one within 4 standard deviations of the
-/// difference of the sample variances.
-fn agreement<T: Real>(model: &Model<T>, x: &[f64], ode: OdeOptions<T>, noise: Noise, ctx: &str) {
-    let n = x.len() / model.dim();
-    let exact = log_likelihood(model, x, n, &LikelihoodOptions::new(ode)).unwrap();
-    let diffs = |probes: usize, seed: u64| -> Vec<f64> {
-        let opts = LikelihoodOptions::new(ode).with_hutchinson(hutch(probes, noise, seed));
-        let lp = log_likelihood(model, x, n, &opts).unwrap();
-        lp.iter().zip(&exact).map(|(a, b)| a - b).collect()
-    };
-    let (d1, d8) = (diffs(1, 11), diffs(8, 12));
-    let (m1, v1, sd1) = moments(&d1);
-    let (m8, v8, sd8) = moments(&d8);
-    let (se1, se8) = ((v1 / n as f64).sqrt(), (v8 / n as f64).sqrt());
-    println!(
-        "{ctx}: mean NLL difference K=1 {m1:+.4} ± {se1:.4}, K=8 {m8:+.4} ± {se8:.4}; \
-         variance K=1 {v1:.4}, K=8 {v8:.4} (×8 = {:.4})",
-        8.0 * v8
-    );
-    assert!(v1 > 1e-6, "{ctx}: the estimate has no noise ({v1:e})");
-    assert!(
-        m1.abs() < 4.0 * se1,
-        "{ctx}: K=1 mean difference {m1} vs se {se1}"
-    );
-    assert!(
-        m8.abs() < 4.0 * se8,
-        "{ctx}: K=8 mean difference {m8} vs se {se8}"
-    );
-    let band = 4.0 * (sd8 * sd8 + (sd1 / 8.0).powi(2)).sqrt();
-    assert!(
-        (v8 - v1 / 8.0).abs() < band,
-        "{ctx}: variance with 8 probes {v8} vs one probe's / 8 {} (band {band})",
-        v1 / 8.0
-    );
-}
-
 #[test]
 fn trained_flow_matching_model_agrees_with_exact_within_standard_error() {
     let (m64, m32) = trained_flow();
     let x = Toy::Moons.sample(600, 77).unwrap();
-    agreement(
+    hutchinson_agreement(
         &m64,
         &x,
         OdeOptions::fixed(OdeSolver::Rk4, 16),
         Noise::Rademacher,
+        1e-6,
         "flow matching f64 RK4 Rademacher",
     );
-    agreement(
+    hutchinson_agreement(
         &m32,
         &x,
         OdeOptions::fixed(OdeSolver::Rk4, 16),
         Noise::Gaussian,
+        1e-6,
         "flow matching f32 RK4 Gaussian",
     );
-    agreement(
+    hutchinson_agreement(
         &m64,
         &x[..2 * 300],
         OdeOptions::adaptive(1e-6, 1e-6),
         Noise::Rademacher,
+        1e-6,
         "flow matching f64 Dopri5 Rademacher",
     );
 }
@@ -278,11 +235,12 @@ fn trained_flow_matching_model_agrees_with_exact_within_standard_error() {
 fn otflow_model_agrees_with_exact_within_standard_error() {
     let model = otflow_model(4, 16, 3);
     let x = Rng(8).vec(500 * 4, 1.5);
-    agreement(
+    hutchinson_agreement(
         &model,
         &x,
         OdeOptions::fixed(OdeSolver::Rk4, 8),
         Noise::Rademacher,
+        1e-6,
         "OT-Flow f64 RK4 Rademacher",
     );
 }

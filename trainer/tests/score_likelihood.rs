@@ -25,15 +25,18 @@
 //! log-densities, and Hutchinson agrees with the exact divergence within its standard
 //! error.
 
+mod common;
+
 use std::sync::Arc;
 
+use common::{hutchinson_agreement, moments};
 use socflow_runtime::artifact::{Artifact, ModelKind, Normalization, Provenance, StorageDtype};
 use socflow_runtime::field::Field;
 use socflow_runtime::model::Model;
 use socflow_runtime::nn::{Activation, MlpParams};
 use socflow_runtime::ode::{OdeOptions, OdeSolver};
 use socflow_runtime::vpsde::{ScoreOutput, VpSampling, VpSde, VpSdeModel};
-use socflow_runtime::{Error as RtError, Real};
+use socflow_runtime::Error as RtError;
 use socflow_testkit::Rng;
 use socflow_trainer::cnf::Noise;
 use socflow_trainer::likelihood::{
@@ -172,16 +175,6 @@ fn points(g: &GaussianScore) -> Vec<f64> {
         .iter()
         .flat_map(|&(a, b)| [g.m[0] + a, g.m[1] + b])
         .collect()
-}
-
-/// Mean, sample variance, and the standard deviation of the sample variance
-/// √((m₄ − s⁴)/n), of `xs`.
-fn moments(xs: &[f64]) -> (f64, f64, f64) {
-    let n = xs.len() as f64;
-    let mean = xs.iter().sum::<f64>() / n;
-    let s2 = xs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    let m4 = xs.iter().map(|v| (v - mean).powi(4)).sum::<f64>() / n;
-    (mean, s2, ((m4 - s2 * s2).max(0.0) / n).sqrt())
 }
 
 /// RK4 and Dopri5 log-likelihoods of the exact Gaussian score equal the
@@ -443,49 +436,16 @@ fn score_model_file_hutchinson_agrees_with_exact() {
         ),
     ];
     for (ode, noise, n, name) in cases {
-        agreement(&model, &x[..2 * n], ode, noise, name);
+        hutchinson_agreement(&model, &x[..2 * n], ode, noise, 1e-4, name);
     }
     let m32 = Model::<f32>::load(dir.path().join("score.safetensors")).unwrap();
-    agreement(
+    hutchinson_agreement(
         &m32,
         &x,
         OdeOptions::fixed(OdeSolver::Rk4, 32),
         Noise::Rademacher,
+        1e-4,
         "f32 RK4 32 Rademacher",
-    );
-}
-
-fn agreement<T: Real>(model: &Model<T>, x: &[f64], ode: OdeOptions<T>, noise: Noise, ctx: &str) {
-    let n = x.len() / model.dim();
-    let exact = log_likelihood(model, x, n, &LikelihoodOptions::new(ode)).unwrap();
-    assert!(exact.iter().all(|v| v.is_finite()), "{ctx}");
-    let diffs = |probes: usize, seed: u64| -> Vec<f64> {
-        let h = Hutchinson {
-            noise,
-            ..Hutchinson::new(probes, seed)
-        };
-        let lp =
-            log_likelihood(model, x, n, &LikelihoodOptions::new(ode).with_hutchinson(h)).unwrap();
-        lp.iter().zip(&exact).map(|(a, b)| a - b).collect()
-    };
-    let (d1, d8) = (diffs(1, 11), diffs(8, 12));
-    let (m1, v1, sd1) = moments(&d1);
-    let (m8, v8, sd8) = moments(&d8);
-    let (se1, se8) = ((v1 / n as f64).sqrt(), (v8 / n as f64).sqrt());
-    let nll = -exact.iter().sum::<f64>() / n as f64;
-    println!(
-        "{ctx}: exact mean NLL {nll:.4}; Hutchinson − exact K=1 {m1:+.4} ± {se1:.4}, \
-         K=8 {m8:+.4} ± {se8:.4}; variance K=1 {v1:.4}, K=8 {v8:.4} (×8 = {:.4})",
-        8.0 * v8
-    );
-    assert!(v1 > 1e-4, "{ctx}: the estimate has no noise ({v1:e})");
-    assert!(m1.abs() < 4.0 * se1, "{ctx}: K=1 {m1} vs se {se1}");
-    assert!(m8.abs() < 4.0 * se8, "{ctx}: K=8 {m8} vs se {se8}");
-    let band = 4.0 * (sd8 * sd8 + (sd1 / 8.0).powi(2)).sqrt();
-    assert!(
-        (v8 - v1 / 8.0).abs() < band,
-        "{ctx}: variance with 8 probes {v8} vs one probe's / 8 {} (band {band})",
-        v1 / 8.0
     );
 }
 

@@ -1,13 +1,17 @@
 //! Helpers shared by the trainer's end-to-end tests: sampling an exported model through
-//! the runtime, and the energy-distance two-sample statistic with its null distribution.
+//! the runtime, the energy-distance two-sample statistic with its null distribution,
+//! and the statistics of Hutchinson's estimator against the exact likelihood.
 #![allow(dead_code)]
 
 use socflow_runtime::artifact::{Artifact, StorageDtype};
 use socflow_runtime::model::Model;
 use socflow_runtime::ode::{OdeOptions, OdeSolver};
 use socflow_runtime::sampler::{Sampler, SamplerOptions};
+use socflow_runtime::Real;
 use socflow_trainer::autodiff::{Cpu, DType, Tensor};
+use socflow_trainer::cnf::Noise;
 use socflow_trainer::data::Toy;
+use socflow_trainer::likelihood::{log_likelihood, Hutchinson, LikelihoodOptions};
 use socflow_trainer::mlp::MlpNet;
 
 /// Samples an exported model through the runtime as a user would: the f32 model file
@@ -82,4 +86,73 @@ pub fn mlp_leaves(cpu: &Cpu, net: &MlpNet) -> Vec<Tensor<Cpu>> {
             Tensor::from_f64(cpu, r, c, v, DType::F64).unwrap()
         })
         .collect()
+}
+
+/// Mean, sample variance, and the standard deviation of the sample variance
+/// √((m₄ − s⁴)/n), of `xs`.
+pub fn moments(xs: &[f64]) -> (f64, f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let s2 = xs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    let m4 = xs.iter().map(|v| (v - mean).powi(4)).sum::<f64>() / n;
+    (mean, s2, ((m4 - s2 * s2).max(0.0) / n).sqrt())
+}
+
+/// Hutchinson's log-likelihoods of the points `x` under `model` against the exact
+/// ones: with 1 and with 8 probes per point (`noise`), the mean difference is within 4
+/// standard errors of zero (the estimator is unbiased), the variance with one probe
+/// exceeds `min_variance` (the estimate is noisy, so the test has power), and 8 probes
+/// divide the variance by 8 within 4 standard deviations of the difference of the
+/// sample variances.
+pub fn hutchinson_agreement<T: Real>(
+    model: &Model<T>,
+    x: &[f64],
+    ode: OdeOptions<T>,
+    noise: Noise,
+    min_variance: f64,
+    ctx: &str,
+) {
+    let n = x.len() / model.dim();
+    let exact = log_likelihood(model, x, n, &LikelihoodOptions::new(ode)).unwrap();
+    assert!(
+        exact.iter().all(|v| v.is_finite()),
+        "{ctx}: exact log-likelihood"
+    );
+    let diffs = |probes: usize, seed: u64| -> Vec<f64> {
+        let h = Hutchinson {
+            noise,
+            ..Hutchinson::new(probes, seed)
+        };
+        let opts = LikelihoodOptions::new(ode).with_hutchinson(h);
+        let lp = log_likelihood(model, x, n, &opts).unwrap();
+        lp.iter().zip(&exact).map(|(a, b)| a - b).collect()
+    };
+    let (d1, d8) = (diffs(1, 11), diffs(8, 12));
+    let (m1, v1, sd1) = moments(&d1);
+    let (m8, v8, sd8) = moments(&d8);
+    let (se1, se8) = ((v1 / n as f64).sqrt(), (v8 / n as f64).sqrt());
+    let nll = -exact.iter().sum::<f64>() / n as f64;
+    println!(
+        "{ctx}: exact mean NLL {nll:.4}; Hutchinson − exact K=1 {m1:+.4} ± {se1:.4}, \
+         K=8 {m8:+.4} ± {se8:.4}; variance K=1 {v1:.4}, K=8 {v8:.4} (×8 = {:.4})",
+        8.0 * v8
+    );
+    assert!(
+        v1 > min_variance,
+        "{ctx}: the estimate has no noise ({v1:e})"
+    );
+    assert!(
+        m1.abs() < 4.0 * se1,
+        "{ctx}: K=1 mean difference {m1} vs se {se1}"
+    );
+    assert!(
+        m8.abs() < 4.0 * se8,
+        "{ctx}: K=8 mean difference {m8} vs se {se8}"
+    );
+    let band = 4.0 * (sd8 * sd8 + (sd1 / 8.0).powi(2)).sqrt();
+    assert!(
+        (v8 - v1 / 8.0).abs() < band,
+        "{ctx}: variance with 8 probes {v8} vs one probe's / 8 {} (band {band})",
+        v1 / 8.0
+    );
 }
