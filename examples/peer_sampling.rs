@@ -19,7 +19,9 @@
 //! after one warm-up: RK4 with 32 steps, Euler with 100, Dormand–Prince at rtol = atol
 //! = 1e-5, and the reverse VP-SDE (β from 0.1 to 20, the network as the score, t from
 //! 1 to ε = 10⁻³) by Euler–Maruyama with 100 steps. Each line prints samples per
-//! second on both sides and the ratio socflow / peer (above 1: socflow is faster).
+//! second on both sides, their ratio socflow / peer (above 1: socflow is faster), and
+//! the ratio of samples per CPU-second, which with one thread is the figure that
+//! holds when other work shares the machine.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -95,8 +97,8 @@ fn main() -> Result<()> {
         let net = load_mlp(&dir, d)?;
         pool.install(|| same_network(&dir, &net, d))?;
         println!(
-            "{:<6} {:<28} {:>14} {:>14} {:>8}  peer case",
-            "case", "socflow", "socflow /s", "peer /s", "ratio"
+            "{:<6} {:<24} {:>11} {:>11} {:>7} {:>9}  peer case",
+            "case", "socflow", "socflow/s", "peer/s", "ratio", "cpu ratio"
         );
         let field: Arc<dyn Field<f32>> = net.clone();
         let runs = &case["runs"];
@@ -212,30 +214,72 @@ fn same_network(dir: &Path, net: &Arc<Mlp<f32>>, d: usize) -> Result<()> {
     Ok(())
 }
 
-/// Samples per second: `batch` over the median of `repeats` timed runs after a warm-up.
+/// Samples per second of wall-clock time and per second of the process's CPU time.
+#[derive(Clone, Copy)]
+struct Rates {
+    wall: f64,
+    cpu: f64,
+}
+
+/// `batch` over the median of `repeats` timed runs after a warm-up, in wall-clock and
+/// in CPU time. With one thread the CPU-time rate is what the run would reach on an
+/// idle core, so it stays comparable when other work shares the machine (the peer
+/// script records the same, as `samples_per_cpu_s`).
 fn time_rate<R>(
     batch: usize,
     repeats: usize,
     mut run: impl FnMut() -> socflow_runtime::Result<R>,
-) -> Result<f64> {
+) -> Result<Rates> {
     run()?;
-    let mut times = Vec::with_capacity(repeats);
+    let mut wall = Vec::with_capacity(repeats);
+    let mut cpu = Vec::with_capacity(repeats);
     for _ in 0..repeats {
-        let start = Instant::now();
+        let (c0, start) = (process_cpu_seconds()?, Instant::now());
         std::hint::black_box(run()?);
-        times.push(start.elapsed().as_secs_f64());
+        wall.push(start.elapsed().as_secs_f64());
+        cpu.push(process_cpu_seconds()? - c0);
     }
-    times.sort_by(f64::total_cmp);
-    Ok(batch as f64 / times[times.len() / 2])
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok(Rates {
+        wall: batch as f64 / median(wall),
+        cpu: batch as f64 / median(cpu),
+    })
 }
 
-/// Prints one line per peer case that ran.
-fn report(label: &str, name: &str, rate: f64, runs: &serde_json::Value, peers: &[&str]) {
+/// CPU time of every thread of this process so far, in seconds: the sum of the first
+/// field (nanoseconds on a CPU) of `/proc/self/task/*/schedstat` (Linux).
+fn process_cpu_seconds() -> Result<f64> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").context("/proc/self/task (Linux only)")? {
+        let path = task?.path().join("schedstat");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        ns += text
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .with_context(|| format!("{} is not a schedstat line", path.display()))?;
+    }
+    Ok(ns as f64 * 1e-9)
+}
+
+/// Prints one line per peer case that ran: wall-clock rates and their ratio, then the
+/// ratio of the rates per CPU-second.
+fn report(label: &str, name: &str, rate: Rates, runs: &serde_json::Value, peers: &[&str]) {
     for peer in peers {
-        if let Some(p) = runs[*peer]["samples_per_s"].as_f64() {
+        let run = &runs[*peer];
+        if let (Some(p), Some(pc)) = (
+            run["samples_per_s"].as_f64(),
+            run["samples_per_cpu_s"].as_f64(),
+        ) {
             println!(
-                "{label:<6} {name:<28} {rate:>14.0} {p:>14.0} {:>8.2}  {peer}",
-                rate / p
+                "{label:<6} {name:<24} {:>11.0} {p:>11.0} {:>7.2} {:>9.2}  {peer}",
+                rate.wall,
+                rate.wall / p,
+                rate.cpu / pc
             );
         }
     }
