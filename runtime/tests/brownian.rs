@@ -2,7 +2,9 @@
 //! against an independent implementation, distribution and independence statistics,
 //! reproducibility and limits.
 
-use socflow_runtime::brownian::{philox4x32_10, unit_open, Brownian, Stream, MAX_SAMPLE, MAX_STEP};
+use socflow_runtime::brownian::{
+    ln_unit, philox4x32_10, sincos_turn, unit_open, Brownian, Stream, MAX_SAMPLE, MAX_STEP,
+};
 use socflow_runtime::Error;
 
 /// Random123's known-answer vectors for philox4x32_10 (kat_vectors).
@@ -307,4 +309,141 @@ fn addresses_beyond_the_counter_are_refused() {
     ));
     // Empty requests are fine.
     b.normals::<f64>(0, 0, &mut []).unwrap();
+}
+
+/// splitmix64: addresses for the bit-exactness tests, no dependencies.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A straightforward scalar implementation of the module's recipe, one counter at a
+/// time from the public primitives (`philox4x32_10`, `unit_open`, `ln_unit`,
+/// `sincos_turn`): the reference every faster path must match bit for bit.
+fn reference_normals(seed: u64, stream: u16, sample: u64, step: u64, len: usize) -> Vec<f64> {
+    let key = [seed as u32, (seed >> 32) as u32];
+    let hi = ((sample >> 32) as u32) | (u32::from(stream) << 16);
+    (0..len)
+        .map(|c| {
+            let x = philox4x32_10([(c / 2) as u32, step as u32, sample as u32, hi], key);
+            let u1 = unit_open(x[0], x[1]);
+            let u2 = unit_open(x[2], x[3]);
+            let r = (-2.0 * ln_unit(u1)).sqrt();
+            let (s, co) = sincos_turn(u2);
+            if c % 2 == 0 {
+                r * co
+            } else {
+                r * s
+            }
+        })
+        .collect()
+}
+
+/// Lengths that exercise every remainder of the fast paths' lanes (odd lengths, one
+/// normal, a partial last group) and the SDE dimensions benchmarked (2, 64, 256).
+const LENGTHS: [usize; 24] = [
+    0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 255, 256, 257, 511, 1001,
+];
+
+/// A random address `(seed, stream, sample, step, len)`, a quarter of them at or near
+/// the counter's limits (sample near 2^48 − 1, step near 2^32 − 1).
+fn random_address(g: &mut SplitMix) -> (u64, u16, u64, u64, usize) {
+    let seed = g.next();
+    let stream = g.next() as u16;
+    let sample = match g.below(4) {
+        0 => MAX_SAMPLE - g.below(4),
+        1 => g.below(1 << 20),
+        _ => g.next() & MAX_SAMPLE,
+    };
+    let step = match g.below(4) {
+        0 => MAX_STEP - g.below(4),
+        1 => g.below(1000),
+        _ => g.next() & MAX_STEP,
+    };
+    let len = LENGTHS[g.below(LENGTHS.len() as u64) as usize];
+    (seed, stream, sample, step, len)
+}
+
+/// FNV-1a (64-bit) over the little-endian bytes of each value.
+fn fnv1a(h: &mut u64, bits: u64, bytes: usize) {
+    for b in bits.to_le_bytes().iter().take(bytes) {
+        *h ^= u64::from(*b);
+        *h = h.wrapping_mul(0x0000_0100_0000_01B3);
+    }
+}
+
+/// A digest of ~7.5·10⁵ values (~1.9·10⁵ normals in each of f64 and f32, as normals and
+/// as increments, random streams, odd lengths, addresses at the counter's limits) pins the generator's output bit for
+/// bit: any change of the recipe, or a faster path that rounds differently, changes it.
+///
+/// The pinned value was computed by the scalar reference implementation (one counter at
+/// a time, `box_muller` over `philox4x32_10`) at commit 0e422c2, before the generator
+/// was vectorized.
+#[test]
+fn normals_digest_is_pinned() {
+    const PINNED: u64 = 0xc405_74be_aab7_02a8;
+    let mut g = SplitMix(0x5eed_b10c_d16e_57);
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut count = 0usize;
+    for _ in 0..1500 {
+        let (seed, stream, sample, step, len) = random_address(&mut g);
+        let b = Brownian::new(seed);
+        let mut z = vec![0.0f64; len];
+        b.stream_normals(Stream(stream), sample, step, &mut z)
+            .unwrap();
+        let mut y = vec![0.0f32; len];
+        b.stream_normals(Stream(stream), sample, step, &mut y)
+            .unwrap();
+        let dt = (g.next() >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+        let mut w = vec![0.0f64; len];
+        b.increments(sample, step, dt, &mut w).unwrap();
+        let mut v = vec![0.0f32; len];
+        b.increments(sample, step, dt as f32, &mut v).unwrap();
+        for i in 0..len {
+            fnv1a(&mut h, z[i].to_bits(), 8);
+            fnv1a(&mut h, u64::from(y[i].to_bits()), 4);
+            fnv1a(&mut h, w[i].to_bits(), 8);
+            fnv1a(&mut h, u64::from(v[i].to_bits()), 4);
+        }
+        count += len;
+    }
+    eprintln!("{count} normals of each kind, digest {h:#018x}");
+    assert!(count > 100_000, "{count}");
+    assert_eq!(h, PINNED, "digest {h:#018x}");
+}
+
+/// The generator's normals (f64 and f32) against the scalar reference, element by
+/// element, on random addresses.
+#[test]
+fn normals_match_the_scalar_reference_bit_for_bit() {
+    let mut g = SplitMix(0xfeed_0123);
+    for _ in 0..600 {
+        let (seed, stream, sample, step, len) = random_address(&mut g);
+        let want = reference_normals(seed, stream, sample, step, len);
+        let b = Brownian::new(seed);
+        let mut z = vec![0.0f64; len];
+        b.stream_normals(Stream(stream), sample, step, &mut z)
+            .unwrap();
+        let mut y = vec![0.0f32; len];
+        b.stream_normals(Stream(stream), sample, step, &mut y)
+            .unwrap();
+        for c in 0..len {
+            assert_eq!(
+                z[c].to_bits(),
+                want[c].to_bits(),
+                "seed {seed} stream {stream} sample {sample} step {step} len {len} comp {c}"
+            );
+            assert_eq!(y[c].to_bits(), (want[c] as f32).to_bits());
+        }
+    }
 }
