@@ -201,7 +201,8 @@ impl<T: Real, C: FnMut(u64, T, usize, &mut [T]) -> Result<()>> IncrementSource<T
 }
 
 /// Increments from the counter-based generator: row `i` of the block is sample
-/// `first_sample + i`, step `k` is step index `k` ([`Brownian::increments`]).
+/// `first_sample + i`, step `k` is step index `k` ([`Brownian::increments`]; a step's
+/// block is drawn by one [`Brownian::increments_block`]).
 #[derive(Clone, Copy, Debug)]
 pub struct BrownianIncrements<'a> {
     brownian: &'a Brownian,
@@ -220,19 +221,13 @@ impl<'a> BrownianIncrements<'a> {
 
 impl<T: Real> IncrementSource<T> for BrownianIncrements<'_> {
     fn fill(&mut self, step: u64, h: T, d: usize, dw: &mut [T]) -> Result<()> {
-        if d == 0 {
+        let rows = dw.len().checked_div(d).unwrap_or(0);
+        if rows == 0 {
             return Ok(());
         }
-        for (i, row) in dw.chunks_exact_mut(d).enumerate() {
-            let sample = self.first_sample.checked_add(i as u64).ok_or_else(|| {
-                Error::Limit(format!(
-                    "sample index {} + {i} overflows u64",
-                    self.first_sample
-                ))
-            })?;
-            self.brownian.increments(sample, step, h, row)?;
-        }
-        Ok(())
+        // All rows in one call (the generator's lanes run across short rows).
+        self.brownian
+            .increments_block(self.first_sample, step, h, d, &mut dw[..rows * d])
     }
 }
 
