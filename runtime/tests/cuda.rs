@@ -31,7 +31,7 @@ fn gpu() -> Result<Arc<Gpu>, String> {
     static GPU: OnceLock<Result<Arc<Gpu>, String>> = OnceLock::new();
     GPU.get_or_init(|| {
         Gpu::new(0)
-            .map(|g| {
+            .inspect(|g| {
                 eprintln!(
                     "GPU: {} (compute {}.{}), {}",
                     g.name(),
@@ -39,7 +39,6 @@ fn gpu() -> Result<Arc<Gpu>, String> {
                     g.compute_capability().1,
                     g.libraries()
                 );
-                g
             })
             .map_err(|e| e.to_string())
     })
@@ -105,7 +104,11 @@ fn assert_bitwise<T: Real>(what: &str, gpu: &[T], cpu: &[T]) {
 fn assert_close<T: Real>(what: &str, gpu: &[T], cpu: &[T], tol: f64) {
     let e = rel_err(gpu, cpu);
     eprintln!("{what} ({}): max relative difference {e:.2e}", T::NAME);
-    assert!(e <= tol, "{what} ({}): GPU and CPU differ by {e:e} > {tol:e}", T::NAME);
+    assert!(
+        e <= tol,
+        "{what} ({}): GPU and CPU differ by {e:e} > {tol:e}",
+        T::NAME
+    );
 }
 
 /// A score model (noise output, normalization) as a runtime model in T.
@@ -169,16 +172,32 @@ fn methods<T: Real>(model: &Model<T>) -> Vec<(String, SamplerOptions<T>)> {
     let d = model.dim();
     if model.kind() == ModelKind::Score {
         let vp = model.vpsde().unwrap();
-        for solver in [OdeSolver::Euler, OdeSolver::Heun, OdeSolver::Rk4, OdeSolver::Dopri5] {
+        for solver in [
+            OdeSolver::Euler,
+            OdeSolver::Heun,
+            OdeSolver::Rk4,
+            OdeSolver::Dopri5,
+        ] {
             let how = VpSampling::ProbabilityFlow(OdeOptions::fixed(solver, 12));
-            out.push((format!("probability flow, {}", solver.name()), vp.sampler_options(how, 7)));
+            out.push((
+                format!("probability flow, {}", solver.name()),
+                vp.sampler_options(how, 7),
+            ));
         }
         for scheme in [SdeScheme::EulerMaruyama, SdeScheme::StochasticHeun] {
             let how = VpSampling::ReverseSde(SdeOptions::new(scheme, 40));
-            out.push((format!("reverse SDE, {}", scheme.name()), vp.sampler_options(how, 7)));
+            out.push((
+                format!("reverse SDE, {}", scheme.name()),
+                vp.sampler_options(how, 7),
+            ));
         }
     } else {
-        for solver in [OdeSolver::Euler, OdeSolver::Heun, OdeSolver::Rk4, OdeSolver::Dopri5] {
+        for solver in [
+            OdeSolver::Euler,
+            OdeSolver::Heun,
+            OdeSolver::Rk4,
+            OdeSolver::Dopri5,
+        ] {
             out.push((
                 format!("ODE, {}", solver.name()),
                 SamplerOptions::ode(OdeOptions::fixed(solver, 16), 9),
@@ -196,7 +215,10 @@ fn methods<T: Real>(model: &Model<T>) -> Vec<(String, SamplerOptions<T>)> {
 }
 
 fn zero_network_bitwise<T: GpuReal>(gpu: &Arc<Gpu>) {
-    for model in [score_model::<T>(3, true), velocity_model::<T>(5, Activation::Tanh, true)] {
+    for model in [
+        score_model::<T>(3, true),
+        velocity_model::<T>(5, Activation::Tanh, true),
+    ] {
         for (name, opts) in methods(&model) {
             let (g, c) = both(gpu, &model, opts, 301, 1_000);
             assert_bitwise(&format!("zero network, {name}"), &g, &c);
@@ -222,7 +244,12 @@ fn random_network_close<T: GpuReal>(gpu: &Arc<Gpu>) {
     ] {
         for (name, opts) in methods(&model) {
             let (g, c) = both(gpu, &model, opts, 517, 3);
-            assert_close(&format!("{:?} model, {name}", model.kind()), &g, &c, tol::<T>());
+            assert_close(
+                &format!("{:?} model, {name}", model.kind()),
+                &g,
+                &c,
+                tol::<T>(),
+            );
         }
     }
 }
@@ -254,7 +281,12 @@ fn mlp_batch<T: GpuReal>(gpu: &Arc<Gpu>) {
         cpu.eval_block(&t, &x, &mut want, &mut scratch).unwrap();
         let mut got = vec![T::zero(); rows * d];
         dev.eval_block(&t, &x, &mut got).unwrap();
-        assert_close(&format!("MLP {} d = {d}", act.name()), &got, &want, tol::<T>());
+        assert_close(
+            &format!("MLP {} d = {d}", act.name()),
+            &got,
+            &want,
+            tol::<T>(),
+        );
         // Zero rows, and a block of the wrong size.
         dev.eval_block(&[], &[], &mut []).unwrap();
         assert!(matches!(
@@ -294,12 +326,19 @@ fn vpsde_fields<T: GpuReal>(gpu: &Arc<Gpu>) {
             let dev = GpuField::vpsde(net.clone(), sde, dynamics).unwrap();
             let mut got = vec![T::zero(); rows * d];
             dev.eval_block(&t, &x, &mut got).unwrap();
-            assert_close(&format!("VP-SDE {output:?} {dynamics:?}"), &got, &want, tol::<T>());
+            assert_close(
+                &format!("VP-SDE {output:?} {dynamics:?}"),
+                &got,
+                &want,
+                tol::<T>(),
+            );
             // A noise network at t = 0 (σ_0 = 0): the CPU's error, not a panic.
             if output == ScoreOutput::Noise {
                 let t0 = vec![T::zero(); rows];
                 let e = dev.eval_block(&t0, &x, &mut got).unwrap_err();
-                let c = cpu.eval_block(&t0, &x, &mut want, &mut scratch).unwrap_err();
+                let c = cpu
+                    .eval_block(&t0, &x, &mut want, &mut scratch)
+                    .unwrap_err();
                 assert_eq!(e.to_string(), c.to_string());
             }
         }
@@ -331,7 +370,12 @@ fn passes_and_splits_give_the_same_samples() {
         .unwrap()
         .with_max_rows(33);
     assert_close("one pass", &whole.sample(250, 10).unwrap().x, &cpu, 1e-10);
-    assert_close("passes of 33 rows", &passes.sample(250, 10).unwrap().x, &cpu, 1e-10);
+    assert_close(
+        "passes of 33 rows",
+        &passes.sample(250, 10).unwrap().x,
+        &cpu,
+        1e-10,
+    );
     let mut split = whole.sample(100, 10).unwrap().x;
     split.extend(whole.sample(150, 110).unwrap().x);
     assert_close("two calls", &split, &cpu, 1e-10);
@@ -367,8 +411,16 @@ fn invalid_options_are_the_cpus_errors() {
             (c, g) => panic!("CPU {c:?}, GPU {g:?}"),
         }
     };
-    check(SamplerOptions::ode(OdeOptions::fixed(OdeSolver::Rk4, 0), 1), t1, t0);
-    check(SamplerOptions::ode(OdeOptions::fixed(OdeSolver::Rk4, 4), 1), f32::NAN, t0);
+    check(
+        SamplerOptions::ode(OdeOptions::fixed(OdeSolver::Rk4, 0), 1),
+        t1,
+        t0,
+    );
+    check(
+        SamplerOptions::ode(OdeOptions::fixed(OdeSolver::Rk4, 4), 1),
+        f32::NAN,
+        t0,
+    );
     let mut adaptive = OdeOptions::adaptive(1e-4, 1e-6);
     adaptive.solver = OdeSolver::Rk4;
     check(SamplerOptions::ode(adaptive, 1), t1, t0);
@@ -401,9 +453,8 @@ fn invalid_options_are_the_cpus_errors() {
     traj.trajectory = Some(SaveAt::Steps);
     unsupported(traj);
     unsupported(SamplerOptions::ode(OdeOptions::adaptive(1e-4, 1e-6), 1));
-    let state_noise = DiagonalDiffusion::new(2, |_t: f32, x: &[f32], g: &mut [f32]| {
-        g.copy_from_slice(x)
-    });
+    let state_noise =
+        DiagonalDiffusion::new(2, |_t: f32, x: &[f32], g: &mut [f32]| g.copy_from_slice(x));
     unsupported(SamplerOptions::sde(
         SdeOptions::new(SdeScheme::EulerMaruyama, 4),
         Arc::new(state_noise),
@@ -465,7 +516,10 @@ fn nvrtc_compiles_every_kernel() {
             .split(".entry ")
             .find(|s| s.starts_with("normals_f64("))
             .expect("normals_f64 in the PTX");
-        assert!(!normals.contains("fma.rn.f64"), "{arch}: contracted FMA in normals_f64");
+        assert!(
+            !normals.contains("fma.rn.f64"),
+            "{arch}: contracted FMA in normals_f64"
+        );
         for op in ["sqrt.rn.f64", "div.rn.f64", "mul.rn.f64"] {
             assert!(normals.contains(op), "{arch}: no IEEE {op} in normals_f64");
         }

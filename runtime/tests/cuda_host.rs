@@ -33,11 +33,20 @@ fn harness() -> Result<PathBuf, String> {
         let exe = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cuda_host_harness");
         let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
         let out = Command::new(&cxx)
-            .args(["-std=c++17", "-O2", "-ffp-contract=off", "-Wall", "-Werror", "-o"])
+            .args([
+                "-std=c++17",
+                "-O2",
+                "-ffp-contract=off",
+                "-Wall",
+                "-Werror",
+                "-o",
+            ])
             .arg(&exe)
             .arg(&src)
             .output()
-            .map_err(|e| format!("{cxx} not runnable ({e}): the host harness needs a C++17 compiler"))?;
+            .map_err(|e| {
+                format!("{cxx} not runnable ({e}): the host harness needs a C++17 compiler")
+            })?;
         // A compiler that runs but rejects the kernels is a failure, not a skip.
         assert!(
             out.status.success(),
@@ -236,15 +245,30 @@ fn normals<T: Bits>(exe: &PathBuf) {
         let seed = if case == 0 { 0 } else { g.next_u64() };
         let stream = [Stream::BROWNIAN, Stream::PRIOR, Stream(7)][case % 3];
         // Samples above 2^32 exercise the counter's high word.
-        let first = if case % 2 == 0 { g.next_u64() % 1000 } else { (1 << 40) + case as u64 };
+        let first = if case % 2 == 0 {
+            g.next_u64() % 1000
+        } else {
+            (1 << 40) + case as u64
+        };
         let step = (g.next_u64() % 5000) as u32;
         let (rows, d) = (37usize, [1usize, 2, 5, 64][case % 4]);
         let dt = T::of(-0.013 * (case as f64 + 1.0));
-        let scale = if stream == Stream::BROWNIAN { dt.abs().sqrt() } else { T::one() };
+        let scale = if stream == Stream::BROWNIAN {
+            dt.abs().sqrt()
+        } else {
+            T::one()
+        };
         let mut input = String::new();
         push_int(
             &mut input,
-            &[seed, u64::from(stream.0), first, u64::from(step), rows as u64, d as u64],
+            &[
+                seed,
+                u64::from(stream.0),
+                first,
+                u64::from(step),
+                rows as u64,
+                d as u64,
+            ],
         );
         push(&mut input, &[scale]);
         let got: Vec<T> = parse_all(&run(exe, &[T::TAG, "normals"], &input));
@@ -255,7 +279,8 @@ fn normals<T: Bits>(exe: &PathBuf) {
             if stream == Stream::BROWNIAN {
                 b.increments(sample, u64::from(step), dt, row).unwrap();
             } else {
-                b.stream_normals(stream, sample, u64::from(step), row).unwrap();
+                b.stream_normals(stream, sample, u64::from(step), row)
+                    .unwrap();
             }
         }
         assert_same(&format!("normals, case {case}"), &got, &want, &[]);
@@ -298,10 +323,18 @@ fn activations<T: Bits>(exe: &PathBuf) {
     let b: Vec<T> = g.vec(n, 0.5).into_iter().map(T::of).collect();
     let wt: Vec<T> = g.vec(n, 0.5).into_iter().map(T::of).collect();
     let tr: Vec<T> = g.range(rows, 0.0, 1.0).into_iter().map(T::of).collect();
-    for (act, has_wt, has_tr) in [(1u64, true, true), (2, true, false), (3, false, false), (0, true, true)] {
+    for (act, has_wt, has_tr) in [
+        (1u64, true, true),
+        (2, true, false),
+        (3, false, false),
+        (0, true, true),
+    ] {
         let t = T::of(0.3);
         let mut input = String::new();
-        push_int(&mut input, &[rows as u64, n as u64, act, has_wt as u64, has_tr as u64]);
+        push_int(
+            &mut input,
+            &[rows as u64, n as u64, act, has_wt as u64, has_tr as u64],
+        );
         push(&mut input, &[t]);
         push(&mut input, &c);
         push(&mut input, &b);
@@ -317,9 +350,9 @@ fn activations<T: Bits>(exe: &PathBuf) {
                 let (r, j) = (i / n, i % n);
                 let mut v = c[i];
                 if has_wt {
-                    v = v + (if has_tr { tr[r] } else { t }) * wt[j];
+                    v += (if has_tr { tr[r] } else { t }) * wt[j];
                 }
-                v = v + b[j];
+                v += b[j];
                 match act {
                     1 => silu_d::<T, true>(v).0,
                     2 => tanh_d::<T, true>(v).0,
@@ -356,7 +389,14 @@ fn integrators<T: Bits>(exe: &PathBuf) {
         vec![0.0, 0.0, 1.0],
         vec![1.0 / 6.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 6.0],
         vec![44.0 / 45.0, -56.0 / 15.0, 32.0 / 9.0],
-        vec![35.0 / 384.0, 0.0, 500.0 / 1113.0, 125.0 / 192.0, -2187.0 / 6784.0, 11.0 / 84.0],
+        vec![
+            35.0 / 384.0,
+            0.0,
+            500.0 / 1113.0,
+            125.0 / 192.0,
+            -2187.0 / 6784.0,
+            11.0 / 84.0,
+        ],
     ];
     for w in &rows {
         let mut w7 = [T::zero(); 7];
@@ -420,7 +460,10 @@ fn integrators<T: Bits>(exe: &PathBuf) {
     let (a, c) = (T::of(-3.7), T::of(0.61));
     for (has_x, has_ac) in [(false, false), (true, false), (true, true)] {
         let mut input = String::new();
-        push_int(&mut input, &[rows as u64, d as u64, has_x as u64, has_ac as u64]);
+        push_int(
+            &mut input,
+            &[rows as u64, d as u64, has_x as u64, has_ac as u64],
+        );
         push(&mut input, &[a, c]);
         push(&mut input, &v);
         push(&mut input, &b);
@@ -442,7 +485,12 @@ fn integrators<T: Bits>(exe: &PathBuf) {
                 }
             })
             .collect();
-        assert_same(&format!("field_out x {has_x} ac {has_ac}"), &got, &want, &[]);
+        assert_same(
+            &format!("field_out x {has_x} ac {has_ac}"),
+            &got,
+            &want,
+            &[],
+        );
     }
 }
 

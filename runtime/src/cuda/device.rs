@@ -51,7 +51,9 @@ pub(crate) fn guard<R>(what: &str, f: impl FnOnce() -> Result<R>) -> Result<R> {
             .map(String::as_str)
             .or_else(|| p.downcast_ref::<&str>().copied())
             .unwrap_or("no message");
-        Err(Error::Device(format!("{what}: the CUDA library failed: {why}")))
+        Err(Error::Device(format!(
+            "{what}: the CUDA library failed: {why}"
+        )))
     })
 }
 
@@ -121,9 +123,9 @@ impl Gpu {
         let nvrtc = libs::ensure(CudaLib::Nvrtc).map_err(Error::Device)?;
         let arch = format!("compute_{}{}", capability.0, capability.1);
         let ptx = kernels::compile(&arch)?;
-        let module = ctx
-            .load_module(ptx)
-            .map_err(dev("loading the compiled kernels (a driver older than NVRTC?)"))?;
+        let module = ctx.load_module(ptx).map_err(dev(
+            "loading the compiled kernels (a driver older than NVRTC?)",
+        ))?;
         let mut functions = HashMap::new();
         for k in KERNELS {
             for suffix in ["f32", "f64"] {

@@ -8,7 +8,7 @@ use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
 use super::device::{dev, guard, launch_config, Gpu};
 use super::mlp::{GpuMlp, MlpWorkspace, Time};
 use super::GpuReal;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::field::check_block;
 use crate::vpsde::{field_coefficients, VpDynamics, VpSde};
 
@@ -83,34 +83,49 @@ impl<T: GpuReal> GpuField<T> {
             self.gpu(),
             out,
             self.net.out_bias(),
-            ac.map(|(a, c)| (x, a, c, None)),
+            ac.map(|(a, c)| VpArgs {
+                x,
+                a,
+                c,
+                per_row: None,
+            }),
             rows,
             self.dim(),
         )
     }
 }
 
-/// v ← net = v + b, or v ← a x + c net (`vp` = (x, a, c, per-row coefficients)).
+/// The VP-SDE combination a x + c net of [`field_out`]: the state, the coefficients of
+/// the common time, or per-row coefficients (a, c) pairs on the device.
+#[derive(Clone, Copy)]
+pub(crate) struct VpArgs<'a, 'b, T> {
+    x: &'a CudaView<'b, T>,
+    a: T,
+    c: T,
+    per_row: Option<&'a CudaSlice<T>>,
+}
+
+/// v ← net = v + b, or v ← a x + c net (`vp`).
 pub(crate) fn field_out<T: GpuReal>(
     gpu: &Gpu,
     v: &mut CudaViewMut<'_, T>,
     b: &CudaSlice<T>,
-    vp: Option<(&CudaView<'_, T>, T, T, Option<&CudaSlice<T>>)>,
+    vp: Option<VpArgs<'_, '_, T>>,
     rows: usize,
     d: usize,
 ) -> Result<()> {
     let f = gpu.function("field_out", T::SUFFIX)?;
     let null: u64 = 0;
     let (rows_i, d_i) = (rows as i64, d as i64);
-    let (a, c) = vp.map_or((T::zero(), T::one()), |(_, a, c, _)| (a, c));
+    let (a, c) = vp.map_or((T::zero(), T::one()), |p| (p.a, p.c));
     let mut l = gpu.stream.launch_builder(f);
     l.arg(v).arg(b);
     match vp {
-        Some((x, ..)) => l.arg(x),
+        Some(p) => l.arg(p.x),
         None => l.arg(&null),
     };
     l.arg(&a).arg(&c);
-    match vp.and_then(|(.., ac)| ac) {
+    match vp.and_then(|p| p.per_row) {
         Some(ac) => l.arg(ac),
         None => l.arg(&null),
     };
@@ -166,16 +181,17 @@ pub(crate) fn eval_host<T: GpuReal>(
         {
             let mut ov = out.slice_mut(..);
             net.forward(&mut ws, rows, &xv, Time::Rows(&td), &mut ov)?;
-            let vp_args = acd.as_ref().map(|a| (&xv, T::zero(), T::zero(), Some(a)));
+            let vp_args = acd.as_ref().map(|ac| VpArgs {
+                x: &xv,
+                a: T::zero(),
+                c: T::zero(),
+                per_row: Some(ac),
+            });
             field_out(gpu, &mut ov, net.out_bias(), vp_args, rows, d)?;
         }
         s.memcpy_dtoh(&out, v)
             .map_err(dev("copying results from the GPU"))?;
         s.synchronize().map_err(dev("synchronizing the GPU"))?;
         Ok(())
-    })
-    .map_err(|e| match e {
-        Error::Device(m) => Error::Device(m),
-        other => other,
     })
 }

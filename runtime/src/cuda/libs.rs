@@ -103,11 +103,7 @@ pub(crate) fn ensure(lib: CudaLib) -> Result<String, String> {
             Err(e) => failed.push(format!("{} ({e})", file.display())),
         }
     }
-    let mut msg = format!(
-        "{} not found: searched {}",
-        lib.name(),
-        searched.join(", ")
-    );
+    let mut msg = format!("{} not found: searched {}", lib.name(), searched.join(", "));
     if !failed.is_empty() {
         msg.push_str(&format!("; found but not loadable: {}", failed.join(", ")));
     }

@@ -126,7 +126,11 @@ pub(crate) mod sealed {
                     c: &mut cudarc::driver::CudaViewMut<'_, Self>,
                 ) -> Result<(), cudarc::cublas::result::CublasError> {
                     // SAFETY: the caller guarantees the sizes fit the buffers.
-                    unsafe { <cudarc::cublas::CudaBlas as cudarc::cublas::Gemm<$t>>::gemm(blas, cfg, a, b, c) }
+                    unsafe {
+                        <cudarc::cublas::CudaBlas as cudarc::cublas::Gemm<$t>>::gemm(
+                            blas, cfg, a, b, c,
+                        )
+                    }
                 }
             }
         };

@@ -151,15 +151,14 @@ impl<T: GpuReal> GpuSampler<T> {
     /// Errors: [`Error::Unsupported`] for an OT-Flow potential (not on the GPU yet), and
     /// those of [`GpuMlp::new`] and [`GpuSampler::new`].
     pub fn for_model(gpu: &Arc<Gpu>, model: &Model<T>, opts: SamplerOptions<T>) -> Result<Self> {
-        let mlp = match model.network() {
-            Network::Mlp(m) => m,
-            Network::OtFlow(_) => {
-                return Err(Error::Unsupported(
+        let mlp =
+            match model.network() {
+                Network::Mlp(m) => m,
+                Network::OtFlow(_) => return Err(Error::Unsupported(
                     "the OT-Flow potential is not evaluated on the GPU yet; use the CPU sampler"
                         .into(),
-                ))
-            }
-        };
+                )),
+            };
         match model.kind() {
             ModelKind::Velocity => {
                 let net = Arc::new(GpuMlp::new(gpu, mlp)?);
@@ -309,7 +308,17 @@ impl<T: GpuReal> GpuSampler<T> {
         while start < n {
             let rows = cap.min(n - start);
             let first = first_sample + start as u64;
-            normals(gpu, &mut bufs.y, self.opts.seed, Stream::PRIOR, first, 0, rows, d, T::one())?;
+            normals(
+                gpu,
+                &mut bufs.y,
+                self.opts.seed,
+                Stream::PRIOR,
+                first,
+                0,
+                rows,
+                d,
+                T::one(),
+            )?;
             let st = match &self.opts.method {
                 Method::Ode(o) => {
                     let StepSize::Fixed(steps) = o.step_size else {
@@ -416,10 +425,9 @@ impl<T: GpuReal> GpuSampler<T> {
         let h = (t1 - t0) / T::of(steps as f64);
         // Brownian::increments: ΔW = ξ·√|h| in T.
         let scale = h.abs().sqrt();
-        let g = b
-            .g
-            .as_ref()
-            .ok_or_else(|| Error::Device("SDE solve without its diffusion (internal error)".into()))?;
+        let g = b.g.as_ref().ok_or_else(|| {
+            Error::Device("SDE solve without its diffusion (internal error)".into())
+        })?;
         let time = |k: usize| {
             if k == steps {
                 t1
@@ -439,7 +447,17 @@ impl<T: GpuReal> GpuSampler<T> {
                 let mut f = b.k.slice_mut(f_at..f_at + nd);
                 self.field.eval(&mut b.ws, rows, &x, tk, &mut f)?;
             }
-            normals(gpu, &mut b.dw, self.opts.seed, Stream::BROWNIAN, first, k as u32, rows, d, scale)?;
+            normals(
+                gpu,
+                &mut b.dw,
+                self.opts.seed,
+                Stream::BROWNIAN,
+                first,
+                k as u32,
+                rows,
+                d,
+                scale,
+            )?;
             stats.nfe += rows as u64;
             stats.block_evals += 1;
             let gk = g.slice(k * d..(k + 1) * d);
@@ -484,9 +502,9 @@ struct Buffers<T: GpuReal> {
 
 /// Errors as the CPU's generator does when a sample index is out of its range.
 fn check_samples(first: u64, n: usize) -> Result<()> {
-    let last = first.checked_add(n as u64 - 1).ok_or_else(|| {
-        Error::Limit(format!("sample index {first} + {} overflows u64", n - 1))
-    })?;
+    let last = first
+        .checked_add(n as u64 - 1)
+        .ok_or_else(|| Error::Limit(format!("sample index {first} + {} overflows u64", n - 1)))?;
     if last > MAX_SAMPLE {
         let sample = first.max(MAX_SAMPLE + 1);
         return Err(Error::Limit(format!(
@@ -542,7 +560,9 @@ fn rk_stage<T: GpuReal>(
     n: usize,
 ) -> Result<()> {
     if weights.len() > 7 {
-        return Err(Error::Device("a tableau with more than 7 stages (internal error)".into()));
+        return Err(Error::Device(
+            "a tableau with more than 7 stages (internal error)".into(),
+        ));
     }
     let f = gpu.function("rk_stage", T::SUFFIX)?;
     let mut w = [T::zero(); 7];

@@ -175,3 +175,21 @@ impl<T: GpuReal> GpuSampler<T> {
         unsupported()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_constructor_says_the_feature_is_off() {
+        let err = Gpu::new(0).unwrap_err();
+        assert!(matches!(err, Error::Unsupported(_)), "{err:?}");
+        assert!(err.to_string().contains("without the `cuda` feature"));
+        assert_eq!(Gpu::device_count().unwrap(), 0);
+        assert!(matches!(
+            compile_ptx("compute_90"),
+            Err(Error::Unsupported(_))
+        ));
+        assert!(!super::super::ENABLED);
+    }
+}
