@@ -111,13 +111,17 @@ fn assert_close<T: Real>(what: &str, gpu: &[T], cpu: &[T], tol: f64) {
     );
 }
 
-/// A score model (noise output, normalization) as a runtime model in T.
-fn score_model<T: Real>(d: usize, zero: bool) -> Model<T> {
+/// A score model (with a normalization) as a runtime model in T. A random network is no
+/// score: under the default schedule (β up to 20) the samplers would amplify it, and
+/// rounding with it, by e^5; a schedule with β ≤ 2 keeps the samples O(1), as a trained
+/// network does.
+fn score_model<T: Real>(d: usize, zero: bool, output: ScoreOutput) -> Model<T> {
     let p = mlp_params(d, &[48, 48], Activation::Silu, 11, zero);
     let mut g = Rng(5);
     let norm = Normalization::new(g.vec(d, 1.0), g.range(d, 0.5, 2.0)).unwrap();
     let sde = VpSde {
-        output: ScoreOutput::Noise,
+        output,
+        beta_max: if zero { 20.0 } else { 2.0 },
         ..VpSde::default()
     };
     let a = Artifact::mlp(p, ModelKind::Score, [0.0, 1.0], Provenance::default())
@@ -216,7 +220,7 @@ fn methods<T: Real>(model: &Model<T>) -> Vec<(String, SamplerOptions<T>)> {
 
 fn zero_network_bitwise<T: GpuReal>(gpu: &Arc<Gpu>) {
     for model in [
-        score_model::<T>(3, true),
+        score_model::<T>(3, true, ScoreOutput::Noise),
         velocity_model::<T>(5, Activation::Tanh, true),
     ] {
         for (name, opts) in methods(&model) {
@@ -238,7 +242,7 @@ fn zero_network_samplers_are_bitwise_the_cpu() {
 
 fn random_network_close<T: GpuReal>(gpu: &Arc<Gpu>) {
     for model in [
-        score_model::<T>(4, false),
+        score_model::<T>(4, false, ScoreOutput::Score),
         velocity_model::<T>(2, Activation::Silu, false),
         velocity_model::<T>(3, Activation::Softplus, false),
     ] {
@@ -358,7 +362,7 @@ fn vpsde_fields_match_the_cpu() {
 #[test]
 fn passes_and_splits_give_the_same_samples() {
     let gpu = ok_or_skip!(gpu());
-    let model = score_model::<f64>(2, false);
+    let model = score_model::<f64>(2, false, ScoreOutput::Noise);
     let vp = model.vpsde().unwrap();
     let opts = vp.sampler_options(
         VpSampling::ReverseSde(SdeOptions::new(SdeScheme::EulerMaruyama, 30)),
