@@ -190,6 +190,6 @@ mod tests {
             compile_ptx("compute_90"),
             Err(Error::Unsupported(_))
         ));
-        assert!(!super::super::ENABLED);
+        const { assert!(!super::super::ENABLED) };
     }
 }
