@@ -14,11 +14,14 @@
 use std::sync::{Arc, OnceLock};
 
 use socflow_runtime::artifact::{Artifact, ModelKind, Normalization, Provenance};
-use socflow_runtime::cuda::{compile_ptx, Gpu, GpuField, GpuMlp, GpuReal, GpuSampler, KERNELS};
+use socflow_runtime::cuda::{
+    compile_ptx, Gpu, GpuField, GpuMlp, GpuOtFlow, GpuReal, GpuSampler, KERNELS,
+};
 use socflow_runtime::field::Field;
 use socflow_runtime::model::Model;
 use socflow_runtime::nn::mlp::Mlp;
-use socflow_runtime::nn::{Activation, MlpParams};
+use socflow_runtime::nn::otflow::OtFlow;
+use socflow_runtime::nn::{Activation, MlpParams, OtFlowParams};
 use socflow_runtime::ode::{OdeOptions, OdeSolver, SaveAt};
 use socflow_runtime::sampler::{Sampler, SamplerOptions};
 use socflow_runtime::sde::{ConstantDiffusion, DiagonalDiffusion, SdeOptions, SdeScheme};
@@ -355,6 +358,109 @@ fn vpsde_fields_match_the_cpu() {
     let gpu = ok_or_skip!(gpu());
     vpsde_fields::<f32>(&gpu);
     vpsde_fields::<f64>(&gpu);
+}
+
+fn otflow_params(d: usize, m: usize, n_th: usize, seed: u64) -> OtFlowParams {
+    let mut sd = socflow_testkit::otflow_state_dict(d, m, n_th, seed);
+    OtFlowParams::from_state_dict(d, m, n_th, (d + 1).min(10), &mut sd).unwrap()
+}
+
+fn otflow_batch<T: GpuReal>(gpu: &Arc<Gpu>) {
+    for (d, m, n_th) in [(2, 32, 2), (5, 64, 3), (12, 48, 4)] {
+        let cpu = OtFlow::<T>::new(&otflow_params(d, m, n_th, 9)).unwrap();
+        let dev = GpuOtFlow::new(gpu, &cpu).unwrap();
+        let rows = 300;
+        let mut g = Rng(10);
+        let x: Vec<T> = g.vec(rows * d, 1.0).into_iter().map(T::of).collect();
+        let t: Vec<T> = g.range(rows, 0.0, 1.0).into_iter().map(T::of).collect();
+        let (mut grad, mut phi, mut dt, mut lap) = (
+            vec![T::zero(); rows * d],
+            vec![T::zero(); rows],
+            vec![T::zero(); rows],
+            vec![T::zero(); rows],
+        );
+        let mut scratch = vec![T::zero(); cpu.grad_block_scratch_len(true)];
+        cpu.grad_block(
+            &t,
+            &x,
+            &mut grad,
+            &mut phi,
+            &mut dt,
+            Some(&mut lap),
+            &mut scratch,
+        )
+        .unwrap();
+        let (mut g_grad, mut g_phi, mut g_dt, mut g_lap) = (
+            vec![T::zero(); rows * d],
+            vec![T::zero(); rows],
+            vec![T::zero(); rows],
+            vec![T::zero(); rows],
+        );
+        dev.grad_block(&t, &x, &mut g_grad, &mut g_phi, &mut g_dt, Some(&mut g_lap))
+            .unwrap();
+        let what = format!("OT-Flow d = {d}, m = {m}, nTh = {n_th}");
+        assert_close(&format!("{what}: grad"), &g_grad, &grad, tol::<T>());
+        assert_close(&format!("{what}: phi"), &g_phi, &phi, tol::<T>());
+        assert_close(&format!("{what}: dt phi"), &g_dt, &dt, tol::<T>());
+        assert_close(&format!("{what}: Laplacian"), &g_lap, &lap, tol::<T>());
+        // Without the Laplacian, and as the field -grad.
+        let (mut g2, mut p2, mut d2) = (
+            vec![T::zero(); rows * d],
+            vec![T::zero(); rows],
+            vec![T::zero(); rows],
+        );
+        dev.grad_block(&t, &x, &mut g2, &mut p2, &mut d2, None)
+            .unwrap();
+        assert_bitwise(&format!("{what}: grad without the Laplacian"), &g2, &g_grad);
+        let field = GpuField::potential(Arc::new(dev)).unwrap();
+        let mut v = vec![T::zero(); rows * d];
+        field.eval_block(&t, &x, &mut v).unwrap();
+        let neg: Vec<T> = grad.iter().map(|g| -*g).collect();
+        assert_close(&format!("{what}: field"), &v, &neg, tol::<T>());
+    }
+}
+
+/// The OT-Flow potential's batch path (Φ, ∇Φ, ∂ₜΦ and the exact Laplacian) equals the
+/// CPU's block path.
+#[test]
+fn otflow_batch_matches_the_cpu() {
+    let gpu = ok_or_skip!(gpu());
+    otflow_batch::<f32>(&gpu);
+    otflow_batch::<f64>(&gpu);
+}
+
+fn otflow_sampling<T: GpuReal>(gpu: &Arc<Gpu>) {
+    let model = Model::<T>::from_artifact(
+        Artifact::otflow(
+            otflow_params(3, 32, 3, 4),
+            [0.0, 1.0],
+            Provenance::default(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    for solver in [OdeSolver::Euler, OdeSolver::Rk4, OdeSolver::Dopri5] {
+        let opts = SamplerOptions::ode(OdeOptions::fixed(solver, 8), 3);
+        let (g, c) = both(gpu, &model, opts, 400, 0);
+        assert_close(
+            &format!("OT-Flow sampling, {}", solver.name()),
+            &g,
+            &c,
+            tol::<T>(),
+        );
+    }
+    let diffusion = Arc::new(ConstantDiffusion::new(3, T::of(0.2)));
+    let opts = SamplerOptions::sde(SdeOptions::new(SdeScheme::EulerMaruyama, 20), diffusion, 3);
+    let (g, c) = both(gpu, &model, opts, 400, 0);
+    assert_close("OT-Flow sampling, Euler–Maruyama", &g, &c, tol::<T>());
+}
+
+/// An OT-Flow model sampled on the GPU (−∇ₓΦ from t1 to t0) gives the CPU's samples.
+#[test]
+fn otflow_sampling_matches_the_cpu() {
+    let gpu = ok_or_skip!(gpu());
+    otflow_sampling::<f32>(&gpu);
+    otflow_sampling::<f64>(&gpu);
 }
 
 /// Samples are keyed by their global index: device passes of any size and any split of

@@ -5,7 +5,8 @@
 //!
 //! - the counter-based generator (Philox4x32-10, `ln_unit`, `sincos_turn`, the normals
 //!   and Brownian increments of any (seed, stream, sample, step)): bit for bit;
-//! - the activations (SiLU, tanh, softplus and their derivatives, the CPU's FMA path)
+//! - the activations (SiLU, tanh, softplus and their derivatives, OT-Flow's log 2 cosh
+//!   with tanh; the CPU's FMA path)
 //!   and the bias + activation kernel: bit for bit;
 //! - the integrators' combinations (Runge–Kutta stages, Euler–Maruyama, stochastic
 //!   Heun, the VP-SDE fields' a x + c net): bit for bit against the CPU's order of
@@ -20,7 +21,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use socflow_runtime::brownian::{ln_unit, philox4x32_10, sincos_turn, Brownian, Stream};
-use socflow_runtime::linalg::{silu_d, softplus_d, tanh_d};
+use socflow_runtime::linalg::{logcosh_tanh, silu_d, softplus_d, tanh_d};
 use socflow_runtime::Real;
 use socflow_testkit::{ok_or_skip, Rng};
 
@@ -298,7 +299,12 @@ fn normals_are_bitwise_the_runtime() {
 
 fn activations<T: Bits>(exe: &PathBuf) {
     let xs = test_values::<T>(4_000, 4);
-    for (code, name) in [(1u64, "silu"), (2, "tanh"), (3, "softplus")] {
+    for (code, name) in [
+        (1u64, "silu"),
+        (2, "tanh"),
+        (3, "softplus"),
+        (4, "log 2 cosh"),
+    ] {
         let mut input = String::new();
         push_int(&mut input, &[code, xs.len() as u64]);
         push(&mut input, &xs);
@@ -309,7 +315,8 @@ fn activations<T: Bits>(exe: &PathBuf) {
             .map(|&a| match code {
                 1 => silu_d::<T, true>(a),
                 2 => tanh_d::<T, true>(a),
-                _ => softplus_d::<T, true>(a),
+                3 => softplus_d::<T, true>(a),
+                _ => logcosh_tanh::<T, true>(a),
             })
             .collect();
         let (wv, wd): (Vec<T>, Vec<T>) = want.into_iter().unzip();

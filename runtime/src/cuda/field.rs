@@ -1,5 +1,6 @@
-//! The fields GPU samplers integrate: an MLP as a velocity, or a VP-SDE field over a
-//! score network (the device half of [`VpSdeField`](crate::vpsde::VpSdeField)).
+//! The fields GPU samplers integrate: an MLP as a velocity, a VP-SDE field over a
+//! score network (the device half of [`VpSdeField`](crate::vpsde::VpSdeField)), or an
+//! OT-Flow potential's −∇ₓΦ.
 
 use std::sync::Arc;
 
@@ -7,24 +8,42 @@ use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
 
 use super::device::{dev, guard, launch_config, Gpu};
 use super::mlp::{GpuMlp, MlpWorkspace, Time};
+use super::otflow::{GpuOtFlow, OtOut, OtWorkspace};
 use super::GpuReal;
 use crate::error::Result;
 use crate::field::check_block;
 use crate::vpsde::{field_coefficients, VpDynamics, VpSde};
 
-/// A time-dependent vector field over an MLP on the GPU: the network itself (a velocity
-/// field, as [`Model::field`](crate::model::Model::field) gives for an MLP), or a
-/// VP-SDE field a(t)x + c(t)·net(x, t) over a score network.
+/// The network a field evaluates.
+#[derive(Clone)]
+enum Net<T: GpuReal> {
+    Mlp(Arc<GpuMlp<T>>),
+    OtFlow(Arc<GpuOtFlow<T>>),
+}
+
+/// Device buffers of a field's batch evaluations.
+pub(crate) enum FieldWorkspace<T> {
+    Mlp(MlpWorkspace<T>),
+    OtFlow(Box<OtWorkspace<T>>),
+}
+
+/// A time-dependent vector field on the GPU: an MLP itself (a velocity field, as
+/// [`Model::field`](crate::model::Model::field) gives for an MLP), a VP-SDE field
+/// a(t)x + c(t)·net(x, t) over a score network, or an OT-Flow potential's −∇ₓΦ (as
+/// [`OtFlow`](crate::nn::otflow::OtFlow)'s [`Field`](crate::field::Field)).
 #[derive(Clone)]
 pub struct GpuField<T: GpuReal> {
-    net: Arc<GpuMlp<T>>,
+    net: Net<T>,
     vp: Option<(VpSde, VpDynamics)>,
 }
 
 impl<T: GpuReal> GpuField<T> {
     /// The network as a velocity field.
     pub fn velocity(net: Arc<GpuMlp<T>>) -> Result<Self> {
-        Ok(GpuField { net, vp: None })
+        Ok(GpuField {
+            net: Net::Mlp(net),
+            vp: None,
+        })
     }
 
     /// The VP-SDE's reverse drift or probability-flow field over a score network
@@ -33,33 +52,61 @@ impl<T: GpuReal> GpuField<T> {
     pub fn vpsde(net: Arc<GpuMlp<T>>, sde: VpSde, dynamics: VpDynamics) -> Result<Self> {
         sde.validate()?;
         Ok(GpuField {
-            net,
+            net: Net::Mlp(net),
             vp: Some((sde, dynamics)),
+        })
+    }
+
+    /// The velocity −∇ₓΦ of an OT-Flow potential.
+    pub fn potential(net: Arc<GpuOtFlow<T>>) -> Result<Self> {
+        Ok(GpuField {
+            net: Net::OtFlow(net),
+            vp: None,
         })
     }
 
     /// State dimension d.
     pub fn dim(&self) -> usize {
-        self.net.dim()
-    }
-
-    /// The network.
-    pub fn network(&self) -> &Arc<GpuMlp<T>> {
-        &self.net
+        match &self.net {
+            Net::Mlp(n) => n.dim(),
+            Net::OtFlow(n) => n.dim(),
+        }
     }
 
     /// The GPU.
     pub fn gpu(&self) -> &Arc<Gpu> {
-        self.net.gpu()
+        match &self.net {
+            Net::Mlp(n) => n.gpu(),
+            Net::OtFlow(n) => n.gpu(),
+        }
     }
 
     /// Evaluates the field for a block of rows, row `i` at time `t[i]` (host buffers,
     /// as [`Field::eval_block`](crate::field::Field::eval_block)).
     pub fn eval_block(&self, t: &[T], x: &[T], v: &mut [T]) -> Result<()> {
-        eval_host(&self.net, self.vp.as_ref().map(|(s, d)| (s, *d)), t, x, v)
+        match &self.net {
+            Net::Mlp(n) => eval_host(n, self.vp.as_ref().map(|(s, d)| (s, *d)), t, x, v),
+            Net::OtFlow(n) => {
+                let rows = t.len();
+                let (mut phi, mut dt) = (vec![T::zero(); rows], vec![T::zero(); rows]);
+                n.grad_block(t, x, v, &mut phi, &mut dt, None)?;
+                for vi in v.iter_mut() {
+                    *vi = -*vi;
+                }
+                Ok(())
+            }
+        }
     }
 
-    /// The coefficients (a, c) at time t of a VP-SDE field (None for a velocity).
+    /// A workspace for batches of up to `rows` rows.
+    pub(crate) fn workspace(&self, rows: usize) -> Result<FieldWorkspace<T>> {
+        Ok(match &self.net {
+            Net::Mlp(n) => FieldWorkspace::Mlp(n.workspace(rows)?),
+            Net::OtFlow(n) => FieldWorkspace::OtFlow(Box::new(n.workspace(rows, false)?)),
+        })
+    }
+
+    /// The coefficients (a, c) at time t of a VP-SDE field (None otherwise).
     pub(crate) fn coefficients(&self, t: T) -> Result<Option<(T, T)>> {
         self.vp
             .as_ref()
@@ -71,27 +118,42 @@ impl<T: GpuReal> GpuField<T> {
     /// buffers; the caller holds the device lock).
     pub(crate) fn eval(
         &self,
-        ws: &mut MlpWorkspace<T>,
+        ws: &mut FieldWorkspace<T>,
         rows: usize,
         x: &CudaView<'_, T>,
         t: T,
         out: &mut CudaViewMut<'_, T>,
     ) -> Result<()> {
-        let ac = self.coefficients(t)?;
-        self.net.forward(ws, rows, x, Time::Common(t), out)?;
-        field_out(
-            self.gpu(),
-            out,
-            self.net.out_bias(),
-            ac.map(|(a, c)| VpArgs {
-                x,
-                a,
-                c,
-                per_row: None,
-            }),
-            rows,
-            self.dim(),
-        )
+        match (&self.net, ws) {
+            (Net::Mlp(net), FieldWorkspace::Mlp(ws)) => {
+                let ac = self.coefficients(t)?;
+                net.forward(ws, rows, x, Time::Common(t), out)?;
+                field_out(
+                    net.gpu(),
+                    out,
+                    net.out_bias(),
+                    ac.map(|(a, c)| VpArgs {
+                        x,
+                        a,
+                        c,
+                        per_row: None,
+                    }),
+                    rows,
+                    self.dim(),
+                )
+            }
+            (Net::OtFlow(net), FieldWorkspace::OtFlow(ws)) => {
+                let none = OtOut {
+                    phi: None,
+                    dt: None,
+                    lap: None,
+                };
+                net.forward_grad(ws, rows, x, Time::Common(t), out, -T::one(), none)
+            }
+            _ => Err(crate::Error::Device(
+                "a field evaluated with another field's workspace (internal error)".into(),
+            )),
+        }
     }
 }
 

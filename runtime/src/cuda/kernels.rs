@@ -2,7 +2,7 @@
 //!
 //! The source lives in `kernels/*.cu` beside this file (kept as files so that g++ can
 //! compile the same text as host C++ in the tests). At run time the shared device
-//! functions (`common.cuh`) are prepended to the kernels (`sampling.cu`) and NVRTC
+//! functions (`common.cuh`) are prepended to the kernels (`sampling.cu`, `otflow.cu`) and NVRTC
 //! compiles the result for the device's compute capability with `--fmad=false`: no
 //! multiply-add is contracted, so the Brownian normals are bitwise the CPU's and the
 //! integrators' combinations round as the CPU's do (the activations call `fma()`
@@ -16,8 +16,10 @@ use crate::error::{Error, Result};
 
 /// The shared device functions.
 const COMMON: &str = include_str!("kernels/common.cuh");
-/// The kernels.
+/// The kernels of the MLP and the integrators.
 const SAMPLING: &str = include_str!("kernels/sampling.cu");
+/// The kernels of the OT-Flow potential.
+const OTFLOW: &str = include_str!("kernels/otflow.cu");
 
 /// The kernel templates; each is compiled as `<name>_f32` and `<name>_f64`.
 pub const KERNELS: &[&str] = &[
@@ -27,11 +29,21 @@ pub const KERNELS: &[&str] = &[
     "rk_stage",
     "em_step",
     "heun_step",
+    "ot_input",
+    "ot_act",
+    "ot_fill_rows",
+    "ot_scale_prod",
+    "ot_finish",
+    "ot_lap_tr0",
+    "ot_lap_jt0",
+    "ot_lap_tr",
+    "ot_lap_jt",
+    "ot_lap_out",
 ];
 
 /// The whole source NVRTC compiles.
 pub fn source() -> String {
-    format!("{COMMON}\n{SAMPLING}")
+    format!("{COMMON}\n{SAMPLING}\n{OTFLOW}")
 }
 
 /// Compiles the kernels with NVRTC for `arch` (`"compute_90"`, say) and returns the PTX.

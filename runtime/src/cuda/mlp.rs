@@ -12,10 +12,9 @@
 
 use std::sync::Arc;
 
-use cudarc::cublas::sys::cublasOperation_t;
-use cudarc::cublas::GemmConfig;
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
 
+use super::blas::{self, Mat};
 use super::device::{dev, guard, launch_config, Gpu};
 use super::GpuReal;
 use crate::error::{Error, Result};
@@ -162,48 +161,72 @@ impl<T: GpuReal> GpuMlp<T> {
         }
         let nl = self.layers.len();
         let act = act_code(self.activation);
+        let gpu = &*self.gpu;
         for (l, layer) in self.layers.iter().enumerate() {
-            let (lda, k) = if l == 0 {
-                (layer.n_in, self.d)
-            } else {
-                (layer.n_in, layer.n_in)
-            };
-            let cfg = GemmConfig {
-                transa: cublasOperation_t::CUBLAS_OP_T,
-                transb: cublasOperation_t::CUBLAS_OP_N,
-                m: to_int(layer.n_out)?,
-                n: to_int(rows)?,
-                k: to_int(k)?,
-                alpha: T::one(),
-                lda: to_int(lda)?,
-                ldb: to_int(k)?,
-                beta: T::zero(),
-                ldc: to_int(layer.n_out)?,
-            };
+            // The first layer reads the state's d columns of W_0 (stride d + 1).
+            let k = if l == 0 { self.d } else { layer.n_in };
             let w = layer.w.slice(..);
+            let wm = Mat {
+                data: &w,
+                ld: layer.n_in,
+            };
             let [h0, h1] = &mut ws.h;
             let (src, dst) = if l % 2 == 1 { (h0, h1) } else { (h1, h0) };
             if l + 1 == nl {
                 let input = src.slice(..rows * k);
-                // SAFETY: A = W is n_out × n_in row-major (k ≤ lda = n_in columns read),
-                // B holds rows × k, C rows × n_out = rows × d: the sizes checked above.
-                unsafe { T::gemm(&self.gpu.blas, cfg, &w, &input, out) }
-                    .map_err(dev("cuBLAS GEMM"))?;
+                let xm = Mat {
+                    data: &input,
+                    ld: k,
+                };
+                blas::xwt(
+                    gpu,
+                    rows,
+                    layer.n_out,
+                    k,
+                    xm,
+                    wm,
+                    out,
+                    layer.n_out,
+                    T::zero(),
+                )?;
                 break;
             }
             {
                 let mut c = dst.slice_mut(..rows * layer.n_out);
-                let r = if l == 0 {
-                    // SAFETY: as below, with B = the state block (rows × d).
-                    unsafe { T::gemm(&self.gpu.blas, cfg, &w, x, &mut c) }
+                if l == 0 {
+                    let xm = Mat {
+                        data: x,
+                        ld: self.d,
+                    };
+                    blas::xwt(
+                        gpu,
+                        rows,
+                        layer.n_out,
+                        k,
+                        xm,
+                        wm,
+                        &mut c,
+                        layer.n_out,
+                        T::zero(),
+                    )?;
                 } else {
                     let input = src.slice(..rows * k);
-                    // SAFETY: A = W (n_out × n_in), B = the previous layer's rows × n_in
-                    // block, C rows × n_out within the workspace (rows ≤ ws.rows and
-                    // n_out ≤ max_width).
-                    unsafe { T::gemm(&self.gpu.blas, cfg, &w, &input, &mut c) }
-                };
-                r.map_err(dev("cuBLAS GEMM"))?;
+                    let xm = Mat {
+                        data: &input,
+                        ld: k,
+                    };
+                    blas::xwt(
+                        gpu,
+                        rows,
+                        layer.n_out,
+                        k,
+                        xm,
+                        wm,
+                        &mut c,
+                        layer.n_out,
+                        T::zero(),
+                    )?;
+                }
             }
             self.bias_act(dst, layer, rows, time, act)?;
         }
@@ -244,8 +267,4 @@ impl<T: GpuReal> GpuMlp<T> {
             .map_err(dev("launching bias_act"))?;
         Ok(())
     }
-}
-
-fn to_int(n: usize) -> Result<i32> {
-    i32::try_from(n).map_err(|_| Error::Limit(format!("{n} exceeds cuBLAS's 32-bit sizes")))
 }

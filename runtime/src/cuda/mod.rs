@@ -4,9 +4,11 @@
 //!   time with NVRTC for the device (nothing GPU-related is needed at build time);
 //! - [`GpuMlp`]: an MLP's weights on the device, evaluated for a batch with one cuBLAS
 //!   GEMM per layer (f32 GEMMs in f32, no TF32) and a bias + activation kernel;
-//! - [`GpuField`]: the fields samplers integrate over such a network: the network as a
-//!   velocity, or the VP-SDE's reverse drift or probability-flow field over a score
-//!   network;
+//! - [`GpuOtFlow`]: an OT-Flow potential's Φ, ∇Φ, ∂ₜΦ and exact Laplacian for a batch
+//!   (the CPU block path's sweeps, each layer one GEMM over the batch);
+//! - [`GpuField`]: the fields samplers integrate: an MLP as a velocity, the VP-SDE's
+//!   reverse drift or probability-flow field over a score network, a potential's
+//!   −∇ₓΦ;
 //! - [`GpuSampler`]: the CPU [`Sampler`](crate::sampler::Sampler)'s options and
 //!   results on the GPU: prior draws, fixed-step ODE solves (Euler, Heun, RK4, Dopri5's
 //!   fifth-order solution) and SDE solves (Euler–Maruyama, stochastic Heun) with an
@@ -35,10 +37,12 @@
 //!
 //! # Not yet on the GPU
 //!
-//! Log-densities (the exact divergence), trajectories, adaptive Dopri5 steps,
-//! state-dependent diffusions and the OT-Flow potential: a [`GpuSampler`] asked for
-//! them returns [`Error::Unsupported`](crate::Error::Unsupported); use the CPU sampler.
+//! Log-densities (the exact divergence), trajectories, adaptive Dopri5 steps and
+//! state-dependent diffusions: a [`GpuSampler`] asked for them returns
+//! [`Error::Unsupported`](crate::Error::Unsupported); use the CPU sampler.
 
+#[cfg(feature = "cuda")]
+mod blas;
 #[cfg(feature = "cuda")]
 mod device;
 #[cfg(feature = "cuda")]
@@ -50,6 +54,8 @@ mod libs;
 #[cfg(feature = "cuda")]
 mod mlp;
 #[cfg(feature = "cuda")]
+mod otflow;
+#[cfg(feature = "cuda")]
 mod sampler;
 
 #[cfg(feature = "cuda")]
@@ -60,6 +66,8 @@ pub use field::GpuField;
 pub use kernels::{compile_ptx, source as kernel_source, KERNELS};
 #[cfg(feature = "cuda")]
 pub use mlp::GpuMlp;
+#[cfg(feature = "cuda")]
+pub use otflow::GpuOtFlow;
 #[cfg(feature = "cuda")]
 pub use sampler::{GpuSampler, DEFAULT_MAX_ROWS};
 

@@ -16,8 +16,9 @@ use std::sync::Arc;
 use cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
 
 use super::device::{dev, guard, launch_config, Gpu};
-use super::field::GpuField;
-use super::mlp::{GpuMlp, MlpWorkspace};
+use super::field::{FieldWorkspace, GpuField};
+use super::mlp::GpuMlp;
+use super::otflow::GpuOtFlow;
 use super::GpuReal;
 use crate::artifact::ModelKind;
 use crate::brownian::{Stream, MAX_SAMPLE, MAX_STEP};
@@ -141,24 +142,25 @@ impl<T: GpuReal> GpuSampler<T> {
         })
     }
 
-    /// The GPU sampler of a model, as the CPU samples it: a velocity MLP from the end t1
-    /// of its time interval to t0 (as `socflow sample` does), a score model's
+    /// The GPU sampler of a model, as the CPU samples it: a velocity MLP or an OT-Flow
+    /// potential (its −∇ₓΦ) from the end t1 of its time interval to t0 (as `socflow
+    /// sample` does), a score model's
     /// probability-flow ODE (ODE options) or reverse SDE (SDE options) from t1 down to
     /// its ε. The options come from the caller as on the CPU (for a score model,
     /// [`VpSdeModel::sampler_options`](crate::vpsde::VpSdeModel::sampler_options), which
     /// sets the normalization).
     ///
-    /// Errors: [`Error::Unsupported`] for an OT-Flow potential (not on the GPU yet), and
-    /// those of [`GpuMlp::new`] and [`GpuSampler::new`].
+    /// Errors: those of [`GpuMlp::new`], [`GpuOtFlow::new`] and [`GpuSampler::new`].
     pub fn for_model(gpu: &Arc<Gpu>, model: &Model<T>, opts: SamplerOptions<T>) -> Result<Self> {
-        let mlp =
-            match model.network() {
-                Network::Mlp(m) => m,
-                Network::OtFlow(_) => return Err(Error::Unsupported(
-                    "the OT-Flow potential is not evaluated on the GPU yet; use the CPU sampler"
-                        .into(),
-                )),
-            };
+        let mlp = match model.network() {
+            Network::Mlp(m) => m,
+            Network::OtFlow(p) => {
+                // As Model::field: the potential's −∇ₓΦ, from t1 to t0.
+                let net = Arc::new(GpuOtFlow::new(gpu, p)?);
+                let (t0, t1) = model.time_interval();
+                return Self::new(GpuField::potential(net)?, t1, t0, opts);
+            }
+        };
         match model.kind() {
             ModelKind::Velocity => {
                 let net = Arc::new(GpuMlp::new(gpu, mlp)?);
@@ -301,7 +303,7 @@ impl<T: GpuReal> GpuSampler<T> {
                 Some(g) => Some(s.clone_htod(g).map_err(dev("copying the diffusion"))?),
                 None => None,
             },
-            ws: self.field.network().workspace(cap)?,
+            ws: self.field.workspace(cap)?,
         };
         let mut stats = SolveStats::default();
         let mut start = 0;
@@ -497,7 +499,7 @@ struct Buffers<T: GpuReal> {
     dw: CudaSlice<T>,
     /// The diffusion's values at the step times (SDE).
     g: Option<CudaSlice<T>>,
-    ws: MlpWorkspace<T>,
+    ws: FieldWorkspace<T>,
 }
 
 /// Errors as the CPU's generator does when a sample index is out of its range.

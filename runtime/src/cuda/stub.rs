@@ -9,6 +9,7 @@ use super::GpuReal;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::nn::mlp::Mlp;
+use crate::nn::otflow::OtFlow;
 use crate::ode::SolveStats;
 use crate::sampler::{SamplerOptions, Samples};
 use crate::vpsde::{VpDynamics, VpSde};
@@ -104,7 +105,39 @@ impl<T: GpuReal> GpuMlp<T> {
     }
 }
 
-/// A field over an MLP on a GPU (unavailable: built without the `cuda` feature).
+/// An OT-Flow potential on a GPU (unavailable: built without the `cuda` feature).
+pub struct GpuOtFlow<T: GpuReal> {
+    _t: PhantomData<T>,
+}
+
+impl<T: GpuReal> GpuOtFlow<T> {
+    /// [`Error::Unsupported`]: built without the `cuda` feature.
+    pub fn new(gpu: &Arc<Gpu>, net: &OtFlow<T>) -> Result<Self> {
+        let _ = (gpu, net);
+        unsupported()
+    }
+
+    /// State dimension.
+    pub fn dim(&self) -> usize {
+        0
+    }
+
+    /// Block evaluation of Φ, ∇ₓΦ, ∂ₜΦ and the Laplacian.
+    pub fn grad_block(
+        &self,
+        t: &[T],
+        x: &[T],
+        grad: &mut [T],
+        phi: &mut [T],
+        dt_phi: &mut [T],
+        lap: Option<&mut [T]>,
+    ) -> Result<()> {
+        let _ = (t, x, grad, phi, dt_phi, lap);
+        unsupported()
+    }
+}
+
+/// A field on a GPU (unavailable: built without the `cuda` feature).
 pub struct GpuField<T: GpuReal> {
     _t: PhantomData<T>,
 }
@@ -119,6 +152,12 @@ impl<T: GpuReal> GpuField<T> {
     /// [`Error::Unsupported`]: built without the `cuda` feature.
     pub fn vpsde(net: Arc<GpuMlp<T>>, sde: VpSde, dynamics: VpDynamics) -> Result<Self> {
         let _ = (net, sde, dynamics);
+        unsupported()
+    }
+
+    /// [`Error::Unsupported`]: built without the `cuda` feature.
+    pub fn potential(net: Arc<GpuOtFlow<T>>) -> Result<Self> {
+        let _ = net;
         unsupported()
     }
 

@@ -14,6 +14,7 @@
 
 #include "../../src/cuda/kernels/common.cuh"
 #include "../../src/cuda/kernels/sampling.cu"
+#include "../../src/cuda/kernels/otflow.cu"
 
 static sf_u64 read_u64() {
   unsigned long long v;
@@ -58,9 +59,11 @@ template <typename T> void act_mode() {
   sf_i64 n = (sf_i64)read_u64();
   std::vector<T> a = read_vec<T>(n), v(n), dv(n);
   for (sf_i64 i = 0; i < n; ++i) {
-    SfPairT<T> r = act == SF_ACT_SILU   ? sf_silu_d<T>(a[i])
-                   : act == SF_ACT_TANH ? sf_tanh_d<T>(a[i])
-                                        : sf_softplus_d<T>(a[i]);
+    // Code 4: the OT-Flow activation (log 2 cosh, tanh).
+    SfPairT<T> r = act == SF_ACT_SILU       ? sf_silu_d<T>(a[i])
+                   : act == SF_ACT_TANH     ? sf_tanh_d<T>(a[i])
+                   : act == SF_ACT_SOFTPLUS ? sf_softplus_d<T>(a[i])
+                                            : sf_logcosh_tanh<T>(a[i]);
     v[i] = r.a;
     dv[i] = r.b;
   }

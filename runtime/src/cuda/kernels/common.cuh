@@ -323,6 +323,19 @@ template <typename T> SF_DEV SfPairT<T> sf_softplus_d(T a) {
   return out;
 }
 
+// (log(2 cosh a), tanh a): the OT-Flow activation and its derivative (linalg.rs
+// `logcosh_tanh`).
+template <typename T> SF_DEV SfPairT<T> sf_logcosh_tanh(T a) {
+  T y = sf_abs(a);
+  SfPairT<T> e = sf_exp_em1<T>((T)-2.0 * y);
+  T th = -e.b / ((T)2.0 + e.b);
+  th = a < (T)0.0 ? -th : th;
+  SfPairT<T> out;
+  out.a = y + sf_log1p_unit<T>(e.a, e.b);
+  out.b = th;
+  return out;
+}
+
 // Activation codes (runtime/src/cuda: `act_code`).
 #define SF_ACT_IDENTITY 0
 #define SF_ACT_SILU 1
@@ -375,5 +388,23 @@ template <typename T> SF_DEV T sf_heun(T x, T f, T f2, T h, T g, T g2, T dw) {
 
 // The VP-SDE fields a x + c net (vpsde.rs `combine`), net = pre-bias output + bias.
 template <typename T> SF_DEV T sf_vp_combine(T a, T x, T c, T net) { return a * x + c * net; }
+
+// ---------------------------------------------------------------------------------
+// Kernels: every loop is grid-strided on the device; on the host a kernel is a plain
+// function whose loop covers every element, so the harness runs the kernels themselves.
+// ---------------------------------------------------------------------------------
+
+#if defined(__CUDACC__)
+#define SF_GRID_LOOP(i, n)                                                        \
+  for (sf_i64 i = (sf_i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n);         \
+       i += (sf_i64)blockDim.x * gridDim.x)
+#define SF_BODY __device__
+#else
+// Host C++ (the test harness): a kernel is a plain function whose loop covers every
+// element, so the harness runs the kernels themselves on the CPU.
+#define SF_GRID_LOOP(i, n) for (sf_i64 i = 0; i < (n); ++i)
+#define SF_BODY static
+#define SF_KERNEL extern "C"
+#endif
 
 #endif  // SOCFLOW_COMMON_CUH

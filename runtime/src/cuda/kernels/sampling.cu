@@ -9,19 +9,6 @@
 #include "common.cuh"
 #endif
 
-#if defined(__CUDACC__)
-#define SF_GRID_LOOP(i, n)                                                        \
-  for (sf_i64 i = (sf_i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n);         \
-       i += (sf_i64)blockDim.x * gridDim.x)
-#define SF_BODY __device__
-#else
-// Host C++ (the test harness): a kernel is a plain function whose loop covers every
-// element, so the harness runs the kernels themselves on the CPU.
-#define SF_GRID_LOOP(i, n) for (sf_i64 i = 0; i < (n); ++i)
-#define SF_BODY static
-#define SF_KERNEL extern "C"
-#endif
-
 // Standard normals of (seed, stream, first_sample + r, step), component c of row r at
 // out[r * d + c], times `scale` (1 for prior draws, sqrt|h| for Brownian increments,
 // as brownian.rs `increments`: the normal rounded to T, then multiplied in T).
