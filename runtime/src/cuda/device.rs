@@ -191,6 +191,20 @@ impl Gpu {
         })
     }
 
+    /// The stream every operation of this GPU runs on, in order: for crates that run
+    /// their own kernels and copies on this device (the trainer's backend), so that
+    /// their work is ordered with the backend's. Buffers are allocated without
+    /// cross-stream events (event tracking is off): use them on this stream only.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The cuBLAS handle, bound to [`stream`](Gpu::stream), in the default math mode
+    /// (f32 GEMMs in f32: no TF32).
+    pub fn blas(&self) -> &CudaBlas {
+        &self.blas
+    }
+
     /// Holds the device for one call (calls from several threads take turns).
     pub(crate) fn lock(&self) -> MutexGuard<'_, ()> {
         self.lock.lock().unwrap_or_else(PoisonError::into_inner)
@@ -202,6 +216,13 @@ impl Gpu {
             .get(&format!("{name}_{suffix}"))
             .ok_or_else(|| Error::Device(format!("kernel {name}_{suffix} was not compiled")))
     }
+}
+
+/// Makes NVRTC loadable by cudarc without a device, searching as the `libs` module
+/// docs say (for crates compiling their own kernels with `cudarc::nvrtc`): where it
+/// was found, or [`Error::Device`] listing every place searched.
+pub fn find_nvrtc() -> Result<String> {
+    libs::ensure(CudaLib::Nvrtc).map_err(Error::Device)
 }
 
 /// A launch covering `n` elements with a grid-strided loop (256 threads a block, at

@@ -59,7 +59,7 @@ mod otflow;
 mod sampler;
 
 #[cfg(feature = "cuda")]
-pub use device::Gpu;
+pub use device::{find_nvrtc, Gpu};
 #[cfg(feature = "cuda")]
 pub use field::GpuField;
 #[cfg(feature = "cuda")]
