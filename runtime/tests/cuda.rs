@@ -22,8 +22,8 @@ use socflow_runtime::model::Model;
 use socflow_runtime::nn::mlp::Mlp;
 use socflow_runtime::nn::otflow::OtFlow;
 use socflow_runtime::nn::{Activation, MlpParams, OtFlowParams};
-use socflow_runtime::ode::{OdeOptions, OdeSolver, SaveAt};
-use socflow_runtime::sampler::{Sampler, SamplerOptions};
+use socflow_runtime::ode::{OdeOptions, OdeSolver, SaveAt, StepSize};
+use socflow_runtime::sampler::{Method, Sampler, SamplerOptions};
 use socflow_runtime::sde::{ConstantDiffusion, DiagonalDiffusion, SdeOptions, SdeScheme};
 use socflow_runtime::vpsde::{ScoreOutput, VpDynamics, VpSampling, VpSde, VpSdeField};
 use socflow_runtime::{Error, Real};
@@ -164,13 +164,58 @@ fn both<T: GpuReal>(
     n: usize,
     first: u64,
 ) -> (Vec<T>, Vec<T>) {
+    let adaptive = is_adaptive(&opts);
     let cpu = cpu_sampler(model, opts.clone()).sample(n, first).unwrap();
     let g = GpuSampler::for_model(gpu, model, opts).unwrap();
     let dev = g.sample(n, first).unwrap();
     assert_eq!((dev.n, dev.dim), (cpu.n, cpu.dim));
     assert_eq!(dev.stats.rows, n);
-    assert_eq!(dev.stats.nfe, cpu.stats.nfe, "field evaluations");
+    if adaptive {
+        // The step choices agree to rounding (pow is the device's): the same counts,
+        // unless a step's error sits within rounding of the threshold.
+        let (gs, cs) = (dev.stats.steps as f64, cpu.stats.steps as f64);
+        eprintln!(
+            "adaptive: GPU {} steps ({} rejected), CPU {} ({} rejected)",
+            dev.stats.steps, dev.stats.rejected, cpu.stats.steps, cpu.stats.rejected
+        );
+        assert!((gs - cs).abs() <= 0.01 * cs, "steps: GPU {gs}, CPU {cs}");
+        assert_eq!(dev.stats.steps, dev.stats.accepted + dev.stats.rejected);
+        assert_eq!(
+            dev.stats.nfe,
+            cpu.stats.nfe - 6 * cpu.stats.steps + 6 * dev.stats.steps
+        );
+    } else {
+        assert_eq!(dev.stats.nfe, cpu.stats.nfe, "field evaluations");
+    }
     (dev.x, cpu.x)
+}
+
+/// Whether options take adaptive steps.
+fn is_adaptive<T: Real>(opts: &SamplerOptions<T>) -> bool {
+    matches!(&opts.method, Method::Ode(o) if matches!(o.step_size, StepSize::Adaptive(_)))
+}
+
+/// Adaptive Dopri5 options for T: tolerances well above T's rounding.
+fn adaptive<T: Real>() -> OdeOptions<T> {
+    if T::NAME == "f32" {
+        OdeOptions::adaptive(T::of(1e-5), T::of(1e-6))
+    } else {
+        OdeOptions::adaptive(T::of(1e-9), T::of(1e-11))
+    }
+}
+
+/// The tolerance of a GPU/CPU comparison for `opts`: adaptive steps may differ by a
+/// step choice flipped by rounding, which moves a row by up to its error tolerance.
+fn tol_for<T: Real>(opts: &SamplerOptions<T>) -> f64 {
+    if is_adaptive(opts) {
+        if T::NAME == "f32" {
+            2e-4
+        } else {
+            1e-7
+        }
+    } else {
+        tol::<T>()
+    }
 }
 
 /// Every sampling method of the GPU, as options for a model of dimension `d`.
@@ -198,6 +243,11 @@ fn methods<T: Real>(model: &Model<T>) -> Vec<(String, SamplerOptions<T>)> {
                 vp.sampler_options(how, 7),
             ));
         }
+        let how = VpSampling::ProbabilityFlow(adaptive());
+        out.push((
+            "probability flow, adaptive Dopri5".into(),
+            vp.sampler_options(how, 7),
+        ));
     } else {
         for solver in [
             OdeSolver::Euler,
@@ -217,6 +267,19 @@ fn methods<T: Real>(model: &Model<T>) -> Vec<(String, SamplerOptions<T>)> {
                 SamplerOptions::sde(SdeOptions::new(scheme, 25), diffusion, 9),
             ));
         }
+        out.push((
+            "ODE, adaptive Dopri5".into(),
+            SamplerOptions::ode(adaptive(), 9),
+        ));
+        let mut given_h0 = adaptive();
+        if let StepSize::Adaptive(a) = &mut given_h0.step_size {
+            a.h0 = Some(T::of(0.05));
+            a.h_max = Some(T::of(0.2));
+        }
+        out.push((
+            "ODE, adaptive Dopri5 from h0".into(),
+            SamplerOptions::ode(given_h0, 9),
+        ));
     }
     out
 }
@@ -226,7 +289,8 @@ fn zero_network_bitwise<T: GpuReal>(gpu: &Arc<Gpu>) {
         score_model::<T>(3, true, ScoreOutput::Noise),
         velocity_model::<T>(5, Activation::Tanh, true),
     ] {
-        for (name, opts) in methods(&model) {
+        // Adaptive steps use the device's pow: their step choices are not bitwise.
+        for (name, opts) in methods(&model).into_iter().filter(|(_, o)| !is_adaptive(o)) {
             let (g, c) = both(gpu, &model, opts, 301, 1_000);
             assert_bitwise(&format!("zero network, {name}"), &g, &c);
         }
@@ -250,13 +314,9 @@ fn random_network_close<T: GpuReal>(gpu: &Arc<Gpu>) {
         velocity_model::<T>(3, Activation::Softplus, false),
     ] {
         for (name, opts) in methods(&model) {
+            let tol = tol_for(&opts);
             let (g, c) = both(gpu, &model, opts, 517, 3);
-            assert_close(
-                &format!("{:?} model, {name}", model.kind()),
-                &g,
-                &c,
-                tol::<T>(),
-            );
+            assert_close(&format!("{:?} model, {name}", model.kind()), &g, &c, tol);
         }
     }
 }
@@ -449,6 +509,10 @@ fn otflow_sampling<T: GpuReal>(gpu: &Arc<Gpu>) {
             tol::<T>(),
         );
     }
+    let opts = SamplerOptions::ode(adaptive(), 3);
+    let adaptive_tol = tol_for(&opts);
+    let (g, c) = both(gpu, &model, opts, 400, 0);
+    assert_close("OT-Flow sampling, adaptive Dopri5", &g, &c, adaptive_tol);
     let diffusion = Arc::new(ConstantDiffusion::new(3, T::of(0.2)));
     let opts = SamplerOptions::sde(SdeOptions::new(SdeScheme::EulerMaruyama, 20), diffusion, 3);
     let (g, c) = both(gpu, &model, opts, 400, 0);
@@ -461,6 +525,27 @@ fn otflow_sampling_matches_the_cpu() {
     let gpu = ok_or_skip!(gpu());
     otflow_sampling::<f32>(&gpu);
     otflow_sampling::<f64>(&gpu);
+}
+
+/// Adaptive Dopri5's failures are the CPU's: a row past `max_steps`.
+#[test]
+fn adaptive_failures_are_the_cpus_errors() {
+    let gpu = ok_or_skip!(gpu());
+    let model = velocity_model::<f64>(2, Activation::Silu, false);
+    let mut o = OdeOptions::adaptive(1e-12, 1e-14);
+    if let StepSize::Adaptive(a) = &mut o.step_size {
+        a.max_steps = 3;
+    }
+    let opts = SamplerOptions::ode(o, 1);
+    let c = cpu_sampler(&model, opts.clone()).sample(50, 0).unwrap_err();
+    let g = GpuSampler::for_model(&gpu, &model, opts)
+        .unwrap()
+        .sample(50, 0)
+        .unwrap_err();
+    eprintln!("CPU: {c}\nGPU: {g}");
+    assert!(matches!(g, Error::Integration(_)), "{g:?}");
+    assert!(g.to_string().contains("more than 3 steps"), "{g}");
+    assert!(c.to_string().contains("more than 3 steps"), "{c}");
 }
 
 /// Samples are keyed by their global index: device passes of any size and any split of
@@ -562,7 +647,6 @@ fn invalid_options_are_the_cpus_errors() {
     let mut traj = SamplerOptions::ode(OdeOptions::fixed(OdeSolver::Rk4, 4), 1);
     traj.trajectory = Some(SaveAt::Steps);
     unsupported(traj);
-    unsupported(SamplerOptions::ode(OdeOptions::adaptive(1e-4, 1e-6), 1));
     let state_noise =
         DiagonalDiffusion::new(2, |_t: f32, x: &[f32], g: &mut [f32]| g.copy_from_slice(x));
     unsupported(SamplerOptions::sde(

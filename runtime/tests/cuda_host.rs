@@ -10,7 +10,10 @@
 //!   and the bias + activation kernel: bit for bit;
 //! - the integrators' combinations (Runge–Kutta stages, Euler–Maruyama, stochastic
 //!   Heun, the VP-SDE fields' a x + c net): bit for bit against the CPU's order of
-//!   operations.
+//!   operations;
+//! - adaptive Dopri5: the GPU driver's sequence of kernels (per-row steps, error norm,
+//!   PI controller, Hairer's starting step) on a test field, bit for bit against the
+//!   CPU's `solve_block` (both call glibc's `pow`).
 //!
 //! This needs no GPU and no CUDA library, so it runs in every build (the kernels'
 //! source is read from the crate); it is skipped, saying so, where g++ is missing.
@@ -21,7 +24,9 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use socflow_runtime::brownian::{ln_unit, philox4x32_10, sincos_turn, Brownian, Stream};
+use socflow_runtime::field::FnField;
 use socflow_runtime::linalg::{logcosh_tanh, silu_d, softplus_d, tanh_d};
+use socflow_runtime::ode::{solve_block, OdeOptions, OdeWorkspace, StepSize};
 use socflow_runtime::Real;
 use socflow_testkit::{ok_or_skip, Rng};
 
@@ -507,4 +512,162 @@ fn integrator_kernels_are_bitwise_the_cpu_formulas() {
     let exe = ok_or_skip!(harness());
     integrators::<f64>(&exe);
     integrators::<f32>(&exe);
+}
+
+/// The harness's test field: f_j = −(1 + t) x_j + ½ x_{j+1} − 0.1 x_j³ (indices mod d).
+fn test_field<T: Real>(t: T, x: &[T], v: &mut [T]) {
+    let d = x.len();
+    for j in 0..d {
+        let (xj, xn) = (x[j], x[(j + 1) % d]);
+        v[j] = -(T::one() + t) * xj + T::of(0.5) * xn - T::of(0.1) * xj * xj * xj;
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // one adaptive case
+fn adaptive_case<T: Bits>(
+    exe: &PathBuf,
+    (rows, d, scale): (usize, usize, f64),
+    (t0, t1): (f64, f64),
+    (rtol, atol): (f64, f64),
+    h0: Option<f64>,
+    h_max: Option<f64>,
+    max_steps: usize,
+) -> u64 {
+    let mut g = Rng(rows as u64 + d as u64);
+    let y0: Vec<T> = g.vec(rows * d, scale).into_iter().map(T::of).collect();
+    let mut input = String::new();
+    push_int(&mut input, &[rows as u64, d as u64]);
+    let span = (t1 - t0).abs();
+    push(
+        &mut input,
+        &[
+            T::of(t0),
+            T::of(t1),
+            T::of(rtol),
+            T::of(atol),
+            T::of(h0.unwrap_or(0.0)),
+            T::of(h_max.unwrap_or(span)),
+        ],
+    );
+    push_int(&mut input, &[max_steps as u64]);
+    push(&mut input, &y0);
+    let out = run(exe, &[T::TAG, "adaptive"], &input);
+    let status = u32::from_str_radix(&out[0], 16).expect("hex");
+    let got: Vec<T> = parse_all(&out[1..1 + rows * d]);
+    let counts: Vec<u64> = out[1 + rows * d..]
+        .iter()
+        .map(|s| u64::from_str_radix(s, 16).expect("hex"))
+        .collect();
+    // The CPU's adaptive Dopri5 on the same field.
+    let field = FnField::with_div(d, test_field::<T>, |_: T, _: &[T]| T::zero());
+    let mut opts = OdeOptions::adaptive(T::of(rtol), T::of(atol));
+    if let StepSize::Adaptive(a) = &mut opts.step_size {
+        a.h0 = h0.map(T::of);
+        a.h_max = h_max.map(T::of);
+        a.max_steps = max_steps;
+    }
+    let mut x = y0.clone();
+    let mut ws = OdeWorkspace::for_field(&field, rows);
+    let what = format!(
+        "adaptive {} rows {rows} d {d} [{t0}, {t1}] h0 {h0:?}",
+        T::TAG
+    );
+    match solve_block(
+        &field,
+        &opts,
+        T::of(t0),
+        T::of(t1),
+        &mut x,
+        None,
+        None,
+        &mut ws,
+    ) {
+        Ok(stats) => {
+            assert_eq!(
+                status, 0,
+                "{what}: the kernels failed where the CPU did not"
+            );
+            assert_same(&what, &got, &x, &[]);
+            assert_eq!(
+                counts,
+                [stats.steps, stats.accepted, stats.rejected],
+                "{what}: steps, accepted, rejected"
+            );
+            stats.rejected
+        }
+        Err(e) => {
+            let m = e.to_string();
+            let want = if m.contains("more than") {
+                1
+            } else if m.contains("underflows") {
+                2
+            } else {
+                panic!("{what}: {e}")
+            };
+            assert_eq!(
+                status, want,
+                "{what}: the kernels did not fail like the CPU ({e})"
+            );
+            0
+        }
+    }
+}
+
+/// Adaptive Dopri5's kernels, driven as the GPU sampler drives them, reproduce the CPU
+/// solver bit for bit: states, step counts, rejections, forward and backward, with
+/// Hairer's starting step or a given one, and the `max_steps` failure.
+#[test]
+fn adaptive_kernels_are_bitwise_the_cpu_solver() {
+    let exe = ok_or_skip!(harness());
+    let ok = 100_000;
+    let mut rejected = 0;
+    rejected += adaptive_case::<f64>(
+        &exe,
+        (40, 3, 1.5),
+        (0.0, 1.0),
+        (1e-8, 1e-10),
+        None,
+        None,
+        ok,
+    );
+    rejected += adaptive_case::<f64>(
+        &exe,
+        (25, 2, 0.5),
+        (1.0, 0.0),
+        (1e-6, 1e-9),
+        Some(0.3),
+        Some(0.5),
+        ok,
+    );
+    // Backward from large states the cubic term blows up: the step size underflows.
+    adaptive_case::<f64>(
+        &exe,
+        (25, 2, 1.5),
+        (1.0, 0.0),
+        (1e-6, 1e-9),
+        Some(0.3),
+        None,
+        ok,
+    );
+    adaptive_case::<f64>(
+        &exe,
+        (10, 4, 1.5),
+        (0.0, 2.0),
+        (1e-10, 1e-12),
+        None,
+        None,
+        5,
+    );
+    rejected += adaptive_case::<f32>(&exe, (40, 3, 0.5), (1.0, 0.0), (1e-4, 1e-6), None, None, ok);
+    rejected += adaptive_case::<f32>(
+        &exe,
+        (20, 5, 1.5),
+        (0.0, 1.0),
+        (1e-5, 1e-6),
+        Some(0.5),
+        None,
+        ok,
+    );
+    // A given first step that is too large is rejected at least once.
+    assert!(rejected > 0, "no rejected step was exercised");
 }

@@ -23,7 +23,8 @@ enum Net<T: GpuReal> {
 
 /// Device buffers of a field's batch evaluations.
 pub(crate) enum FieldWorkspace<T> {
-    Mlp(MlpWorkspace<T>),
+    /// The network's buffers and the per-row coefficients of a VP-SDE field.
+    Mlp(MlpWorkspace<T>, CudaSlice<T>),
     OtFlow(Box<OtWorkspace<T>>),
 }
 
@@ -101,7 +102,14 @@ impl<T: GpuReal> GpuField<T> {
     /// A workspace for batches of up to `rows` rows.
     pub(crate) fn workspace(&self, rows: usize) -> Result<FieldWorkspace<T>> {
         Ok(match &self.net {
-            Net::Mlp(n) => FieldWorkspace::Mlp(n.workspace(rows)?),
+            Net::Mlp(n) => {
+                let ac = n
+                    .gpu()
+                    .stream
+                    .alloc_zeros::<T>(2 * rows.max(1))
+                    .map_err(dev("allocating GPU memory"))?;
+                FieldWorkspace::Mlp(n.workspace(rows)?, ac)
+            }
             Net::OtFlow(n) => FieldWorkspace::OtFlow(Box::new(n.workspace(rows, false)?)),
         })
     }
@@ -125,7 +133,7 @@ impl<T: GpuReal> GpuField<T> {
         out: &mut CudaViewMut<'_, T>,
     ) -> Result<()> {
         match (&self.net, ws) {
-            (Net::Mlp(net), FieldWorkspace::Mlp(ws)) => {
+            (Net::Mlp(net), FieldWorkspace::Mlp(ws, _)) => {
                 let ac = self.coefficients(t)?;
                 net.forward(ws, rows, x, Time::Common(t), out)?;
                 field_out(
@@ -155,6 +163,77 @@ impl<T: GpuReal> GpuField<T> {
             )),
         }
     }
+}
+
+impl<T: GpuReal> GpuField<T> {
+    /// The field for `rows` rows of `x`, row r at time `t[r]` (device buffers; the
+    /// caller holds the device lock).
+    pub(crate) fn eval_rows(
+        &self,
+        ws: &mut FieldWorkspace<T>,
+        rows: usize,
+        x: &CudaView<'_, T>,
+        t: &CudaSlice<T>,
+        out: &mut CudaViewMut<'_, T>,
+    ) -> Result<()> {
+        match (&self.net, ws) {
+            (Net::Mlp(net), FieldWorkspace::Mlp(ws, ac)) => {
+                net.forward(ws, rows, x, Time::Rows(t), out)?;
+                let vp = match &self.vp {
+                    Some((sde, dynamics)) => {
+                        vp_coeffs(net.gpu(), ac, t, sde, *dynamics, rows)?;
+                        Some(VpArgs {
+                            x,
+                            a: T::zero(),
+                            c: T::zero(),
+                            per_row: Some(ac),
+                        })
+                    }
+                    None => None,
+                };
+                field_out(net.gpu(), out, net.out_bias(), vp, rows, self.dim())
+            }
+            (Net::OtFlow(net), FieldWorkspace::OtFlow(ws)) => {
+                let none = OtOut {
+                    phi: None,
+                    dt: None,
+                    lap: None,
+                };
+                net.forward_grad(ws, rows, x, Time::Rows(t), out, -T::one(), none)
+            }
+            _ => Err(crate::Error::Device(
+                "a field evaluated with another field's workspace (internal error)".into(),
+            )),
+        }
+    }
+}
+
+/// `ac` ← the VP-SDE field's coefficients (a, c) at each row's time, computed on the
+/// device (in f64, as `field_coefficients` does on the host).
+fn vp_coeffs<T: GpuReal>(
+    gpu: &Gpu,
+    ac: &mut CudaSlice<T>,
+    t: &CudaSlice<T>,
+    sde: &VpSde,
+    dynamics: VpDynamics,
+    rows: usize,
+) -> Result<()> {
+    let f = gpu.function("vp_coeffs", T::SUFFIX)?;
+    let reverse = i32::from(dynamics == VpDynamics::ReverseSde);
+    let noise = i32::from(sde.output == crate::vpsde::ScoreOutput::Noise);
+    let rows_i = rows as i64;
+    let mut l = gpu.stream.launch_builder(f);
+    l.arg(ac)
+        .arg(t)
+        .arg(&sde.beta_min)
+        .arg(&sde.beta_max)
+        .arg(&reverse)
+        .arg(&noise)
+        .arg(&rows_i);
+    // SAFETY: vp_coeffs_T(T* ac, const T* t_rows, double beta_min, double beta_max, int
+    // reverse, int noise, i64 rows): ac holds 2·rows values, t_rows rows.
+    unsafe { l.launch(launch_config(rows)) }.map_err(dev("launching vp_coeffs"))?;
+    Ok(())
 }
 
 /// The VP-SDE combination a x + c net of [`field_out`]: the state, the coefficients of

@@ -2,7 +2,7 @@
 //!
 //! The source lives in `kernels/*.cu` beside this file (kept as files so that g++ can
 //! compile the same text as host C++ in the tests). At run time the shared device
-//! functions (`common.cuh`) are prepended to the kernels (`sampling.cu`, `otflow.cu`) and NVRTC
+//! functions (`common.cuh`) are prepended to the kernels (`sampling.cu`, `otflow.cu`, `adaptive.cu`) and NVRTC
 //! compiles the result for the device's compute capability with `--fmad=false`: no
 //! multiply-add is contracted, so the Brownian normals are bitwise the CPU's and the
 //! integrators' combinations round as the CPU's do (the activations call `fma()`
@@ -20,6 +20,8 @@ const COMMON: &str = include_str!("kernels/common.cuh");
 const SAMPLING: &str = include_str!("kernels/sampling.cu");
 /// The kernels of the OT-Flow potential.
 const OTFLOW: &str = include_str!("kernels/otflow.cu");
+/// The kernels of adaptive Dopri5.
+const ADAPTIVE: &str = include_str!("kernels/adaptive.cu");
 
 /// The kernel templates; each is compiled as `<name>_f32` and `<name>_f64`.
 pub const KERNELS: &[&str] = &[
@@ -29,6 +31,7 @@ pub const KERNELS: &[&str] = &[
     "rk_stage",
     "em_step",
     "heun_step",
+    "vp_coeffs",
     "ot_input",
     "ot_act",
     "ot_fill_rows",
@@ -39,11 +42,16 @@ pub const KERNELS: &[&str] = &[
     "ot_lap_tr",
     "ot_lap_jt",
     "ot_lap_out",
+    "dp_init1",
+    "dp_init2",
+    "dp_prepare",
+    "dp_stage_times",
+    "dp_judge",
 ];
 
 /// The whole source NVRTC compiles.
 pub fn source() -> String {
-    format!("{COMMON}\n{SAMPLING}\n{OTFLOW}")
+    format!("{COMMON}\n{SAMPLING}\n{OTFLOW}\n{ADAPTIVE}")
 }
 
 /// Compiles the kernels with NVRTC for `arch` (`"compute_90"`, say) and returns the PTX.

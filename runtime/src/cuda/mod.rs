@@ -11,8 +11,9 @@
 //!   −∇ₓΦ;
 //! - [`GpuSampler`]: the CPU [`Sampler`](crate::sampler::Sampler)'s options and
 //!   results on the GPU: prior draws, fixed-step ODE solves (Euler, Heun, RK4, Dopri5's
-//!   fifth-order solution) and SDE solves (Euler–Maruyama, stochastic Heun) with an
-//!   additive diffusion (constant, or σ(t) such as the VP-SDE's √β(t)).
+//!   fifth-order solution), adaptive Dopri5 (every row its own step and PI controller,
+//!   as on the CPU) and SDE solves (Euler–Maruyama, stochastic Heun) with an additive
+//!   diffusion (constant, or σ(t) such as the VP-SDE's √β(t)).
 //!
 //! # Agreement with the CPU
 //!
@@ -22,9 +23,11 @@
 //! does (Philox4x32-10 and the exact Box–Muller, compiled without FMA contraction),
 //! rounds them to `T` and scales them as the CPU does. The integrators combine stages in
 //! the CPU's order and rounding; the activations are the CPU's polynomials with its
-//! fused multiply-adds. What differs is the GEMMs' summation order (cuBLAS against the
-//! CPU's `gemm`), so a seed gives the same samples on both to rounding: about 1e-6
-//! relative in f32 after a few dozen steps of a well-conditioned field.
+//! fused multiply-adds; adaptive steps run the CPU's controller (the device's `pow`).
+//! What differs is the GEMMs' summation order (cuBLAS against the CPU's `gemm`), so a
+//! seed gives the same samples on both to rounding: about 1e-6 relative in f32 after a
+//! few dozen steps of a well-conditioned field (adaptive steps: to the tolerance where
+//! rounding flips a step's acceptance).
 //!
 //! # Without a GPU
 //!
@@ -37,9 +40,11 @@
 //!
 //! # Not yet on the GPU
 //!
-//! Log-densities (the exact divergence), trajectories, adaptive Dopri5 steps and
-//! state-dependent diffusions: a [`GpuSampler`] asked for them returns
-//! [`Error::Unsupported`](crate::Error::Unsupported); use the CPU sampler.
+//! Log-densities (the exact divergence), trajectories and state-dependent diffusions:
+//! a [`GpuSampler`] asked for them returns
+//! [`Error::Unsupported`](crate::Error::Unsupported); use the CPU sampler. Adaptive
+//! steps evaluate every row of a pass until its slowest row finishes (the CPU drops
+//! finished rows); the results and work counters are the CPU's.
 
 #[cfg(feature = "cuda")]
 mod blas;

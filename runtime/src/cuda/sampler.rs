@@ -24,7 +24,9 @@ use crate::artifact::ModelKind;
 use crate::brownian::{Stream, MAX_SAMPLE, MAX_STEP};
 use crate::error::{check_len, Error, Result};
 use crate::model::{Model, Network};
-use crate::ode::{SolveStats, StepSize};
+use crate::ode::{
+    AdaptiveOptions, OdeSolver, SolveStats, StepSize, DOPRI5_ERROR, DOPRI5_ERROR_ORDER,
+};
 use crate::sampler::{Method, SamplerOptions, Samples};
 use crate::sde::SdeScheme;
 use crate::vpsde::VpDynamics;
@@ -51,8 +53,7 @@ impl<T: GpuReal> GpuSampler<T> {
     ///
     /// The options are checked as [`Sampler::new`](crate::sampler::Sampler::new) checks
     /// them (same errors). The GPU does not do everything the CPU does yet: log-densities,
-    /// trajectories, adaptive steps and diffusions that depend on the state are
-    /// [`Error::Unsupported`]. `block_rows` is a CPU setting and is ignored (see
+    /// trajectories and diffusions that depend on the state are [`Error::Unsupported`]. `block_rows` is a CPU setting and is ignored (see
     /// [`with_max_rows`](GpuSampler::with_max_rows)).
     pub fn new(field: GpuField<T>, t_prior: T, t_end: T, opts: SamplerOptions<T>) -> Result<Self> {
         let d = field.dim();
@@ -97,16 +98,7 @@ impl<T: GpuReal> GpuSampler<T> {
             ));
         }
         let diffusion = match &opts.method {
-            Method::Ode(o) => {
-                if let StepSize::Adaptive(_) = o.step_size {
-                    return Err(Error::Unsupported(
-                        "adaptive steps are not taken on the GPU yet; use fixed steps or the \
-                         CPU sampler"
-                            .into(),
-                    ));
-                }
-                None
-            }
+            Method::Ode(_) => None,
             Method::Sde { options, diffusion } => {
                 if !diffusion.is_additive() {
                     return Err(Error::Unsupported(
@@ -322,12 +314,12 @@ impl<T: GpuReal> GpuSampler<T> {
                 T::one(),
             )?;
             let st = match &self.opts.method {
-                Method::Ode(o) => {
-                    let StepSize::Fixed(steps) = o.step_size else {
-                        return Err(Error::Unsupported("adaptive steps on the GPU".into()));
-                    };
-                    self.solve_ode(gpu, &mut bufs, rows, o.solver.tableau(), steps)?
-                }
+                Method::Ode(o) => match &o.step_size {
+                    StepSize::Fixed(steps) => {
+                        self.solve_ode(gpu, &mut bufs, rows, o.solver.tableau(), *steps)?
+                    }
+                    StepSize::Adaptive(a) => self.solve_adaptive(gpu, &mut bufs, rows, start, a)?,
+                },
                 Method::Sde { options, .. } => {
                     self.solve_sde(gpu, &mut bufs, rows, first, options.scheme, options.steps)?
                 }
@@ -337,6 +329,7 @@ impl<T: GpuReal> GpuSampler<T> {
             stats.block_evals += st.block_evals;
             stats.steps += st.steps;
             stats.accepted += st.accepted;
+            stats.rejected += st.rejected;
             let out = &mut x[start * d..(start + rows) * d];
             s.memcpy_dtoh(&bufs.y.slice(..rows * d), out)
                 .map_err(dev("copying samples from the GPU"))?;
@@ -376,7 +369,16 @@ impl<T: GpuReal> GpuSampler<T> {
                     self.field.eval(&mut b.ws, rows, &x, t, &mut out)?;
                 } else {
                     let tj = t + T::of(tab.c[j]) * h;
-                    rk_stage(gpu, &mut b.ytmp, &b.y, &b.k, b.stride, tab.a[j], h, nd)?;
+                    rk_stage(
+                        gpu,
+                        &mut b.ytmp,
+                        &b.y,
+                        &b.k,
+                        b.stride,
+                        tab.a[j],
+                        Step::Common(h),
+                        nd,
+                    )?;
                     let x = b.ytmp.slice(..nd);
                     let mut out = b.k.slice_mut(at..at + nd);
                     self.field.eval(&mut b.ws, rows, &x, tj, &mut out)?;
@@ -385,7 +387,16 @@ impl<T: GpuReal> GpuSampler<T> {
                 stats.block_evals += 1;
             }
             if !tab.fsal {
-                rk_stage(gpu, &mut b.ytmp, &b.y, &b.k, b.stride, tab.b, h, nd)?;
+                rk_stage(
+                    gpu,
+                    &mut b.ytmp,
+                    &b.y,
+                    &b.k,
+                    b.stride,
+                    tab.b,
+                    Step::Common(h),
+                    nd,
+                )?;
             }
             let t_new = if step + 1 == steps {
                 t1
@@ -406,6 +417,243 @@ impl<T: GpuReal> GpuSampler<T> {
         }
         stats.steps = (steps * rows) as u64;
         stats.accepted = stats.steps;
+        Ok(stats)
+    }
+
+    /// Adaptive Dopri5 (ode/mod.rs `solve_adaptive`) on `rows` rows of `bufs.y` (rows
+    /// `first_row ..` of the call, for messages): every row its own time, step and PI
+    /// controller, stepped by the kernels of adaptive.cu. Every row is evaluated at
+    /// every iteration (a finished row with a zero step) until the last one finishes;
+    /// the work counters count what the CPU's driver would (the active rows only).
+    fn solve_adaptive(
+        &self,
+        gpu: &Gpu,
+        b: &mut Buffers<T>,
+        rows: usize,
+        first_row: usize,
+        a: &AdaptiveOptions<T>,
+    ) -> Result<SolveStats> {
+        let d = self.dim();
+        let nd = rows * d;
+        let (t0, t1) = (self.t_prior, self.t_end);
+        let mut stats = SolveStats {
+            rows,
+            ..SolveStats::default()
+        };
+        if t1 == t0 {
+            return Ok(stats);
+        }
+        let tab = OdeSolver::Dopri5.tableau();
+        let dir = if t1 > t0 { T::one() } else { -T::one() };
+        let span = (t1 - t0).abs();
+        let h_max = a.h_max.unwrap_or(span).min(span);
+        let ctrl = [
+            a.rtol,
+            a.atol,
+            T::of(d as f64),
+            a.safety,
+            a.min_factor,
+            a.max_factor,
+            a.beta1,
+            a.beta2,
+            h_max,
+            a.h_min,
+            T::of(10.0) * T::epsilon(),
+            t1,
+            dir,
+        ];
+        let e: [T; 7] = DOPRI5_ERROR.map(T::of);
+        let s = &gpu.stream;
+        let up = |v: &[T]| s.clone_htod(v).map_err(dev("copying to the GPU"));
+        let zeros = |n: usize| s.alloc_zeros::<T>(n).map_err(dev("allocating GPU memory"));
+        let flags = |n: usize| {
+            s.alloc_zeros::<i32>(n)
+                .map_err(dev("allocating GPU memory"))
+        };
+        let counts = |n: usize| {
+            s.alloc_zeros::<u64>(n)
+                .map_err(dev("allocating GPU memory"))
+        };
+        let ctrl_d = up(&ctrl)?;
+        let e_d = up(&e)?;
+        let mut st = RowState {
+            t: up(&vec![t0; rows])?,
+            h: zeros(rows)?,
+            hs: zeros(rows)?,
+            tst: zeros(rows)?,
+            err_prev: up(&vec![T::of(1e-4); rows])?,
+            errv: zeros(rows)?,
+            last: flags(rows)?,
+            done: flags(rows)?,
+            rejected_last: flags(rows)?,
+            status: flags(rows)?,
+            counters: flags(2)?,
+            attempts: counts(rows)?,
+            accepted: counts(rows)?,
+            rejected: counts(rows)?,
+        };
+        let (rows_i, d_i) = (rows as i64, d as i64);
+        // The first stage at t0 (FSAL keeps it up to date afterwards).
+        {
+            let x = b.y.slice(..nd);
+            let mut out = b.k.slice_mut(..nd);
+            self.field.eval(&mut b.ws, rows, &x, t0, &mut out)?;
+        }
+        stats.nfe += rows as u64;
+        stats.block_evals += 1;
+        match a.h0 {
+            Some(h0) => st.h = up(&vec![dir * h0.min(h_max); rows])?,
+            None => {
+                // Hairer's starting step: one more evaluation per row.
+                let f = gpu.function("dp_init1", T::SUFFIX)?;
+                let mut l = s.launch_builder(f);
+                l.arg(&mut st.h)
+                    .arg(&mut st.tst)
+                    .arg(&mut b.ytmp)
+                    .arg(&b.y)
+                    .arg(&b.k)
+                    .arg(&ctrl_d)
+                    .arg(&t0)
+                    .arg(&rows_i)
+                    .arg(&d_i);
+                // SAFETY: dp_init1_T(T* h, T* tst, T* ytmp, const T* y, const T* k0, const
+                // T* ctrl, T t0, i64 rows, i64 d): h and tst hold rows values, ytmp, y and
+                // k0 (the first stage slot) rows·d, ctrl 13.
+                unsafe { l.launch(launch_config(rows)) }.map_err(dev("launching dp_init1"))?;
+                {
+                    let x = b.ytmp.slice(..nd);
+                    let mut out = b.k.slice_mut(b.stride..b.stride + nd);
+                    self.field
+                        .eval_rows(&mut b.ws, rows, &x, &st.tst, &mut out)?;
+                }
+                stats.nfe += rows as u64;
+                stats.block_evals += 1;
+                let inv_order = T::one() / T::of(f64::from(DOPRI5_ERROR_ORDER));
+                let k1 = b.k.slice(b.stride..b.stride + nd);
+                let f = gpu.function("dp_init2", T::SUFFIX)?;
+                let mut l = s.launch_builder(f);
+                l.arg(&mut st.h)
+                    .arg(&b.y)
+                    .arg(&b.k)
+                    .arg(&k1)
+                    .arg(&ctrl_d)
+                    .arg(&inv_order)
+                    .arg(&rows_i)
+                    .arg(&d_i);
+                // SAFETY: dp_init2_T(T* h, const T* y, const T* k0, const T* k1, const T*
+                // ctrl, T inv_order, i64 rows, i64 d): h holds rows values, y, k0 and k1
+                // rows·d, ctrl 13.
+                unsafe { l.launch(launch_config(rows)) }.map_err(dev("launching dp_init2"))?;
+            }
+        }
+        let max_steps = a.max_steps as u64;
+        let stride_i = b.stride as i64;
+        loop {
+            s.memset_zeros(&mut st.counters)
+                .map_err(dev("clearing counters"))?;
+            {
+                let f = gpu.function("dp_prepare", T::SUFFIX)?;
+                let mut l = s.launch_builder(f);
+                l.arg(&mut st.hs)
+                    .arg(&mut st.last)
+                    .arg(&st.t)
+                    .arg(&st.h)
+                    .arg(&st.done)
+                    .arg(&st.attempts)
+                    .arg(&mut st.status)
+                    .arg(&mut st.counters)
+                    .arg(&ctrl_d)
+                    .arg(&max_steps)
+                    .arg(&rows_i);
+                // SAFETY: dp_prepare_T(T* hs, int* last, const T* t, const T* h, const int*
+                // done, const u64* attempts, int* status, int* counters, const T* ctrl, u64
+                // max_steps, i64 rows): the per-row arrays hold rows values, counters 2,
+                // ctrl 13.
+                unsafe { l.launch(launch_config(rows)) }.map_err(dev("launching dp_prepare"))?;
+            }
+            for j in 1..tab.stages() {
+                let c = T::of(tab.c[j]);
+                let f = gpu.function("dp_stage_times", T::SUFFIX)?;
+                let mut l = s.launch_builder(f);
+                l.arg(&mut st.tst)
+                    .arg(&st.t)
+                    .arg(&st.hs)
+                    .arg(&c)
+                    .arg(&rows_i);
+                // SAFETY: dp_stage_times_T(T* tst, const T* t, const T* hs, T c, i64 rows):
+                // each holds rows values.
+                unsafe { l.launch(launch_config(rows)) }
+                    .map_err(dev("launching dp_stage_times"))?;
+                rk_stage(
+                    gpu,
+                    &mut b.ytmp,
+                    &b.y,
+                    &b.k,
+                    b.stride,
+                    tab.a[j],
+                    Step::Rows(&st.hs, d),
+                    nd,
+                )?;
+                let x = b.ytmp.slice(..nd);
+                let at = j * b.stride;
+                let mut out = b.k.slice_mut(at..at + nd);
+                self.field
+                    .eval_rows(&mut b.ws, rows, &x, &st.tst, &mut out)?;
+                stats.block_evals += 1;
+            }
+            {
+                let f = gpu.function("dp_judge", T::SUFFIX)?;
+                let mut l = s.launch_builder(f);
+                l.arg(&mut b.y)
+                    .arg(&b.ytmp)
+                    .arg(&mut b.k)
+                    .arg(&stride_i)
+                    .arg(&mut st.t)
+                    .arg(&mut st.h)
+                    .arg(&st.hs)
+                    .arg(&st.last)
+                    .arg(&mut st.done)
+                    .arg(&mut st.attempts)
+                    .arg(&mut st.accepted)
+                    .arg(&mut st.rejected)
+                    .arg(&mut st.err_prev)
+                    .arg(&mut st.rejected_last)
+                    .arg(&mut st.status)
+                    .arg(&mut st.errv)
+                    .arg(&mut st.counters)
+                    .arg(&ctrl_d)
+                    .arg(&e_d)
+                    .arg(&rows_i)
+                    .arg(&d_i);
+                // SAFETY: dp_judge_T(T* y, const T* ytmp, T* k, i64 stride, T* t, T* h, const
+                // T* hs, const int* last, int* done, u64* attempts, u64* accepted, u64*
+                // rejected, T* err_prev, int* rejected_last, int* status, T* errv, int*
+                // counters, const T* ctrl, const T* e, i64 rows, i64 d): y and ytmp hold
+                // rows·d values, k 7 slots of `stride` ≥ rows·d, the per-row arrays rows,
+                // counters 2, ctrl 13, e 7.
+                unsafe { l.launch(launch_config(rows)) }.map_err(dev("launching dp_judge"))?;
+            }
+            let counters = s
+                .clone_dtoh(&st.counters)
+                .map_err(dev("reading the step counters"))?;
+            s.synchronize().map_err(dev("synchronizing the GPU"))?;
+            if counters[1] > 0 {
+                return Err(st.error(s, first_row, a.max_steps, t0, t1)?);
+            }
+            if counters[0] == 0 {
+                break;
+            }
+        }
+        let sum = |v: &CudaSlice<u64>| -> Result<u64> {
+            Ok(s.clone_dtoh(v)
+                .map_err(dev("reading the step counters"))?
+                .iter()
+                .sum())
+        };
+        stats.steps = sum(&st.attempts)?;
+        stats.accepted = sum(&st.accepted)?;
+        stats.rejected = sum(&st.rejected)?;
+        stats.nfe += 6 * stats.steps;
         Ok(stats)
     }
 
@@ -486,6 +734,62 @@ impl<T: GpuReal> GpuSampler<T> {
     }
 }
 
+/// The per-row state of adaptive steps (adaptive.cu's header).
+struct RowState<T> {
+    t: CudaSlice<T>,
+    h: CudaSlice<T>,
+    hs: CudaSlice<T>,
+    tst: CudaSlice<T>,
+    err_prev: CudaSlice<T>,
+    errv: CudaSlice<T>,
+    last: CudaSlice<i32>,
+    done: CudaSlice<i32>,
+    rejected_last: CudaSlice<i32>,
+    status: CudaSlice<i32>,
+    counters: CudaSlice<i32>,
+    attempts: CudaSlice<u64>,
+    accepted: CudaSlice<u64>,
+    rejected: CudaSlice<u64>,
+}
+
+impl<T: GpuReal> RowState<T> {
+    /// The CPU driver's error for the first row that failed.
+    fn error(
+        &self,
+        s: &Arc<cudarc::driver::CudaStream>,
+        first_row: usize,
+        max_steps: usize,
+        t0: T,
+        t1: T,
+    ) -> Result<Error> {
+        let read = dev("reading the failed row");
+        let status = s.clone_dtoh(&self.status).map_err(&read)?;
+        let t = s.clone_dtoh(&self.t).map_err(&read)?;
+        let h = s.clone_dtoh(&self.h).map_err(&read)?;
+        let err = s.clone_dtoh(&self.errv).map_err(&read)?;
+        let Some(r) = status.iter().position(|&v| v != 0) else {
+            return Ok(Error::Integration(
+                "adaptive steps failed (no row says why)".into(),
+            ));
+        };
+        let row = first_row + r;
+        Ok(Error::Integration(if status[r] == 1 {
+            format!(
+                "row {row}: more than {max_steps} steps (t = {}, h = {:e}, interval [{t0}, {t1}])",
+                t[r],
+                h[r].f64()
+            )
+        } else {
+            format!(
+                "row {row}: step size {:e} underflows at t = {} (scaled error {:e}, interval [{t0}, {t1}])",
+                h[r].f64(),
+                t[r],
+                err[r].f64()
+            )
+        }))
+    }
+}
+
 /// The device buffers of a call, sized for its largest pass.
 struct Buffers<T: GpuReal> {
     /// The state.
@@ -549,6 +853,14 @@ fn normals<T: GpuReal>(
     Ok(())
 }
 
+/// The step of a Runge–Kutta combination: one for every row, or one per row (rows of
+/// `d` values).
+#[derive(Clone, Copy)]
+enum Step<'a, T> {
+    Common(T),
+    Rows(&'a CudaSlice<T>, usize),
+}
+
 /// `out` ← base + h Σ_l w_l k_l (ode/mod.rs `combine`), over `n` values.
 #[allow(clippy::too_many_arguments)] // the combination's operands
 fn rk_stage<T: GpuReal>(
@@ -558,7 +870,7 @@ fn rk_stage<T: GpuReal>(
     k: &CudaSlice<T>,
     stride: usize,
     weights: &[f64],
-    h: T,
+    step: Step<'_, T>,
     n: usize,
 ) -> Result<()> {
     if weights.len() > 7 {
@@ -577,10 +889,21 @@ fn rk_stage<T: GpuReal>(
     for wi in &w {
         l.arg(wi);
     }
-    l.arg(&h).arg(&n_i);
+    let null: u64 = 0;
+    let (h, d_i) = match step {
+        Step::Common(h) => (h, 1i64),
+        Step::Rows(_, d) => (T::zero(), d as i64),
+    };
+    l.arg(&h);
+    match step {
+        Step::Rows(hs, _) => l.arg(hs),
+        Step::Common(_) => l.arg(&null),
+    };
+    l.arg(&d_i).arg(&n_i);
     // SAFETY: rk_stage_T(T* out, const T* base, const T* k, i64 stride, int stages, T w0..w6,
-    // T h, i64 n): out and base hold ≥ n values, k holds `stages` slots of `stride` ≥ n
-    // values; the argument types match in order.
+    // T h, const T* h_rows, i64 d, i64 n): out and base hold ≥ n values, k holds
+    // `stages` slots of `stride` ≥ n values, h_rows n / d (or null); the argument types
+    // match in order.
     unsafe { l.launch(launch_config(n)) }.map_err(dev("launching rk_stage"))?;
     Ok(())
 }

@@ -40,6 +40,9 @@ use crate::error::{check_finite, check_len, Error, Result};
 use crate::field::Field;
 use crate::Real;
 use controller::{PiController, RowMemory};
+/// Dopri5's error weights and error order, for the GPU backend's adaptive driver.
+#[cfg(feature = "cuda")]
+pub(crate) use dopri5::{ERROR as DOPRI5_ERROR, ERROR_ORDER as DOPRI5_ERROR_ORDER};
 
 /// An explicit Runge–Kutta method: Butcher tableau with nodes `c`, matrix `a` (row j
 /// has j entries) and weights `b`.

@@ -15,6 +15,7 @@
 #include "../../src/cuda/kernels/common.cuh"
 #include "../../src/cuda/kernels/sampling.cu"
 #include "../../src/cuda/kernels/otflow.cu"
+#include "../../src/cuda/kernels/adaptive.cu"
 
 static sf_u64 read_u64() {
   unsigned long long v;
@@ -92,6 +93,11 @@ SF_DISPATCH(field_out)
 SF_DISPATCH(rk_stage)
 SF_DISPATCH(em_step)
 SF_DISPATCH(heun_step)
+SF_DISPATCH(dp_init1)
+SF_DISPATCH(dp_init2)
+SF_DISPATCH(dp_prepare)
+SF_DISPATCH(dp_stage_times)
+SF_DISPATCH(dp_judge)
 
 // normals: seed stream first step rows d scale -> rows*d values.
 template <typename T> void normals_mode() {
@@ -141,7 +147,7 @@ template <typename T> void rk_mode() {
   T h = read_t<T>();
   std::vector<T> base = read_vec<T>(n), k = read_vec<T>(stages * n), out(n);
   rk_stage_k(out.data(), base.data(), k.data(), n, stages, w[0], w[1], w[2], w[3], w[4],
-             w[5], w[6], h, n);
+             w[5], w[6], h, (const T*)nullptr, (sf_i64)1, n);
   put_vec(out);
 }
 
@@ -158,7 +164,93 @@ template <typename T> void sde_mode() {
   put_vec(x);
 }
 
+// The test field of the adaptive mirror (cuda_host.rs `test_field`, same arithmetic):
+// f_j = -(1 + t) x_j + 0.5 x_{j+1} - 0.1 x_j^3, indices mod d.
+template <typename T>
+void test_field(const std::vector<T>& t, const T* x, T* v, sf_i64 rows, sf_i64 d) {
+  for (sf_i64 r = 0; r < rows; ++r) {
+    for (sf_i64 j = 0; j < d; ++j) {
+      T xj = x[r * d + j], xn = x[r * d + (j + 1) % d];
+      v[r * d + j] = -((T)1.0 + t[r]) * xj + (T)0.5 * xn - (T)0.1 * xj * xj * xj;
+    }
+  }
+}
+
+// adaptive: rows d t0 t1 rtol atol h0 (0: Hairer's) h_max max_steps y[rows*d] ->
+// status, y, steps, accepted, rejected. The GPU driver's sequence (cuda/sampler.rs
+// `solve_adaptive`) with the host field above: the adaptive kernels against the CPU's
+// solve_block.
+template <typename T> void adaptive_mode() {
+  sf_i64 rows = (sf_i64)read_u64(), d = (sf_i64)read_u64();
+  T t0 = read_t<T>(), t1 = read_t<T>(), rtol = read_t<T>(), atol = read_t<T>();
+  T h0 = read_t<T>(), h_max = read_t<T>();
+  sf_u64 max_steps = read_u64();
+  std::vector<T> y = read_vec<T>(rows * d);
+  const double C[7] = {0.0, 1.0 / 5.0, 3.0 / 10.0, 4.0 / 5.0, 8.0 / 9.0, 1.0, 1.0};
+  const double A[7][6] = {
+      {0, 0, 0, 0, 0, 0},
+      {1.0 / 5.0, 0, 0, 0, 0, 0},
+      {3.0 / 40.0, 9.0 / 40.0, 0, 0, 0, 0},
+      {44.0 / 45.0, -56.0 / 15.0, 32.0 / 9.0, 0, 0, 0},
+      {19372.0 / 6561.0, -25360.0 / 2187.0, 64448.0 / 6561.0, -212.0 / 729.0, 0, 0},
+      {9017.0 / 3168.0, -355.0 / 33.0, 46732.0 / 5247.0, 49.0 / 176.0, -5103.0 / 18656.0, 0},
+      {35.0 / 384.0, 0.0, 500.0 / 1113.0, 125.0 / 192.0, -2187.0 / 6784.0, 11.0 / 84.0}};
+  const double E[7] = {71.0 / 57600.0,       0.0,           -71.0 / 16695.0, 71.0 / 1920.0,
+                       -17253.0 / 339200.0, 22.0 / 525.0, -1.0 / 40.0};
+  sf_i64 n = rows * d, stride = n;
+  T dir = t1 > t0 ? (T)1.0 : (T)-1.0;
+  T span = sf_abs(t1 - t0);
+  h_max = sf_fmin(h_max, span);
+  T ctrl[13] = {rtol,       atol,       (T)(double)d, (T)0.9,  (T)0.2,
+                (T)10.0,    (T)0.17,    (T)0.04,      h_max,   (T)0.0,
+                (T)10.0 * SfConst<T>::epsilon(), t1, dir};
+  T e[7];
+  for (int l = 0; l < 7; ++l) e[l] = (T)E[l];
+  std::vector<T> k(7 * n), ytmp(n), t(rows, t0), h(rows), hs(rows), tst(rows), errv(rows);
+  std::vector<T> err_prev(rows, (T)1e-4);
+  std::vector<int> last(rows), done(rows), rejected_last(rows), status(rows), counters(2);
+  std::vector<sf_u64> attempts(rows), accepted(rows), rejected(rows);
+  test_field(t, y.data(), k.data(), rows, d);
+  if (h0 > (T)0.0) {
+    for (auto& v : h) v = dir * sf_fmin(h0, h_max);
+  } else {
+    dp_init1_k(h.data(), tst.data(), ytmp.data(), y.data(), k.data(), ctrl, t0, rows, d);
+    test_field(tst, ytmp.data(), k.data() + stride, rows, d);
+    dp_init2_k(h.data(), y.data(), k.data(), k.data() + stride, ctrl, (T)1.0 / (T)5.0, rows, d);
+  }
+  for (;;) {
+    counters[0] = counters[1] = 0;
+    dp_prepare_k(hs.data(), last.data(), t.data(), h.data(), done.data(), attempts.data(),
+                 status.data(), counters.data(), ctrl, max_steps, rows);
+    for (int j = 1; j < 7; ++j) {
+      dp_stage_times_k(tst.data(), t.data(), hs.data(), (T)C[j], rows);
+      T w[7] = {0, 0, 0, 0, 0, 0, 0};
+      for (int l = 0; l < j; ++l) w[l] = (T)A[j][l];
+      rk_stage_k(ytmp.data(), y.data(), k.data(), stride, j, w[0], w[1], w[2], w[3], w[4], w[5],
+                 w[6], (T)0.0, (const T*)hs.data(), d, n);
+      test_field(tst, ytmp.data(), k.data() + j * stride, rows, d);
+    }
+    dp_judge_k(y.data(), ytmp.data(), k.data(), stride, t.data(), h.data(), hs.data(),
+               last.data(), done.data(), attempts.data(), accepted.data(), rejected.data(),
+               err_prev.data(), rejected_last.data(), status.data(), errv.data(),
+               counters.data(), ctrl, e, rows, d);
+    if (counters[1] > 0 || counters[0] == 0) break;
+  }
+  sf_u64 st = 0, ac = 0, rj = 0;
+  int bad = 0;
+  for (sf_i64 r = 0; r < rows; ++r) {
+    st += attempts[r];
+    ac += accepted[r];
+    rj += rejected[r];
+    if (status[r] && !bad) bad = status[r];
+  }
+  std::printf("%x\n", bad);
+  put_vec(y);
+  std::printf("%llx %llx %llx\n", st, ac, rj);
+}
+
 template <typename T> void run(const std::string& mode) {
+  if (mode == "adaptive") return adaptive_mode<T>();
   if (mode == "act") return act_mode<T>();
   if (mode == "normals") return normals_mode<T>();
   if (mode == "bias_act") return bias_act_mode<T>();

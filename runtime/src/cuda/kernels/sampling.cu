@@ -60,12 +60,17 @@ SF_BODY void field_out(T* v, const T* b, const T* x, T a, T c, const T* ac, sf_i
   }
 }
 
-// out <- base + h sum_l w_l k_l, with k the stages stored `stride` apart.
+// out <- base + h sum_l w_l k_l, with k the stages stored `stride` apart, and h the
+// common step or, when h_rows is not null, row i / d's step h_rows[i / d].
 template <typename T>
 SF_BODY void rk_stage(T* out, const T* base, const T* k, sf_i64 stride, int stages, T w0,
-                         T w1, T w2, T w3, T w4, T w5, T w6, T h, sf_i64 n) {
+                      T w1, T w2, T w3, T w4, T w5, T w6, T h, const T* h_rows, sf_i64 d,
+                      sf_i64 n) {
   T w[7] = {w0, w1, w2, w3, w4, w5, w6};
-  SF_GRID_LOOP(i, n) { out[i] = sf_rk_combine<T>(stages, w, k, stride, i, base[i], h); }
+  SF_GRID_LOOP(i, n) {
+    T hi = h_rows ? h_rows[i / d] : h;
+    out[i] = sf_rk_combine<T>(stages, w, k, stride, i, base[i], hi);
+  }
 }
 
 // out <- x + f h + g dW, with g the additive diffusion's d values for this step.
@@ -85,6 +90,26 @@ SF_BODY void heun_step(T* x, const T* f, const T* f2, const T* g, const T* g2,
   }
 }
 
+// Per-row coefficients (a, c) of the VP-SDE fields at the rows' times (vpsde.rs
+// `field_coefficients`, in f64 then rounded to T; expm1 is the device's): ac[2r] = a,
+// ac[2r + 1] = c.
+template <typename T>
+SF_BODY void vp_coeffs(T* ac, const T* t_rows, double beta_min, double beta_max, int reverse,
+                       int noise, sf_i64 rows) {
+  SF_GRID_LOOP(r, rows) {
+    double t = (double)t_rows[r];
+    double beta = beta_min + t * (beta_max - beta_min);
+    double weight = reverse ? -beta : -0.5 * beta;
+    double k = 1.0;
+    if (noise) {
+      double big_b = beta_min * t + 0.5 * t * t * (beta_max - beta_min);
+      k = -1.0 / sqrt(-expm1(-big_b));
+    }
+    ac[2 * r] = (T)(-0.5 * beta);
+    ac[2 * r + 1] = (T)(weight * k);
+  }
+}
+
 #define SF_INSTANTIATE(T, S)                                                                \
   SF_KERNEL void normals_##S(T* out, sf_u64 seed, sf_u32 stream, sf_u64 first_sample,     \
                              sf_u32 step, sf_i64 rows, sf_i64 d, T scale) {               \
@@ -100,8 +125,9 @@ SF_BODY void heun_step(T* x, const T* f, const T* f2, const T* g, const T* g2,
   }                                                                                       \
   SF_KERNEL void rk_stage_##S(T* out, const T* base, const T* k, sf_i64 stride,           \
                               int stages, T w0, T w1, T w2, T w3, T w4, T w5, T w6, T h,  \
-                              sf_i64 n) {                                                 \
-    rk_stage<T>(out, base, k, stride, stages, w0, w1, w2, w3, w4, w5, w6, h, n);          \
+                              const T* h_rows, sf_i64 d, sf_i64 n) {                      \
+    rk_stage<T>(out, base, k, stride, stages, w0, w1, w2, w3, w4, w5, w6, h, h_rows, d,   \
+                n);                                                                       \
   }                                                                                       \
   SF_KERNEL void em_step_##S(T* out, const T* x, const T* f, const T* g, const T* dw,     \
                              T h, sf_i64 rows, sf_i64 d) {                                \
@@ -110,6 +136,10 @@ SF_BODY void heun_step(T* x, const T* f, const T* f2, const T* g, const T* g2,
   SF_KERNEL void heun_step_##S(T* x, const T* f, const T* f2, const T* g, const T* g2,    \
                                const T* dw, T h, sf_i64 rows, sf_i64 d) {                 \
     heun_step<T>(x, f, f2, g, g2, dw, h, rows, d);                                        \
+  }                                                                                       \
+  SF_KERNEL void vp_coeffs_##S(T* ac, const T* t_rows, double beta_min, double beta_max,  \
+                               int reverse, int noise, sf_i64 rows) {                     \
+    vp_coeffs<T>(ac, t_rows, beta_min, beta_max, reverse, noise, rows);                   \
   }
 
 SF_INSTANTIATE(float, f32)
