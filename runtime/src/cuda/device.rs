@@ -121,11 +121,22 @@ impl Gpu {
             u32::try_from(minor).unwrap_or(0),
         );
         let nvrtc = libs::ensure(CudaLib::Nvrtc).map_err(Error::Device)?;
+        let versions = Versions::read();
+        let nvrtc = format!(
+            "{nvrtc} (NVRTC {}, driver for CUDA {})",
+            versions.nvrtc, versions.driver
+        );
         let arch = format!("compute_{}{}", capability.0, capability.1);
         let ptx = kernels::compile(&arch)?;
-        let module = ctx.load_module(ptx).map_err(dev(
-            "loading the compiled kernels (a driver older than NVRTC?)",
-        ))?;
+        let module = ctx.load_module(ptx).map_err(|e| {
+            Error::Device(format!(
+                "loading the kernels compiled by NVRTC {} into a driver for CUDA {}: {e:?} (PTX \
+                 from an NVRTC newer than the driver does not load: put the NVRTC of a CUDA \
+                 toolkit no newer than the driver first, e.g. with SOCFLOW_CUDA_LIB_DIR or \
+                 LD_LIBRARY_PATH)",
+                versions.nvrtc, versions.driver
+            ))
+        })?;
         let mut functions = HashMap::new();
         for k in KERNELS {
             for suffix in ["f32", "f64"] {
@@ -223,6 +234,34 @@ impl Gpu {
 /// was found, or [`Error::Device`] listing every place searched.
 pub fn find_nvrtc() -> Result<String> {
     libs::ensure(CudaLib::Nvrtc).map_err(Error::Device)
+}
+
+/// The CUDA versions of the driver and of the NVRTC loaded, as "major.minor" ("?" when
+/// unknown), for messages.
+struct Versions {
+    driver: String,
+    nvrtc: String,
+}
+
+impl Versions {
+    fn read() -> Self {
+        let mut v: std::ffi::c_int = 0;
+        // SAFETY: the driver library is loaded (checked by `Gpu::new`) and the call
+        // writes one int.
+        let driver = match unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) } {
+            cudarc::driver::sys::CUresult::CUDA_SUCCESS => {
+                format!("{}.{}", v / 1000, v % 1000 / 10)
+            }
+            _ => "?".into(),
+        };
+        let (mut major, mut minor): (std::ffi::c_int, std::ffi::c_int) = (0, 0);
+        // SAFETY: NVRTC is loaded (libs::ensure succeeded) and the call writes two ints.
+        let nvrtc = match unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) } {
+            cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS => format!("{major}.{minor}"),
+            _ => "?".into(),
+        };
+        Versions { driver, nvrtc }
+    }
 }
 
 /// A launch covering `n` elements with a grid-strided loop (256 threads a block, at
