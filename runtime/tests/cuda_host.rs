@@ -39,14 +39,7 @@ fn harness() -> Result<PathBuf, String> {
         let exe = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cuda_host_harness");
         let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
         let out = Command::new(&cxx)
-            .args([
-                "-std=c++17",
-                "-O2",
-                "-ffp-contract=off",
-                "-Wall",
-                "-Werror",
-                "-o",
-            ])
+            .args(["-std=c++17", "-O2", "-ffp-contract=off", "-Wall", "-o"])
             .arg(&exe)
             .arg(&src)
             .output()
