@@ -61,6 +61,10 @@ pub enum Error {
     /// The operation is not available for this model or build.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// A GPU could not be used or failed: no CUDA driver, no such device, a CUDA
+    /// library (NVRTC, cuBLAS) missing, a kernel that does not compile, a driver error.
+    #[error("GPU: {0}")]
+    Device(String),
 }
 
 /// Result with the runtime's [`Error`].

@@ -10,6 +10,9 @@
 //!   integrators;
 //! - [`sampler`] and [`controller`]: prior + field + integrator → samples, and the
 //!   allocation-free feedback control u = -∇Φ(t,x);
+//! - [`cuda`]: batch fields and samplers on an NVIDIA GPU (feature `cuda`, through
+//!   cudarc, libraries loaded at run time; without the feature the same API returns
+//!   [`Error::Unsupported`]);
 //! - `onnx` (feature `onnx`): ONNX models (exported from PyTorch, say) as fields and
 //!   controls through ONNX Runtime, loaded at run time;
 //! - [`vpsde`]: the VP-SDE of score-based diffusion, its reverse-SDE drift and
@@ -24,6 +27,10 @@
 pub mod artifact;
 pub mod brownian;
 pub mod controller;
+// The CUDA backend is the one place outside ffi/ where `unsafe` is allowed (every block
+// with its SAFETY comment): kernel launches and cuBLAS calls through cudarc.
+#[cfg_attr(feature = "cuda", allow(unsafe_code))]
+pub mod cuda;
 pub mod error;
 pub mod field;
 pub mod linalg;

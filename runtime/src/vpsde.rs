@@ -172,21 +172,7 @@ impl<T: Real> VpSdeField<T> {
 
     /// The coefficients (a, c) of f = a x + c·net at time t.
     fn coefficients(&self, t: T) -> Result<(T, T)> {
-        let t = t.f64();
-        let beta = self.sde.beta(t);
-        let weight = match self.dynamics {
-            VpDynamics::ReverseSde => -beta,
-            VpDynamics::ProbabilityFlow => -0.5 * beta,
-        };
-        let c = weight * self.sde.score_factor(t);
-        if !c.is_finite() {
-            return Err(Error::InvalidArgument(format!(
-                "VP-SDE field at t = {t}: the score factor is not finite (sigma_t = {}); \
-                 a noise-predicting network is evaluated only where sigma_t > 0",
-                self.sde.sigma(t)
-            )));
-        }
-        Ok((T::of(-0.5 * beta), T::of(c)))
+        field_coefficients(&self.sde, self.dynamics, t)
     }
 
     /// v ← a x + c v, row by row with each row's time.
@@ -292,6 +278,31 @@ impl<T: Real> Field<T> for VpSdeField<T> {
         self.combine(t, x, v, None)?;
         self.combine(t, dx, jv, None)
     }
+}
+
+/// The coefficients (a, c) of a VP-SDE field f = a x + c·net at time t, computed in f64
+/// and rounded to `T` (shared by the CPU field and the GPU backend, so both see the
+/// same numbers). Errors where the score factor is not finite.
+pub(crate) fn field_coefficients<T: Real>(
+    sde: &VpSde,
+    dynamics: VpDynamics,
+    t: T,
+) -> Result<(T, T)> {
+    let t = t.f64();
+    let beta = sde.beta(t);
+    let weight = match dynamics {
+        VpDynamics::ReverseSde => -beta,
+        VpDynamics::ProbabilityFlow => -0.5 * beta,
+    };
+    let c = weight * sde.score_factor(t);
+    if !c.is_finite() {
+        return Err(Error::InvalidArgument(format!(
+            "VP-SDE field at t = {t}: the score factor is not finite (sigma_t = {}); \
+             a noise-predicting network is evaluated only where sigma_t > 0",
+            sde.sigma(t)
+        )));
+    }
+    Ok((T::of(-0.5 * beta), T::of(c)))
 }
 
 /// How a VP-SDE model is sampled.

@@ -40,22 +40,25 @@ use crate::error::{check_finite, check_len, Error, Result};
 use crate::field::Field;
 use crate::Real;
 use controller::{PiController, RowMemory};
+/// Dopri5's error weights and error order, for the GPU backend's adaptive driver.
+#[cfg(feature = "cuda")]
+pub(crate) use dopri5::{ERROR as DOPRI5_ERROR, ERROR_ORDER as DOPRI5_ERROR_ORDER};
 
 /// An explicit Runge–Kutta method: Butcher tableau with nodes `c`, matrix `a` (row j
 /// has j entries) and weights `b`.
 pub(crate) struct Tableau {
-    name: &'static str,
-    c: &'static [f64],
-    a: &'static [&'static [f64]],
-    b: &'static [f64],
+    pub(crate) name: &'static str,
+    pub(crate) c: &'static [f64],
+    pub(crate) a: &'static [&'static [f64]],
+    pub(crate) b: &'static [f64],
     /// First same as last: `b` is the last row of `a`, so the last stage's input is
     /// the new state and its value is the next step's first stage.
-    fsal: bool,
+    pub(crate) fsal: bool,
     order: u32,
 }
 
 impl Tableau {
-    fn stages(&self) -> usize {
+    pub(crate) fn stages(&self) -> usize {
         self.c.len()
     }
 }
@@ -78,7 +81,7 @@ pub enum OdeSolver {
 }
 
 impl OdeSolver {
-    fn tableau(self) -> &'static Tableau {
+    pub(crate) fn tableau(self) -> &'static Tableau {
         match self {
             OdeSolver::Euler => &euler::TABLEAU,
             OdeSolver::Heun => &heun::TABLEAU,
