@@ -345,16 +345,14 @@ impl Brownian {
             return;
         }
         let key = [self.seed as u32, (self.seed >> 32) as u32];
-        if out.len() == d && d <= 2 {
-            // One counter: the scalar code, without the dispatch and the wide path's
-            // set-up (a short call's time is the latency of one Box–Muller).
-            let hi = ((first_sample >> 32) as u32) | (u32::from(stream.0) << 16);
-            let counter = |_| [0, first_sample as u32, hi];
-            let (mut zc, mut zs) = ([0.0], [0.0]);
-            normals_lanes(counter, step as u32, key, &mut zc, &mut zs);
-            out[0] = T::of(zc[0]) * scale;
-            if let Some(v) = out.get_mut(1) {
-                *v = T::of(zs[0]) * scale;
+        if out.len() == d && d <= 2 * SHORT_LANES {
+            // A few counters: one narrow group, without the dispatch and the wide
+            // path's set-up (a short call's time is the latency of one Box–Muller).
+            let mut walk = Walk::new(key, stream.0, step as u32, first_sample, d);
+            if d <= 2 {
+                walk.group::<1, T>(1, scale, out);
+            } else {
+                walk.group::<SHORT_LANES, T>(d.div_ceil(2), scale, out);
             }
             return;
         }
@@ -371,6 +369,9 @@ const LANES: usize = 32;
 /// Counters per group at the end of a block (or in a short request), where a group of
 /// [`LANES`] would compute mostly unused lanes; a last single counter goes alone.
 const TAIL_LANES: usize = 8;
+/// Counters of a request short enough for one narrow group outside the dispatched
+/// code: one row of up to `2·SHORT_LANES` normals.
+const SHORT_LANES: usize = 2;
 
 /// `2^52` as f64: `f64::from_bits(TWO52_BITS | n) = 2^52 + n` exactly for `n < 2^52`.
 const TWO52: f64 = 4_503_599_627_370_496.0;
@@ -531,18 +532,8 @@ fn fill_block_lanes<T: Real>(
     scale: T,
     out: &mut [T],
 ) {
-    let pairs = d.div_ceil(2);
-    let total = (out.len() / d) * pairs;
-    let mut walk = Walk {
-        key,
-        step,
-        d,
-        pairs,
-        stream_bits: u32::from(stream) << 16,
-        j: 0,
-        sample: first_sample,
-        pos: 0,
-    };
+    let total = (out.len() / d) * d.div_ceil(2);
+    let mut walk = Walk::new(key, stream, step, first_sample, d);
     let mut done = 0;
     while total - done >= LANES {
         walk.group::<LANES, T>(LANES, scale, out);
@@ -574,6 +565,21 @@ struct Walk {
 }
 
 impl Walk {
+    /// At the start of the block of rows of `d` normals from `first_sample`.
+    #[inline(always)]
+    fn new(key: [u32; 2], stream: u16, step: u32, first_sample: u64, d: usize) -> Self {
+        Walk {
+            key,
+            step,
+            d,
+            pairs: d.div_ceil(2),
+            stream_bits: u32::from(stream) << 16,
+            j: 0,
+            sample: first_sample,
+            pos: 0,
+        }
+    }
+
     /// The counter's top word for `sample`.
     #[inline(always)]
     fn hi(&self, sample: u64) -> u32 {
@@ -591,11 +597,7 @@ impl Walk {
             let (j, lo, hi) = (self.j as u32, self.sample as u32, self.hi(self.sample));
             let counter = |i: usize| [j.wrapping_add(i as u32), lo, hi];
             normals_lanes(counter, self.step, self.key, &mut zc, &mut zs);
-            let o = &mut out[self.pos..self.pos + 2 * n];
-            for ((pair, zc), zs) in o.chunks_exact_mut(2).zip(&zc).zip(&zs) {
-                pair[0] = T::of(*zc) * scale;
-                pair[1] = T::of(*zs) * scale;
-            }
+            write_pairs(&mut out[self.pos..self.pos + 2 * n], &zc, &zs, scale);
             self.pos += 2 * n;
             self.j += n;
             if self.j == self.pairs {
@@ -610,10 +612,11 @@ impl Walk {
             };
             normals_lanes(counter, self.step, self.key, &mut zc, &mut zs);
             let o = &mut out[self.pos..self.pos + n * self.d];
-            for ((row, zc), zs) in o.chunks_exact_mut(self.d).zip(&zc).zip(&zs) {
-                row[0] = T::of(*zc) * scale;
-                if let Some(v) = row.get_mut(1) {
-                    *v = T::of(*zs) * scale;
+            if self.d == 2 {
+                write_pairs(o, &zc, &zs, scale);
+            } else {
+                for (v, zc) in o.iter_mut().zip(&zc) {
+                    *v = T::of(*zc) * scale;
                 }
             }
             self.pos += n * self.d;
@@ -643,6 +646,16 @@ impl Walk {
                 }
             }
         }
+    }
+}
+
+/// `o[2i] = T::of(zc[i]) · scale`, `o[2i + 1] = T::of(zs[i]) · scale` for the
+/// `o.len() / 2` pairs of `o`.
+#[inline(always)]
+fn write_pairs<T: Real, const L: usize>(o: &mut [T], zc: &[f64; L], zs: &[f64; L], scale: T) {
+    for ((pair, zc), zs) in o.chunks_exact_mut(2).zip(zc).zip(zs) {
+        pair[0] = T::of(*zc) * scale;
+        pair[1] = T::of(*zs) * scale;
     }
 }
 
