@@ -1112,3 +1112,269 @@ fn dto_solve<D: Backend + Clone>(dev: &D) {
 fn dto_solve_matches_the_cpu() {
     with_device!(dto_solve);
 }
+
+// ---------------------------------------------------------------------------------------
+// The training loops on the device
+// ---------------------------------------------------------------------------------------
+
+/// Largest |a − b| / |b| over two loss records.
+fn max_rel(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "record lengths");
+    a.iter().zip(b).fold(0.0f64, |m, (x, y)| {
+        m.max((x - y).abs() / y.abs().max(1e-300))
+    })
+}
+
+/// Checks a run on the device against the CPU's: in f64 the whole loss record (and the
+/// validation record) to 1e-8, in f32 the first loss (before any step: later ones
+/// follow Adam, whose normalized steps can turn a last-bit difference in a tiny
+/// gradient entry into a different step) to 1e-5.
+fn check_run(what: &str, f64_run: bool, dev: (&[f64], &[f64]), cpu: (&[f64], &[f64])) {
+    let (dl, dv) = dev;
+    let (cl, cv) = cpu;
+    assert!(dl.iter().all(|v| v.is_finite()), "{what}: {dl:?}");
+    let first = max_rel(&dl[..1], &cl[..1]);
+    let all = max_rel(dl, cl);
+    let val = max_rel(dv, cv);
+    eprintln!(
+        "{what}: first loss {:.6e} (CPU {:.6e}), relative differences first {first:.1e}, \
+         all {all:.1e}, validation {val:.1e}",
+        dl[0], cl[0]
+    );
+    if f64_run {
+        assert!(all <= 1e-8 && val <= 1e-8, "{what}: {all:e}, {val:e}");
+    } else {
+        assert!(first <= 1e-5, "{what}: first loss differs by {first:e}");
+    }
+}
+
+fn training<D: Backend + Clone>(dev: &D) {
+    use socflow_trainer::checkpoint::Checkpointing;
+    use socflow_trainer::data::{Dataset, Toy};
+    use socflow_trainer::diffusion::{train_diffusion_on, DiffusionConfig};
+    use socflow_trainer::flow_matching::{self, train_flow_matching_on, FlowMatchingConfig};
+    use socflow_trainer::otflow::{self, train_otflow_on, OtFlowConfig};
+    use socflow_trainer::soc::{train_soc_on, QuadraticProblem, SocConfig};
+
+    let data = Dataset::from_toy(Toy::EightGaussians, 800, 31).unwrap();
+    let (train, val) = data.split(0.75, 32).unwrap();
+    let none = || Checkpointing::none();
+    for precision in [
+        otflow::Precision::F64,
+        otflow::Precision::F32,
+        otflow::Precision::F16,
+    ] {
+        let config = OtFlowConfig {
+            m: 16,
+            batch_size: 256,
+            iterations: 3,
+            precision,
+            validate_every: 0,
+            ..OtFlowConfig::default()
+        };
+        let run = |be: D| {
+            train_otflow_on(be, &config, &train, Some(&val), &mut none(), &mut |_| {}).unwrap()
+        };
+        let c = train_otflow_on(
+            Cpu::new(),
+            &config,
+            &train,
+            Some(&val),
+            &mut none(),
+            &mut |_| {},
+        )
+        .unwrap();
+        let d = run(dev.clone());
+        let (dv, cv): (Vec<f64>, Vec<f64>) = (
+            d.validation.iter().map(|v| v.1).collect(),
+            c.validation.iter().map(|v| v.1).collect(),
+        );
+        let what = format!("OT-Flow {precision:?}");
+        if precision == otflow::Precision::F16 {
+            let f64_first = train_otflow_on(
+                Cpu::new(),
+                &OtFlowConfig {
+                    precision: otflow::Precision::F64,
+                    ..config.clone()
+                },
+                &train,
+                None,
+                &mut none(),
+                &mut |_| {},
+            )
+            .unwrap()
+            .losses[0];
+            let (e_dev, e_cpu) = (
+                (d.losses[0] - c.losses[0]).abs(),
+                (c.losses[0] - f64_first).abs(),
+            );
+            eprintln!(
+                "{what}: first loss device {}, CPU {}, f64 {f64_first}",
+                d.losses[0], c.losses[0]
+            );
+            assert!(
+                e_dev <= 4.0 * e_cpu + 1e-6 * f64_first.abs(),
+                "{what}: {e_dev:e} vs the CPU's own {e_cpu:e}"
+            );
+        } else {
+            check_run(
+                &what,
+                precision == otflow::Precision::F64,
+                (&d.losses, &dv),
+                (&c.losses, &cv),
+            );
+        }
+    }
+    for precision in [flow_matching::Precision::F64, flow_matching::Precision::F32] {
+        let f64_run = precision == flow_matching::Precision::F64;
+        let fm = FlowMatchingConfig {
+            hidden: vec![32, 32],
+            batch_size: 128,
+            iterations: 4,
+            precision,
+            validate_every: 2,
+            ..FlowMatchingConfig::default()
+        };
+        let c = train_flow_matching_on(
+            Cpu::new(),
+            &fm,
+            &train,
+            Some(&val),
+            &mut none(),
+            &mut |_| {},
+        )
+        .unwrap();
+        let d = train_flow_matching_on(
+            dev.clone(),
+            &fm,
+            &train,
+            Some(&val),
+            &mut none(),
+            &mut |_| {},
+        )
+        .unwrap();
+        let rec = |v: &[(u64, f64)]| v.iter().map(|x| x.1).collect::<Vec<_>>();
+        check_run(
+            &format!("flow matching {precision:?}"),
+            f64_run,
+            (&d.losses, &rec(&d.validation)),
+            (&c.losses, &rec(&c.validation)),
+        );
+        let diff = DiffusionConfig {
+            hidden: vec![32, 32],
+            batch_size: 128,
+            iterations: 4,
+            precision,
+            validate_every: 2,
+            ..DiffusionConfig::default()
+        };
+        let c = train_diffusion_on(
+            Cpu::new(),
+            &diff,
+            &train,
+            Some(&val),
+            &mut none(),
+            &mut |_| {},
+        )
+        .unwrap();
+        let d = train_diffusion_on(
+            dev.clone(),
+            &diff,
+            &train,
+            Some(&val),
+            &mut none(),
+            &mut |_| {},
+        )
+        .unwrap();
+        check_run(
+            &format!("diffusion {precision:?}"),
+            f64_run,
+            (&d.losses, &rec(&d.validation)),
+            (&c.losses, &rec(&c.validation)),
+        );
+    }
+    // NeuralSOC on a small LQR (d = 2), f64.
+    let problem = QuadraticProblem::linear_quadratic(
+        vec![-0.5, 0.3, -0.2, -0.4],
+        vec![1.0, 0.2, 0.0, 0.8],
+        vec![1.5, 0.3, 0.3, 0.9],
+        vec![1.0, 0.1, 0.1, 0.6],
+        vec![2.0, 0.0, 0.0, 1.0],
+        0.4,
+        1.0,
+        vec![0.8, -0.5],
+    )
+    .unwrap();
+    let soc = SocConfig {
+        m: 8,
+        steps: 8,
+        batch_size: 32,
+        iterations: 3,
+        validation_paths: 64,
+        validate_every: 0,
+        ..SocConfig::default()
+    };
+    let c = train_soc_on(Cpu::new(), &problem, &soc, &mut none(), &mut |_| {}).unwrap();
+    let d = train_soc_on(dev.clone(), &problem, &soc, &mut none(), &mut |_| {}).unwrap();
+    let losses =
+        |t: &socflow_trainer::soc::TrainedSoc| t.costs.iter().map(|c| c.loss).collect::<Vec<_>>();
+    let vals = |t: &socflow_trainer::soc::TrainedSoc| {
+        t.validation
+            .iter()
+            .map(|v| v.costs.cost)
+            .collect::<Vec<_>>()
+    };
+    check_run(
+        "NeuralSOC f64",
+        true,
+        (&losses(&d), &vals(&d)),
+        (&losses(&c), &vals(&c)),
+    );
+}
+
+/// OT-Flow, flow matching, diffusion and NeuralSOC training on the device against the
+/// same runs on the CPU (a few iterations each; f64 records to 1e-8, the first f32
+/// loss to 1e-5, the first f16 OT-Flow loss within 4× the CPU's own f16 error).
+#[test]
+fn training_loops_match_the_cpu() {
+    with_device!(training);
+}
+
+/// `device = "cuda"` in a config runs the loop on the GPU: the same record as
+/// [`train_otflow_on`](socflow_trainer::otflow::train_otflow_on) with the backend.
+#[test]
+fn the_device_setting_dispatches_to_the_gpu() {
+    use socflow_trainer::checkpoint::Checkpointing;
+    use socflow_trainer::data::{Dataset, Toy};
+    use socflow_trainer::device::Device;
+    use socflow_trainer::otflow::{self, train_otflow, train_otflow_on, OtFlowConfig};
+    let dev = match cuda() {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let data = Dataset::from_toy(Toy::Moons, 400, 41).unwrap();
+    let config = OtFlowConfig {
+        m: 8,
+        batch_size: 128,
+        iterations: 2,
+        precision: otflow::Precision::F64,
+        validate_every: 0,
+        device: Device::Cuda,
+        ..OtFlowConfig::default()
+    };
+    let a = train_otflow(&config, &data, None, &mut |_| {}).unwrap();
+    let b = train_otflow_on(
+        dev,
+        &config,
+        &data,
+        None,
+        &mut Checkpointing::none(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(a.losses, b.losses, "the same device, the same kernels");
+    assert!(a.config.to_json().unwrap().contains(r#""device":"cuda""#));
+}

@@ -674,6 +674,9 @@ impl Backend for Cuda {
         // Rounded on the host exactly as the CPU backend rounds.
         let bytes = host_bytes(&Cpu::serial().upload(data, dtype)?);
         let mut b = self.alloc(data.len(), dtype)?;
+        if bytes.is_empty() {
+            return Ok(b);
+        }
         let stream = self.stream();
         guard("copying to the GPU", || {
             stream
