@@ -14,8 +14,10 @@
 //!   plus one ulp of the 16-bit result) and 1e-12 in f64.
 //!
 //! Then the parameter gradient of an OT-Flow loss (Φ, ‖∇Φ‖², ΔΦ) through [`Graph`] on
-//! both, and a discretize-then-optimize solve (RK4, the 16-bit trajectory, dynamic
-//! adjoint scaling) on both: same loss and gradients to tolerance.
+//! both, a discretize-then-optimize solve (RK4, the 16-bit trajectory, dynamic
+//! adjoint scaling) on both: same loss and gradients to tolerance; and a few
+//! iterations of each training loop (OT-Flow, flow matching, diffusion, NeuralSOC) on
+//! both, and the `device = "cuda"` setting dispatching to the GPU.
 //!
 //! Without a device each GPU test prints `skipped: <reason>` and returns
 //! (scripts/gpu-check counts those as failures on a GPU machine). Two tests run
@@ -1375,6 +1377,10 @@ fn the_device_setting_dispatches_to_the_gpu() {
         &mut |_| {},
     )
     .unwrap();
-    assert_eq!(a.losses, b.losses, "the same device, the same kernels");
+    // The same device and kernels: the same record (cuBLAS is deterministic on one
+    // stream; allow the last bits should another handle pick another algorithm).
+    let diff = max_rel(&a.losses, &b.losses);
+    eprintln!("device setting against the backend: {diff:.1e} (0: bitwise)");
+    assert!(diff <= 1e-12, "{:?} vs {:?}", a.losses, b.losses);
     assert!(a.config.to_json().unwrap().contains(r#""device":"cuda""#));
 }
