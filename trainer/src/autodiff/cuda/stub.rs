@@ -2,6 +2,10 @@
 //! [`Error::Unsupported`], so that code generic over the backend (a training loop
 //! dispatching on a device setting) compiles either way.
 
+use std::sync::Arc;
+
+use socflow_runtime::cuda::Gpu;
+
 use crate::autodiff::backend::{Backend, BinaryOp, Broadcast, Reduction, Storage, UnaryOp};
 use crate::autodiff::error::{Error, Result};
 use crate::autodiff::tensor::{DType, Shape};
@@ -16,8 +20,12 @@ fn unsupported<R>() -> Result<R> {
 /// type can be created).
 #[derive(Clone, Debug)]
 pub struct Cuda {
-    _private: (),
+    never: Never,
 }
+
+/// No value: a [`Cuda`] cannot exist in this build.
+#[derive(Clone, Copy, Debug)]
+enum Never {}
 
 /// A device buffer (none exists in this build).
 #[derive(Debug)]
@@ -40,9 +48,20 @@ impl Cuda {
         unsupported()
     }
 
+    /// [`Error::Unsupported`]: built without the `cuda` feature.
+    pub fn on(gpu: Arc<Gpu>) -> Result<Cuda> {
+        let _ = gpu;
+        unsupported()
+    }
+
+    /// The device (never reached: no `Cuda` exists in this build).
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        match self.never {}
+    }
+
     /// Waits for the device: [`Error::Unsupported`] in this build.
     pub fn synchronize(&self) -> Result<()> {
-        unsupported()
+        match self.never {}
     }
 }
 
