@@ -41,6 +41,7 @@ use crate::checkpoint::Checkpointing;
 use crate::data::normalized_sets;
 use crate::data::rng::{Draws, FIRST_FREE_AFTER_DATA};
 use crate::data::{BatchSampler, Dataset};
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::flow_matching::Precision;
 use crate::mlp::{MlpNet, MlpVars};
@@ -66,7 +67,7 @@ pub const VALIDATION_TIME_STREAM: Stream = Stream(FIRST_FREE_AFTER_DATA.0 + 67);
 ///  "eps": 1e-8, "weight_decay": 0.0, "decoupled": false},
 ///  "schedule": {"type": "step", "every": 6000, "factor": 0.5}, "clip_norm": null,
 ///  "seed": 0, "beta_min": 0.1, "beta_max": 20.0, "eps": 0.001, "output": "noise",
-///  "normalize": true, "validate_every": 1000, "precision": "f32"}
+///  "normalize": true, "validate_every": 1000, "precision": "f32", "device": "cpu"}
 /// ```
 ///
 /// The defaults are what the 2-D toys need (8gaussians: about 25 s on 2 cores, every
@@ -106,6 +107,10 @@ pub struct DiffusionConfig {
     pub validate_every: u64,
     /// Precision of the network, loss and gradient.
     pub precision: Precision,
+    /// The compute device: `"cpu"` (the default) or `"cuda"` (the first GPU; see
+    /// [`Device`]).
+    #[serde(skip_serializing_if = "Device::is_cpu")]
+    pub device: Device,
 }
 
 impl Default for DiffusionConfig {
@@ -130,6 +135,7 @@ impl Default for DiffusionConfig {
             normalize: true,
             validate_every: 1_000,
             precision: Precision::F32,
+            device: Device::Cpu,
         }
     }
 }
@@ -425,6 +431,30 @@ pub fn train_diffusion_checkpointed(
     ckpt: &mut Checkpointing<'_>,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<TrainedScore> {
+    match config.device {
+        Device::Cpu => {
+            train_diffusion_on(Cpu::new(), config, train_data, validation, ckpt, progress)
+        }
+        Device::Cuda => train_diffusion_on(
+            Device::cuda()?,
+            config,
+            train_data,
+            validation,
+            ckpt,
+            progress,
+        ),
+    }
+}
+
+/// [`train_diffusion_checkpointed`] on `backend` (whatever `config.device` says).
+pub fn train_diffusion_on<B: Backend>(
+    backend: B,
+    config: &DiffusionConfig,
+    train_data: &Dataset,
+    validation: Option<&Dataset>,
+    ckpt: &mut Checkpointing<'_>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<TrainedScore> {
     config.validate()?;
     let (train_set, val_set, normalization) =
         normalized_sets(train_data, validation, config.normalize)?;
@@ -451,7 +481,7 @@ pub fn train_diffusion_checkpointed(
         config.iterations,
     )?;
     let mut batches = BatchSampler::new(n, config.batch_size, config.seed)?;
-    let mut g = Graph::new(Cpu::new());
+    let mut g = Graph::new(backend);
     let b = config.batch_size;
     let mut x0 = vec![0.0; b * d];
     let mut batch = Batch::new(b, d);

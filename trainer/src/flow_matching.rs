@@ -63,6 +63,7 @@ use crate::checkpoint::Checkpointing;
 use crate::data::normalized_sets;
 use crate::data::rng::{Draws, FIRST_FREE_AFTER_DATA};
 use crate::data::{BatchSampler, Dataset};
+use crate::device::Device;
 use crate::error::{check_len, Error, Result};
 use crate::mlp::{MlpNet, MlpVars};
 use crate::optim::{check_objective, optimizer_step, validation_due, AdamConfig, Schedule};
@@ -119,7 +120,7 @@ impl Precision {
 ///                "weight_decay": 0.0, "decoupled": false},
 ///  "schedule": {"type": "constant"}, "clip_norm": null, "seed": 0,
 ///  "coupling": "minibatch_ot", "normalize": true, "validate_every": 100,
-///  "precision": "f32"}
+///  "precision": "f32", "device": "cpu"}
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -150,6 +151,10 @@ pub struct FlowMatchingConfig {
     pub validate_every: u64,
     /// Precision of the network, loss and gradient.
     pub precision: Precision,
+    /// The compute device: `"cpu"` (the default) or `"cuda"` (the first GPU; see
+    /// [`Device`]).
+    #[serde(skip_serializing_if = "Device::is_cpu")]
+    pub device: Device,
 }
 
 impl Default for FlowMatchingConfig {
@@ -167,6 +172,7 @@ impl Default for FlowMatchingConfig {
             normalize: true,
             validate_every: 100,
             precision: Precision::F32,
+            device: Device::Cpu,
         }
     }
 }
@@ -457,13 +463,38 @@ fn check_sample_count(n: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// The training loop shared by [`train_flow_matching`] and [`train_reflow`].
+/// The training loop shared by [`train_flow_matching`] and [`train_reflow`], on the
+/// config's device.
 fn train(
     config: &FlowMatchingConfig,
     train: Source<'_>,
     validation: Option<Source<'_>>,
     normalization: Option<Normalization>,
     reflow: Option<ReflowConfig>,
+    ckpt: &mut Checkpointing<'_>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<TrainedFlow> {
+    let sets = (train, validation, normalization, reflow);
+    match config.device {
+        Device::Cpu => train_on(Cpu::new(), config, sets, ckpt, progress),
+        Device::Cuda => train_on(Device::cuda()?, config, sets, ckpt, progress),
+    }
+}
+
+/// The training pairs or samples, the validation ones, the normalization and the
+/// reflow settings of a run.
+type Sets<'a> = (
+    Source<'a>,
+    Option<Source<'a>>,
+    Option<Normalization>,
+    Option<ReflowConfig>,
+);
+
+/// [`train`] on `backend`.
+fn train_on<B: Backend>(
+    backend: B,
+    config: &FlowMatchingConfig,
+    (train, validation, normalization, reflow): Sets<'_>,
     ckpt: &mut Checkpointing<'_>,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<TrainedFlow> {
@@ -490,7 +521,7 @@ fn train(
         config.iterations,
     )?;
     let mut batches = BatchSampler::new(n, config.batch_size, config.seed)?;
-    let mut g = Graph::new(Cpu::new());
+    let mut g = Graph::new(backend);
     let mut ws = AssignmentWorkspace::new();
 
     let b = config.batch_size;
@@ -598,14 +629,37 @@ pub fn train_flow_matching_checkpointed(
     ckpt: &mut Checkpointing<'_>,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<TrainedFlow> {
+    match config.device {
+        Device::Cpu => {
+            train_flow_matching_on(Cpu::new(), config, train_data, validation, ckpt, progress)
+        }
+        Device::Cuda => {
+            let backend = Device::cuda()?;
+            train_flow_matching_on(backend, config, train_data, validation, ckpt, progress)
+        }
+    }
+}
+
+/// [`train_flow_matching_checkpointed`] on `backend` (whatever `config.device` says).
+pub fn train_flow_matching_on<B: Backend>(
+    backend: B,
+    config: &FlowMatchingConfig,
+    train_data: &Dataset,
+    validation: Option<&Dataset>,
+    ckpt: &mut Checkpointing<'_>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<TrainedFlow> {
     config.validate()?;
     let (train_set, val_set, norm) = normalized_sets(train_data, validation, config.normalize)?;
-    train(
+    train_on(
+        backend,
         config,
-        Source::Samples(&train_set),
-        val_set.as_ref().map(Source::Samples),
-        norm,
-        None,
+        (
+            Source::Samples(&train_set),
+            val_set.as_ref().map(Source::Samples),
+            norm,
+            None,
+        ),
         ckpt,
         progress,
     )

@@ -23,6 +23,7 @@ pub mod autodiff;
 pub mod checkpoint;
 pub mod cnf;
 pub mod data;
+pub mod device;
 pub mod diffusion;
 pub mod dto;
 pub mod error;

@@ -73,6 +73,7 @@ use crate::checkpoint::Checkpointing;
 use crate::data::normalized_sets;
 use crate::data::rng::{Draws, FIRST_FREE_AFTER_DATA};
 use crate::data::{BatchSampler, Dataset};
+use crate::device::Device;
 use crate::dto::{Cotangents, Method, PrecisionPolicy, Rhs, Solver, Trajectory};
 use crate::error::{Error, Result};
 use crate::optim::{
@@ -590,7 +591,8 @@ pub fn scale_potential(p: &OtFlowParams, alpha0: f64) -> Result<OtFlowParams> {
 ///  "optimizer": {"lr": 0.1, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
 ///                "weight_decay": 0.0, "decoupled": false},
 ///  "schedule": {"type": "step", "every": 500, "factor": 0.5}, "clip_norm": null,
-///  "seed": 0, "precision": "f32", "normalize": false, "validate_every": 100}
+///  "seed": 0, "precision": "f32", "normalize": false, "validate_every": 100,
+///  "device": "cpu"}
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -627,6 +629,10 @@ pub struct OtFlowConfig {
     /// Compute the validation NLL every this many iterations (and before the first and
     /// after the last); 0: only before the first and after the last.
     pub validate_every: u64,
+    /// The compute device: `"cpu"` (the default) or `"cuda"` (the first GPU; see
+    /// [`Device`]).
+    #[serde(skip_serializing_if = "Device::is_cpu")]
+    pub device: Device,
 }
 
 impl Default for OtFlowConfig {
@@ -649,6 +655,7 @@ impl Default for OtFlowConfig {
             precision: Precision::F32,
             normalize: false,
             validate_every: 100,
+            device: Device::Cpu,
         }
     }
 }
@@ -918,6 +925,23 @@ pub fn train_otflow_checkpointed(
     ckpt: &mut Checkpointing<'_>,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<TrainedOtFlow> {
+    match config.device {
+        Device::Cpu => train_otflow_on(Cpu::new(), config, train, validation, ckpt, progress),
+        Device::Cuda => train_otflow_on(Device::cuda()?, config, train, validation, ckpt, progress),
+    }
+}
+
+/// [`train_otflow_checkpointed`] on `backend` (whatever `config.device` says): for a
+/// caller holding a backend already (a [`Cuda`](crate::autodiff::Cuda) shared with
+/// other work, a serial [`Cpu`]).
+pub fn train_otflow_on<B: Backend>(
+    backend: B,
+    config: &OtFlowConfig,
+    train: &Dataset,
+    validation: Option<&Dataset>,
+    ckpt: &mut Checkpointing<'_>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<TrainedOtFlow> {
     config.validate()?;
     let config_json = config.to_json()?;
     let d = train.d;
@@ -951,7 +975,7 @@ pub fn train_otflow_checkpointed(
     )?;
     let b = config.batch_size.min(train_set.n);
     let mut batches = BatchSampler::new(train_set.n, b, config.seed)?;
-    let mut g = Graph::new(Cpu::new());
+    let mut g = Graph::new(backend);
     let mut x = vec![0.0; b * d];
 
     let mut losses = Vec::with_capacity(config.iterations as usize);

@@ -610,7 +610,7 @@ macro_rules! dispatch2 {
     };
 }
 
-fn check_len(what: &'static str, found: usize, expected: usize) -> Result<()> {
+pub(super) fn check_len(what: &'static str, found: usize, expected: usize) -> Result<()> {
     if found == expected {
         Ok(())
     } else {
@@ -623,7 +623,7 @@ fn check_len(what: &'static str, found: usize, expected: usize) -> Result<()> {
 }
 
 /// Elements of a right operand covering `shape` as `bc` says.
-fn rhs_len(shape: Shape, bc: Broadcast) -> usize {
+pub(super) fn rhs_len(shape: Shape, bc: Broadcast) -> usize {
     match bc {
         Broadcast::None => shape.len(),
         Broadcast::Row => shape.cols,
@@ -632,7 +632,7 @@ fn rhs_len(shape: Shape, bc: Broadcast) -> usize {
     }
 }
 
-fn checked_len(op: &'static str, shape: Shape) -> Result<usize> {
+pub(super) fn checked_len(op: &'static str, shape: Shape) -> Result<usize> {
     shape.checked_len().ok_or_else(|| Error::InvalidShape {
         op,
         shape,
@@ -722,7 +722,7 @@ fn unary_k<E: Elem>(par: bool, op: UnaryOp, x: &[E]) -> Vec<E> {
 
 /// Which of log cosh, tanh, sech² a set of maps asks for, if it asks only for those,
 /// each at most once, and for at least two of them.
-fn logcosh_family(ops: &[UnaryOp]) -> Option<[Option<usize>; 3]> {
+pub(super) fn logcosh_family(ops: &[UnaryOp]) -> Option<[Option<usize>; 3]> {
     let mut at = [None; 3];
     for (j, op) in ops.iter().enumerate() {
         let slot = match op {
@@ -2154,7 +2154,7 @@ impl Backend for Cpu {
 }
 
 /// The shape of `times` copies of `shape` stacked by rows, if its size fits.
-fn grown(op: &'static str, shape: Shape, times: usize) -> Result<Shape> {
+pub(super) fn grown(op: &'static str, shape: Shape, times: usize) -> Result<Shape> {
     shape
         .rows
         .checked_mul(times)

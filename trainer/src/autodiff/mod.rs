@@ -5,8 +5,9 @@
 //!   f16), held by a [`Backend`] as its opaque [`Backend::Buffer`];
 //! - [`Backend`]: memory and kernels (GEMM with transposes, elementwise maps and their
 //!   derivatives, broadcasting binary ops, reductions, column slices, the row
-//!   repeat/tile helpers of per-sample Jacobians, casts). [`Cpu`] implements it; a
-//!   cudarc backend implements the same trait, and nothing in it names a host type;
+//!   repeat/tile helpers of per-sample Jacobians, casts). [`Cpu`] implements it, and
+//!   [`Cuda`] (feature `cuda`: cuBLAS and NVRTC kernels, see [`cuda`]); nothing in it
+//!   names a host type;
 //! - [`Graph`]: the tape. Ops are methods returning [`Var`] handles (computed eagerly,
 //!   recorded for [`Graph::backward`]); shape and precision mismatches are typed
 //!   [`Error`]s; [`Graph::clear`] reuses the tape. Besides the elementary ops, fused
@@ -43,6 +44,7 @@
 pub mod backend;
 pub mod check;
 pub mod cpu;
+pub mod cuda;
 pub mod error;
 pub mod graph;
 pub mod otflow;
@@ -51,6 +53,7 @@ pub mod tensor;
 pub use backend::{Backend, BinaryOp, Broadcast, Reduction, Storage, UnaryOp};
 pub use check::{check_gradients, CheckOptions, CheckReport, LeafReport};
 pub use cpu::{Cpu, CpuBuffer};
+pub use cuda::{Cuda, CudaBuffer};
 pub use error::{Error, Result};
 pub use graph::{Gradients, Graph, Var};
 pub use tensor::{DType, Shape, Tensor};

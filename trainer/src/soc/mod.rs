@@ -27,6 +27,7 @@ pub use quadratic::{
     InitialDistribution, QuadraticProblem, StateCost, StateDrift, TerminalCost, INITIAL_STREAM,
 };
 pub use train::{
-    train_soc, train_soc_checkpointed, Averaging, LossWeights, Residual, Sampling, SocConfig,
-    SocCosts, SocObjective, SocProgress, SocRhs, SocValidation, TrainedSoc,
+    train_soc, train_soc_checkpointed, train_soc_on, train_soc_on_device, Averaging, LossWeights,
+    Residual, Sampling, SocConfig, SocCosts, SocObjective, SocProgress, SocRhs, SocValidation,
+    TrainedSoc,
 };

@@ -34,8 +34,9 @@ use socflow_runtime::brownian::Brownian;
 use socflow_runtime::nn::OtFlowParams;
 
 use super::problem::ControlProblem;
-use crate::autodiff::{self, otflow::potential, Backend, Cpu, DType, Graph, Tensor, Var};
+use crate::autodiff::{self, otflow::potential, Backend, Cpu, Cuda, DType, Graph, Tensor, Var};
 use crate::checkpoint::Checkpointing;
+use crate::device::Device;
 use crate::dto::{BrownianNoise, Cotangents, SdeRhs, Solver};
 use crate::optim::{optimizer_step, validation_due, AdamConfig, Schedule};
 use crate::otflow::{
@@ -161,6 +162,10 @@ pub struct SocConfig {
     /// average. None (default): the last iterate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub averaging: Option<Averaging>,
+    /// The compute device: `"cpu"` (the default) or `"cuda"` (the first GPU; see
+    /// [`Device`] and [`train_soc_on_device`]).
+    #[serde(skip_serializing_if = "Device::is_cpu")]
+    pub device: Device,
 }
 
 /// An exponential moving average of the parameters, θ̄ ← δθ̄ + (1 − δ)θ after every
@@ -200,6 +205,7 @@ impl Default for SocConfig {
             validate_every: 100,
             validation_paths: 256,
             averaging: None,
+            device: Device::Cpu,
         }
     }
 }
@@ -473,6 +479,8 @@ fn terminal_loss<B: Backend, P: ControlProblem<B> + ?Sized>(
 /// A NeuralSOC objective: the problem, the step map's settings and the solver.
 pub struct SocObjective<'a, P: ?Sized> {
     problem: &'a P,
+    /// The problem's state dimension.
+    dim: usize,
     config: SocConfig,
     solver: Solver,
     times: Vec<f64>,
@@ -481,6 +489,17 @@ pub struct SocObjective<'a, P: ?Sized> {
 impl<'a, P: ControlProblem<Cpu> + ?Sized> SocObjective<'a, P> {
     /// The objective of `problem` under `config` (which it validates).
     pub fn new(problem: &'a P, config: &SocConfig) -> Result<Self> {
+        SocObjective::new_on::<Cpu>(problem, config)
+    }
+}
+
+impl<'a, P: ?Sized> SocObjective<'a, P> {
+    /// [`new`](SocObjective::new) for a problem that runs on backend `B` (name it:
+    /// `SocObjective::new_on::<Cuda>(…)` when the problem runs on several).
+    pub fn new_on<B: Backend>(problem: &'a P, config: &SocConfig) -> Result<Self>
+    where
+        P: ControlProblem<B>,
+    {
         config.validate()?;
         let d = problem.dim();
         if d == 0 {
@@ -494,6 +513,7 @@ impl<'a, P: ControlProblem<Cpu> + ?Sized> SocObjective<'a, P> {
         let times = (0..=n).map(|i| horizon * i as f64 / n as f64).collect();
         Ok(SocObjective {
             problem,
+            dim: d,
             config: config.clone(),
             solver: Solver::new(crate::dto::Method::Euler, config.precision.policy()),
             times,
@@ -505,9 +525,12 @@ impl<'a, P: ControlProblem<Cpu> + ?Sized> SocObjective<'a, P> {
     /// the problem's, not a standard normal's: at the original scale ½‖As‖² and Nw
     /// dwarf g at the states the paths reach), and the constant c_b set so that
     /// Φ(T, ·) matches g on average over the first batch's roll-outs.
-    pub fn initial_params(&self, g: &mut Graph<Cpu>) -> Result<OtFlowParams> {
+    pub fn initial_params<B: Backend>(&self, g: &mut Graph<B>) -> Result<OtFlowParams>
+    where
+        P: ControlProblem<B>,
+    {
         let c = &self.config;
-        let d = self.problem.dim();
+        let d = self.dim;
         let r = c.rank.unwrap_or_else(|| default_rank(d));
         let mut p = init_params_with_rank(d, c.m, c.n_th, r, c.seed)?;
         let shrink = c.init_scale.unwrap_or(INIT_SHRINK);
@@ -517,6 +540,7 @@ impl<'a, P: ControlProblem<Cpu> + ?Sized> SocObjective<'a, P> {
         w.hjb = 0.0;
         let objective = SocObjective {
             problem: self.problem,
+            dim: self.dim,
             config: SocConfig {
                 weights: w,
                 ..c.clone()
@@ -531,7 +555,10 @@ impl<'a, P: ControlProblem<Cpu> + ?Sized> SocObjective<'a, P> {
     }
 
     /// Mean g(z_T) − Φ(T, z_T) over `n` PMP paths of the first iteration.
-    fn terminal_gap(&self, g: &mut Graph<Cpu>, p: &OtFlowParams, n: usize) -> Result<f64> {
+    fn terminal_gap<B: Backend>(&self, g: &mut Graph<B>, p: &OtFlowParams, n: usize) -> Result<f64>
+    where
+        P: ControlProblem<B>,
+    {
         let params = OtFlowProblem::param_tensors(g.backend(), p)?;
         let rhs = SocRhs::new(self.problem, p, Sampling::Pmp, &self.config);
         let noise = self.noise(0);
@@ -540,7 +567,7 @@ impl<'a, P: ControlProblem<Cpu> + ?Sized> SocObjective<'a, P> {
             .solver
             .forward_sde(g, &rhs, &noise, &y0, &self.times, &params)?;
         g.clear();
-        let d = self.problem.dim();
+        let d = self.dim;
         let yn = traj.final_state().cast(g.backend(), DType::F64)?;
         let yv = g.leaf(yn, false);
         let z = g.slice_cols(yv, 0, d)?;
@@ -566,8 +593,11 @@ impl<'a, P: ControlProblem<Cpu> + ?Sized> SocObjective<'a, P> {
         &self.times
     }
 
-    fn initial(&self, g: &Graph<Cpu>, n: usize, first_sample: u64) -> Result<Tensor<Cpu>> {
-        let d = self.problem.dim();
+    fn initial<B: Backend>(&self, g: &Graph<B>, n: usize, first_sample: u64) -> Result<Tensor<B>>
+    where
+        P: ControlProblem<B>,
+    {
+        let d = self.dim;
         let z0 = self
             .problem
             .initial_states(n, self.config.seed, first_sample)?;
@@ -589,33 +619,39 @@ impl<'a, P: ControlProblem<Cpu> + ?Sized> SocObjective<'a, P> {
         BrownianNoise {
             brownian: Brownian::new(self.config.seed),
             first_sample,
-            dim: self.problem.dim(),
+            dim: self.dim,
         }
     }
 
     /// The costs of `n` paths starting at sample `first_sample` (no gradient).
-    pub fn costs(
+    pub fn costs<B: Backend>(
         &self,
-        g: &mut Graph<Cpu>,
+        g: &mut Graph<B>,
         p: &OtFlowParams,
         n: usize,
         first_sample: u64,
         sampling: Sampling,
-    ) -> Result<SocCosts> {
+    ) -> Result<SocCosts>
+    where
+        P: ControlProblem<B>,
+    {
         Ok(self.evaluate(g, p, n, first_sample, sampling, false)?.0)
     }
 
     /// The costs of `n` paths from sample `first_sample` and, with `gradient`, the
     /// loss's gradient (arrays in the order of [`crate::otflow::param_names`]).
-    pub fn evaluate(
+    pub fn evaluate<B: Backend>(
         &self,
-        g: &mut Graph<Cpu>,
+        g: &mut Graph<B>,
         p: &OtFlowParams,
         n: usize,
         first_sample: u64,
         sampling: Sampling,
         gradient: bool,
-    ) -> Result<(SocCosts, Option<Vec<Vec<f64>>>)> {
+    ) -> Result<(SocCosts, Option<Vec<Vec<f64>>>)>
+    where
+        P: ControlProblem<B>,
+    {
         let params = OtFlowProblem::param_tensors(g.backend(), p)?;
         let rhs = SocRhs::new(self.problem, p, sampling, &self.config);
         let noise = self.noise(first_sample);
@@ -636,7 +672,7 @@ impl<'a, P: ControlProblem<Cpu> + ?Sized> SocObjective<'a, P> {
         }
         let (loss, parts) =
             terminal_loss(g, self.problem, &rhs.shape, &pv, yv, &self.config.weights)?;
-        let scalar = |g: &Graph<Cpu>, v: Var| -> Result<f64> { Ok(g.to_f64(v)?[0]) };
+        let scalar = |g: &Graph<B>, v: Var| -> Result<f64> { Ok(g.to_f64(v)?[0]) };
         let costs = SocCosts {
             loss: scalar(g, loss)?,
             cost: scalar(g, parts[0])?,
@@ -679,14 +715,17 @@ impl<'a, P: ControlProblem<Cpu> + ?Sized> SocObjective<'a, P> {
     }
 
     /// Φ(0, z) at the initial states of samples `first_sample …` (`n` of them).
-    pub fn initial_values(
+    pub fn initial_values<B: Backend>(
         &self,
-        g: &mut Graph<Cpu>,
+        g: &mut Graph<B>,
         p: &OtFlowParams,
         n: usize,
         first_sample: u64,
-    ) -> Result<Vec<f64>> {
-        let d = self.problem.dim();
+    ) -> Result<Vec<f64>>
+    where
+        P: ControlProblem<B>,
+    {
+        let d = self.dim;
         let z0 = self
             .problem
             .initial_states(n, self.config.seed, first_sample)?;
@@ -794,13 +833,54 @@ pub fn train_soc<P: ControlProblem<Cpu> + ?Sized>(
 }
 
 /// [`train_soc`] with checkpoints and resumption.
+///
+/// A problem that is only a [`ControlProblem<Cpu>`] (a `&dyn ControlProblem<Cpu>`,
+/// say) trains on the CPU: with `config.device = "cuda"` this returns
+/// [`Error::InvalidArgument`] naming [`train_soc_on_device`], which takes problems
+/// that run on both backends (every problem of this crate does).
 pub fn train_soc_checkpointed<P: ControlProblem<Cpu> + ?Sized>(
     problem: &P,
     config: &SocConfig,
     ckpt: &mut Checkpointing<'_>,
     progress: &mut dyn FnMut(&SocProgress),
 ) -> Result<TrainedSoc> {
-    let objective = SocObjective::new(problem, config)?;
+    if config.device != Device::Cpu {
+        return Err(Error::InvalidArgument(format!(
+            "SOC: device \"{}\" needs a problem that runs on the GPU backend: call \
+             train_soc_on_device with the concrete problem (QuadraticProblem, \
+             QuadcopterProblem) rather than a CPU-only one",
+            config.device.name()
+        )));
+    }
+    train_soc_on(Cpu::new(), problem, config, ckpt, progress)
+}
+
+/// [`train_soc_checkpointed`] on the config's device, for a problem that runs on
+/// both backends.
+pub fn train_soc_on_device<P>(
+    problem: &P,
+    config: &SocConfig,
+    ckpt: &mut Checkpointing<'_>,
+    progress: &mut dyn FnMut(&SocProgress),
+) -> Result<TrainedSoc>
+where
+    P: ControlProblem<Cpu> + ControlProblem<Cuda> + ?Sized,
+{
+    match config.device {
+        Device::Cpu => train_soc_on(Cpu::new(), problem, config, ckpt, progress),
+        Device::Cuda => train_soc_on(Device::cuda()?, problem, config, ckpt, progress),
+    }
+}
+
+/// [`train_soc_checkpointed`] on `backend` (whatever `config.device` says).
+pub fn train_soc_on<B: Backend, P: ControlProblem<B> + ?Sized>(
+    backend: B,
+    problem: &P,
+    config: &SocConfig,
+    ckpt: &mut Checkpointing<'_>,
+    progress: &mut dyn FnMut(&SocProgress),
+) -> Result<TrainedSoc> {
+    let objective = SocObjective::new_on::<B>(problem, config)?;
     let config_json = config.to_json()?;
     let b = config.batch_size;
     if (config.iterations as u128) * (b as u128) >= VALIDATION_FIRST_SAMPLE as u128 {
@@ -808,7 +888,7 @@ pub fn train_soc_checkpointed<P: ControlProblem<Cpu> + ?Sized>(
             "SOC: iterations × batch size exceed the generator's training range".into(),
         ));
     }
-    let mut g = Graph::new(Cpu::new());
+    let mut g = Graph::new(backend);
     let mut params = objective.initial_params(&mut g)?;
     let mut set = to_param_set(&params)?;
     let mut averaged = ckpt.resume.as_ref().and_then(|c| c.averaged.clone());
@@ -833,7 +913,7 @@ pub fn train_soc_checkpointed<P: ControlProblem<Cpu> + ?Sized>(
         Some(a) => params_from_flat(params, a.clone()),
         None => Ok(params.clone()),
     };
-    let validate = |g: &mut Graph<Cpu>, p: &OtFlowParams, it: u64| -> Result<SocValidation> {
+    let validate = |g: &mut Graph<B>, p: &OtFlowParams, it: u64| -> Result<SocValidation> {
         let n = config.validation_paths;
         let costs = objective.costs(g, p, n, VALIDATION_FIRST_SAMPLE, Sampling::Pmp)?;
         let v0 = objective.initial_values(g, p, n, VALIDATION_FIRST_SAMPLE)?;
