@@ -194,7 +194,7 @@ struct SfPair {
 };
 
 // The two normals of counter j of (stream, sample, step) under seed: components 2j
-// and 2j + 1 (brownian.rs `stream_normals` and `box_muller`).
+// and 2j + 1 (the recipe in brownian.rs's module documentation).
 SF_DEV SfPair sf_normal_pair(sf_u64 seed, sf_u32 stream, sf_u64 sample, sf_u32 step,
                              sf_u32 j) {
   sf_u32 hi = ((sf_u32)(sample >> 32)) | (stream << 16);
