@@ -16,6 +16,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use socflow_runtime::artifact::{Artifact, ModelKind};
 use socflow_runtime::controller::{Integrator, SimulateOptions};
+use socflow_runtime::cuda::{Gpu, GpuReal, GpuSampler};
 use socflow_runtime::model::Model;
 use socflow_runtime::npy::write_npy;
 use socflow_runtime::ode::{AdaptiveOptions, OdeOptions, OdeSolver, SaveAt, StepSize};
@@ -24,6 +25,7 @@ use socflow_runtime::sampler::{Sampler, SamplerOptions};
 use socflow_runtime::sde::{SdeOptions, SdeScheme};
 use socflow_runtime::vpsde::VpSampling;
 use socflow_runtime::Real;
+use train::DeviceArg;
 
 /// socflow: continuous-time neural models for stochastic optimal control and
 /// generative modelling.
@@ -147,6 +149,11 @@ struct SampleArgs {
     /// Prior end of an .onnx model's time interval (default 1).
     #[arg(long, allow_negative_numbers = true)]
     t1: Option<f64>,
+    /// Where to sample: the CPU, or the first NVIDIA GPU (cuda; needs a driver). The GPU
+    /// samples velocity, potential and score models of socflow model files; it does not
+    /// compute log-densities or record trajectories yet.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
 }
 
 #[derive(clap::Args, Debug)]
@@ -322,11 +329,17 @@ fn ode_options<T: Real>(args: &SampleArgs) -> Result<OdeOptions<T>> {
     Ok(opts)
 }
 
-fn sample<T: Real>(args: &SampleArgs) -> Result<()> {
+fn sample<T: GpuReal>(args: &SampleArgs) -> Result<()> {
     if args.n == 0 {
         bail!("-n must be at least 1");
     }
     if is_onnx(&args.model) {
+        if args.device == DeviceArg::Cuda {
+            bail!(
+                "--device cuda samples socflow model files; an .onnx model runs through ONNX \
+                 Runtime on the CPU"
+            );
+        }
         return sample_onnx::<T>(args);
     }
     if args.t0.is_some() || args.t1.is_some() {
@@ -353,10 +366,44 @@ fn sample<T: Real>(args: &SampleArgs) -> Result<()> {
     so.log_density = args.log_density.is_some();
     so.normalization = model.artifact().card.normalization.clone();
     so.trajectory = trajectory_option(args)?;
+    if args.device == DeviceArg::Cuda {
+        return sample_gpu(args, &model, so);
+    }
     let (t0, t1) = model.time_interval();
     // Samples start from the prior at t1 and are integrated to the data end t0.
     let sampler = Sampler::new(field, t1, t0, so)?;
     draw_samples(args, &sampler, d)
+}
+
+/// `socflow sample --device cuda`: the model's sampler on the first GPU
+/// ([`GpuSampler::for_model`]) with the options the CPU would take. What the GPU
+/// sampler does not do yet (log-densities, trajectories) is its error, as is a missing
+/// driver.
+fn sample_gpu<T: GpuReal>(
+    args: &SampleArgs,
+    model: &Model<T>,
+    so: SamplerOptions<T>,
+) -> Result<()> {
+    let gpu = Gpu::new(0).context("cannot sample on device \"cuda\"")?;
+    let sampler = GpuSampler::for_model(&gpu, model, so)?;
+    let d = sampler.dim();
+    let start = std::time::Instant::now();
+    let samples = sampler.sample(args.n, args.first_sample)?;
+    let secs = start.elapsed().as_secs_f64();
+    write_npy(&args.output, &[args.n, d], &samples.x)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    eprintln!(
+        "{} samples (d = {d}, {}) on the GPU ({}) in {:.3} s: {:.0} samples/s, {:.1} field \
+         evaluations per sample",
+        args.n,
+        T::NAME,
+        gpu.name(),
+        secs,
+        args.n as f64 / secs,
+        samples.stats.nfe as f64 / args.n as f64,
+    );
+    println!("{}", args.output.display());
+    Ok(())
 }
 
 /// Whether a model path names an ONNX model (by its extension).
@@ -436,7 +483,7 @@ fn draw_samples<T: Real>(args: &SampleArgs, sampler: &Sampler<T>, d: usize) -> R
 
 /// `socflow sample` on a score model: the VP-SDE's reverse SDE or probability-flow ODE
 /// from t = 1 down to the card's ε.
-fn sample_score<T: Real>(args: &SampleArgs, model: &Model<T>) -> Result<()> {
+fn sample_score<T: GpuReal>(args: &SampleArgs, model: &Model<T>) -> Result<()> {
     let vp = model.vpsde()?;
     let method = args.method.unwrap_or(MethodArg::ReverseSde);
     let how = match method {
@@ -466,6 +513,9 @@ fn sample_score<T: Real>(args: &SampleArgs, model: &Model<T>) -> Result<()> {
             bail!("--trajectory needs a fixed-step solver (euler, heun, rk4)");
         }
         so.trajectory = Some(SaveAt::Steps);
+    }
+    if args.device == DeviceArg::Cuda {
+        return sample_gpu(args, model, so);
     }
     let sampler = vp.sampler(so)?;
     let d = vp.dim();

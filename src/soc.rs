@@ -34,8 +34,8 @@ use socflow_trainer::soc::reference::{ColeHopf, Diffusion, Lqr, LqrSolution};
 use socflow_trainer::soc::simulate::{rollout_options, starts_at_a_point};
 use socflow_trainer::soc::train::VALIDATION_FIRST_SAMPLE;
 use socflow_trainer::soc::{
-    train_soc_checkpointed, ControlProblem, QuadcopterProblem, QuadraticProblem, Sampling,
-    SocConfig, SocObjective, SocValidation, StateCost, StateDrift, TerminalCost, TrainedSoc,
+    train_soc_on_device, ControlProblem, QuadcopterProblem, QuadraticProblem, Sampling, SocConfig,
+    SocObjective, SocProgress, SocValidation, StateCost, StateDrift, TerminalCost, TrainedSoc,
 };
 
 use crate::plot::{self, Window};
@@ -682,7 +682,7 @@ pub fn run_soc(
 ) -> Result<SocOutcome> {
     let training = task.training.control();
     let start = Instant::now();
-    let trained = train_soc_checkpointed(training, config, ckpt, &mut |p| {
+    let mut tick = |p: &SocProgress| {
         progress(&Tick {
             iteration: p.iteration,
             iterations: p.iterations,
@@ -694,7 +694,13 @@ pub fn run_soc(
                 .validation
                 .map(|v| ("Φ(0,z₀)", task.unscaled(v.initial_value))),
         })
-    })?;
+    };
+    // Every problem the CLI knows runs on both backends: train on the config's device
+    // with the concrete type (a `dyn ControlProblem<Cpu>` would be CPU-only).
+    let trained = match &task.training {
+        SocProblem::Quadratic(p) => train_soc_on_device(p, config, ckpt, &mut tick)?,
+        SocProblem::Quadcopter(q) => train_soc_on_device(q, config, ckpt, &mut tick)?,
+    };
     let seconds = start.elapsed().as_secs_f64();
     let validation = match trained.validation.last() {
         Some(v) if v.iteration == config.iterations => *v,

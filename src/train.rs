@@ -28,6 +28,10 @@
 //! `[soc_problem]` table (a built-in or a full problem; [`crate::soc`]).
 //! `examples/configs/` has configs for the built-in quadcopter, HJB-100 and shifted
 //! target.
+//!
+//! Each problem's table takes `device = "cpu"` (the default) or `"cuda"` (the first
+//! NVIDIA GPU); `--device` overrides it. Without a driver, a CUDA run stops with the
+//! backend's error naming what is missing.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -41,6 +45,7 @@ use socflow_runtime::model::Model;
 use socflow_runtime::ode::{OdeOptions, OdeSolver};
 use socflow_trainer::checkpoint::{Checkpoint, Checkpointing};
 use socflow_trainer::data::{load_dataset, Dataset, Toy};
+use socflow_trainer::device::Device;
 use socflow_trainer::diffusion::{train_diffusion_checkpointed, DiffusionConfig};
 use socflow_trainer::flow_matching::{train_flow_matching_checkpointed, FlowMatchingConfig};
 use socflow_trainer::likelihood::{log_likelihood, LikelihoodOptions};
@@ -61,6 +66,28 @@ pub struct TrainArgs {
     /// continues exactly as the uninterrupted one would.
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Where to train: overrides the `device` of the problem's table (cuda: the first
+    /// NVIDIA GPU; needs a driver).
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceArg>,
+}
+
+/// The `--device` of `socflow train` and `socflow sample`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceArg {
+    /// The CPU.
+    Cpu,
+    /// The first NVIDIA GPU (needs a driver and the CUDA libraries, loaded at run time).
+    Cuda,
+}
+
+impl From<DeviceArg> for Device {
+    fn from(d: DeviceArg) -> Device {
+        match d {
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Cuda => Device::Cuda,
+        }
+    }
 }
 
 /// Which trainer a config runs.
@@ -175,6 +202,34 @@ impl TrainConfig {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?;
         TrainConfig::from_toml(&text).with_context(|| format!("config {}", path.display()))
+    }
+
+    /// Sets the `device` of the problem's table (the table with its defaults when the
+    /// config has none): what `--device` does.
+    pub fn set_device(&mut self, device: Device) {
+        match self.problem {
+            Problem::FlowMatching => {
+                self.flow_matching
+                    .get_or_insert_with(Default::default)
+                    .device = device
+            }
+            Problem::Otflow => self.otflow.get_or_insert_with(Default::default).device = device,
+            Problem::Soc => self.soc.get_or_insert_with(Default::default).device = device,
+            Problem::Diffusion => {
+                self.diffusion.get_or_insert_with(Default::default).device = device
+            }
+        }
+    }
+
+    /// The `device` of the problem's table (the CPU when the table is absent).
+    pub fn device(&self) -> Device {
+        match self.problem {
+            Problem::FlowMatching => self.flow_matching.as_ref().map(|c| c.device),
+            Problem::Otflow => self.otflow.as_ref().map(|c| c.device),
+            Problem::Soc => self.soc.as_ref().map(|c| c.device),
+            Problem::Diffusion => self.diffusion.as_ref().map(|c| c.device),
+        }
+        .unwrap_or_default()
     }
 
     /// Checks what the types cannot: tables that belong to another problem, and the
@@ -554,7 +609,18 @@ pub fn run_otflow(
 
 /// Runs `socflow train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
-    let config = TrainConfig::load(&args.config)?;
+    let mut config = TrainConfig::load(&args.config)?;
+    if let Some(device) = args.device {
+        config.set_device(device.into());
+    }
+    if config.device() == Device::Cuda {
+        // The training loop opens the GPU; without a driver (or a usable device) it
+        // stops with the backend's reason.
+        eprintln!(
+            "{}: training on the GPU (device \"cuda\")",
+            config.problem.key()
+        );
+    }
     let base = args
         .config
         .parent()
