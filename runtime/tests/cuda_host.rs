@@ -18,9 +18,7 @@
 //! This needs no GPU and no CUDA library, so it runs in every build (the kernels'
 //! source is read from the crate); it is skipped, saying so, where g++ is missing.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use socflow_runtime::brownian::{ln_unit, philox4x32_10, sincos_turn, Brownian, Stream};
@@ -28,61 +26,22 @@ use socflow_runtime::field::FnField;
 use socflow_runtime::linalg::{logcosh_tanh, silu_d, softplus_d, tanh_d};
 use socflow_runtime::ode::{solve_block, OdeOptions, OdeWorkspace, StepSize};
 use socflow_runtime::Real;
-use socflow_testkit::{ok_or_skip, Rng};
+use socflow_testkit::{build_cxx_harness, ok_or_skip, run_cxx_harness, Rng};
 
 /// The harness executable, built once per test run, or why it could not be.
 fn harness() -> Result<PathBuf, String> {
     static EXE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     EXE.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let src = dir.join("tests/cuda_host/harness.cpp");
+        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/cuda_host/harness.cpp");
         let exe = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cuda_host_harness");
-        let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
-        let out = Command::new(&cxx)
-            .args(["-std=c++17", "-O2", "-ffp-contract=off", "-Wall", "-o"])
-            .arg(&exe)
-            .arg(&src)
-            .output()
-            .map_err(|e| {
-                format!("{cxx} not runnable ({e}): the host harness needs a C++17 compiler")
-            })?;
-        // A compiler that runs but rejects the kernels is a failure, not a skip.
-        assert!(
-            out.status.success(),
-            "{cxx} failed to build the harness from the kernels: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(exe)
+        build_cxx_harness(&src, &exe)
     })
     .clone()
 }
 
 /// Runs the harness with `args`, `input` on stdin; returns the output tokens.
 fn run(exe: &PathBuf, args: &[&str], input: &str) -> Vec<String> {
-    let mut child = Command::new(exe)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("harness starts");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("input written");
-    let out = child.wait_with_output().expect("harness runs");
-    assert!(
-        out.status.success(),
-        "harness {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("text")
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
+    run_cxx_harness(exe, args, input)
 }
 
 /// A precision's bits as the harness writes them.

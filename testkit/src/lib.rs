@@ -260,3 +260,59 @@ macro_rules! ok_or_skip {
         }
     };
 }
+
+/// Builds a host C++ test harness (`src`, C++17, -O2, no FMA contraction, as NVRTC
+/// compiles the GPU kernels with `--fmad=false`) into the executable `exe` with `$CXX`
+/// (default `g++`). `Err` says why when no compiler runs, so the caller can skip; a
+/// compiler that runs but rejects the source is a test failure (panics with its
+/// output), since the kernels the harness includes must compile.
+pub fn build_cxx_harness(src: &Path, exe: &Path) -> Result<PathBuf, String> {
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
+    let out = Command::new(&cxx)
+        .args(["-std=c++17", "-O2", "-ffp-contract=off", "-Wall", "-o"])
+        .arg(exe)
+        .arg(src)
+        .output()
+        .map_err(|e| {
+            format!("{cxx} not runnable ({e}): the host harness needs a C++17 compiler")
+        })?;
+    assert!(
+        out.status.success(),
+        "{cxx} failed to build the harness {} from the kernels: {}",
+        src.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(exe.to_path_buf())
+}
+
+/// Runs a harness built by [`build_cxx_harness`] with `args` and `input` on its stdin,
+/// and returns its whitespace-separated output tokens (panics, with its stderr, when
+/// it fails).
+pub fn run_cxx_harness(exe: &Path, args: &[&str], input: &str) -> Vec<String> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("harness starts");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("input written");
+    let out = child.wait_with_output().expect("harness runs");
+    assert!(
+        out.status.success(),
+        "harness {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("text")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}

@@ -18,12 +18,10 @@
 //! This needs no GPU and no CUDA library and runs in every build (the kernels' source
 //! is read from the crate); it is skipped, saying so, where g++ is missing.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use socflow_testkit::{ok_or_skip, Rng};
+use socflow_testkit::{build_cxx_harness, ok_or_skip, run_cxx_harness, Rng};
 use socflow_trainer::autodiff::{
     Backend, BinaryOp, Broadcast, Cpu, CpuBuffer, DType, Reduction, Shape, UnaryOp,
 };
@@ -32,53 +30,17 @@ use socflow_trainer::autodiff::{
 fn harness() -> Result<PathBuf, String> {
     static EXE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     EXE.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let src = dir.join("tests/cuda_host/harness.cpp");
+        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/cuda_host/harness.cpp");
         let exe = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("trainer_cuda_host_harness");
-        let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
-        let out = Command::new(&cxx)
-            .args(["-std=c++17", "-O2", "-ffp-contract=off", "-Wall", "-o"])
-            .arg(&exe)
-            .arg(&src)
-            .output()
-            .map_err(|e| {
-                format!("{cxx} not runnable ({e}): the host harness needs a C++17 compiler")
-            })?;
-        // A compiler that runs but rejects the kernels is a failure, not a skip.
-        assert!(
-            out.status.success(),
-            "{cxx} failed to build the harness from the kernels: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(exe)
+        build_cxx_harness(&src, &exe)
     })
     .clone()
 }
 
 /// Runs the harness with `args`, `input` on stdin; returns its output numbers' bits.
 fn run(exe: &PathBuf, args: &[&str], input: &str) -> Vec<u64> {
-    let mut child = Command::new(exe)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("harness starts");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("input written");
-    let out = child.wait_with_output().expect("harness runs");
-    assert!(
-        out.status.success(),
-        "harness {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("text")
-        .split_whitespace()
+    run_cxx_harness(exe, args, input)
+        .iter()
         .map(|s| u64::from_str_radix(s, 16).expect("hex"))
         .collect()
 }
