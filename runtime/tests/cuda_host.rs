@@ -18,7 +18,7 @@
 //! This needs no GPU and no CUDA library, so it runs in every build (the kernels'
 //! source is read from the crate); it is skipped, saying so, where g++ is missing.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use socflow_runtime::brownian::{ln_unit, philox4x32_10, sincos_turn, Brownian, Stream};
@@ -40,7 +40,7 @@ fn harness() -> Result<PathBuf, String> {
 }
 
 /// Runs the harness with `args`, `input` on stdin; returns the output tokens.
-fn run(exe: &PathBuf, args: &[&str], input: &str) -> Vec<String> {
+fn run(exe: &Path, args: &[&str], input: &str) -> Vec<String> {
     run_cxx_harness(exe, args, input)
 }
 

@@ -18,7 +18,7 @@
 //! This needs no GPU and no CUDA library and runs in every build (the kernels' source
 //! is read from the crate); it is skipped, saying so, where g++ is missing.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use socflow_testkit::{build_cxx_harness, ok_or_skip, run_cxx_harness, Rng};
@@ -38,7 +38,7 @@ fn harness() -> Result<PathBuf, String> {
 }
 
 /// Runs the harness with `args`, `input` on stdin; returns its output numbers' bits.
-fn run(exe: &PathBuf, args: &[&str], input: &str) -> Vec<u64> {
+fn run(exe: &Path, args: &[&str], input: &str) -> Vec<u64> {
     run_cxx_harness(exe, args, input)
         .iter()
         .map(|s| u64::from_str_radix(s, 16).expect("hex"))
