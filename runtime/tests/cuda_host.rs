@@ -197,7 +197,7 @@ fn ln_and_sincos_are_bitwise_the_runtime() {
     }
 }
 
-fn normals<T: Bits>(exe: &PathBuf) {
+fn normals<T: Bits>(exe: &Path) {
     let mut g = Rng(3);
     for case in 0..12 {
         let seed = if case == 0 { 0 } else { g.next_u64() };
@@ -254,7 +254,7 @@ fn normals_are_bitwise_the_runtime() {
     normals::<f32>(&exe);
 }
 
-fn activations<T: Bits>(exe: &PathBuf) {
+fn activations<T: Bits>(exe: &Path) {
     let xs = test_values::<T>(4_000, 4);
     for (code, name) in [
         (1u64, "silu"),
@@ -337,7 +337,7 @@ fn activations_are_bitwise_the_runtime() {
     activations::<f32>(&exe);
 }
 
-fn integrators<T: Bits>(exe: &PathBuf) {
+fn integrators<T: Bits>(exe: &Path) {
     let mut g = Rng(6);
     let mut vec = |n: usize, s: f64| -> Vec<T> { g.vec(n, s).into_iter().map(T::of).collect() };
     // Runge–Kutta stage combinations: each row of the RK4 and Dopri5 tableaus (zero
@@ -477,7 +477,7 @@ fn test_field<T: Real>(t: T, x: &[T], v: &mut [T]) {
 
 #[allow(clippy::too_many_arguments)] // one adaptive case
 fn adaptive_case<T: Bits>(
-    exe: &PathBuf,
+    exe: &Path,
     (rows, d, scale): (usize, usize, f64),
     (t0, t1): (f64, f64),
     (rtol, atol): (f64, f64),
