@@ -26,7 +26,7 @@ use socflow_runtime::field::FnField;
 use socflow_runtime::linalg::{logcosh_tanh, silu_d, softplus_d, tanh_d};
 use socflow_runtime::ode::{solve_block, OdeOptions, OdeWorkspace, StepSize};
 use socflow_runtime::Real;
-use socflow_testkit::{build_cxx_harness, ok_or_skip, run_cxx_harness, Rng};
+use socflow_testkit::{build_cxx_harness, ok_or_skip, run_cxx_harness, special_values, Rng};
 
 /// The harness executable, built once per test run, or why it could not be.
 fn harness() -> Result<PathBuf, String> {
@@ -104,43 +104,6 @@ fn assert_same<T: Bits>(what: &str, got: &[T], want: &[T], inputs: &[T]) {
             w.f64()
         );
     }
-}
-
-/// Values that exercise every branch: zeros, tiny, huge, the clamps, NaN, ±∞, and
-/// random ones.
-fn test_values<T: Real>(n: usize, seed: u64) -> Vec<T> {
-    let mut v: Vec<T> = [
-        0.0,
-        -0.0,
-        1e-30,
-        -1e-30,
-        1e-8,
-        -1e-8,
-        0.5,
-        -0.5,
-        1.0,
-        -1.0,
-        20.0,
-        -20.0,
-        43.0,
-        -43.0,
-        88.0,
-        -88.0,
-        400.0,
-        -400.0,
-        1e30,
-        -1e30,
-        f64::INFINITY,
-        f64::NEG_INFINITY,
-        f64::NAN,
-    ]
-    .iter()
-    .map(|&x| T::of(x))
-    .collect();
-    let mut g = Rng(seed);
-    v.extend(g.vec(n / 2, 3.0).into_iter().map(T::of));
-    v.extend(g.vec_sym(n - n / 2, 30.0).into_iter().map(T::of));
-    v
 }
 
 #[test]
@@ -255,7 +218,7 @@ fn normals_are_bitwise_the_runtime() {
 }
 
 fn activations<T: Bits>(exe: &Path) {
-    let xs = test_values::<T>(4_000, 4);
+    let xs: Vec<T> = special_values(4_000, 4).into_iter().map(T::of).collect();
     for (code, name) in [
         (1u64, "silu"),
         (2, "tanh"),

@@ -316,3 +316,38 @@ pub fn run_cxx_harness(exe: &Path, args: &[&str], input: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Values that exercise every branch of an elementwise kernel (zeros of both signs,
+/// tiny and huge magnitudes, the activations' clamps near 20, 43 and 88, ±∞ and NaN),
+/// then `n` random ones from `seed` (half in ±3, half in ±30).
+pub fn special_values(n: usize, seed: u64) -> Vec<f64> {
+    let mut v = vec![
+        0.0,
+        -0.0,
+        1e-30,
+        -1e-30,
+        1e-8,
+        -1e-8,
+        0.5,
+        -0.5,
+        1.0,
+        -1.0,
+        20.0,
+        -20.0,
+        43.0,
+        -43.0,
+        88.0,
+        -88.0,
+        400.0,
+        -400.0,
+        1e30,
+        -1e30,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::NAN,
+    ];
+    let mut g = Rng(seed);
+    v.extend(g.vec(n / 2, 3.0));
+    v.extend(g.vec_sym(n - n / 2, 30.0));
+    v
+}

@@ -29,7 +29,7 @@
 use std::sync::OnceLock;
 
 use socflow_runtime::nn::OtFlowParams;
-use socflow_testkit::Rng;
+use socflow_testkit::{special_values, Rng};
 use socflow_trainer::autodiff::cuda::{compile_ptx, kernel_names};
 use socflow_trainer::autodiff::otflow::{potential, OtFlowVars};
 use socflow_trainer::autodiff::{
@@ -169,40 +169,6 @@ macro_rules! both {
         };
         (dev, cpu)
     }};
-}
-
-/// Values that exercise every branch (zeros, tiny, huge, the activations' clamps,
-/// ±∞, NaN) followed by `n` random ones.
-fn special_values(n: usize, seed: u64) -> Vec<f64> {
-    let mut v = vec![
-        0.0,
-        -0.0,
-        1e-30,
-        -1e-30,
-        1e-8,
-        -1e-8,
-        0.5,
-        -0.5,
-        1.0,
-        -1.0,
-        20.0,
-        -20.0,
-        43.0,
-        -43.0,
-        88.0,
-        -88.0,
-        400.0,
-        -400.0,
-        1e30,
-        -1e30,
-        f64::INFINITY,
-        f64::NEG_INFINITY,
-        f64::NAN,
-    ];
-    let mut g = Rng(seed);
-    v.extend(g.vec(n / 2, 3.0));
-    v.extend(g.vec_sym(n - n / 2, 30.0));
-    v
 }
 
 fn randn(n: usize, seed: u64, scale: f64) -> Vec<f64> {

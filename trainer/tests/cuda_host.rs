@@ -21,7 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use socflow_testkit::{build_cxx_harness, ok_or_skip, run_cxx_harness, Rng};
+use socflow_testkit::{build_cxx_harness, ok_or_skip, run_cxx_harness, special_values, Rng};
 use socflow_trainer::autodiff::{
     Backend, BinaryOp, Broadcast, Cpu, CpuBuffer, DType, Reduction, Shape, UnaryOp,
 };
@@ -97,39 +97,6 @@ fn assert_same(what: &str, dtype: DType, got: &[u64], want: &CpuBuffer, inputs: 
 
 fn name(d: DType) -> &'static str {
     d.name()
-}
-
-/// Values that exercise every branch, then `n` random ones.
-fn test_values(n: usize, seed: u64) -> Vec<f64> {
-    let mut v = vec![
-        0.0,
-        -0.0,
-        1e-30,
-        -1e-30,
-        1e-8,
-        -1e-8,
-        0.5,
-        -0.5,
-        1.0,
-        -1.0,
-        20.0,
-        -20.0,
-        43.0,
-        -43.0,
-        88.0,
-        -88.0,
-        400.0,
-        -400.0,
-        1e30,
-        -1e30,
-        f64::INFINITY,
-        f64::NEG_INFINITY,
-        f64::NAN,
-    ];
-    let mut g = Rng(seed);
-    v.extend(g.vec(n / 2, 3.0));
-    v.extend(g.vec_sym(n - n / 2, 30.0));
-    v
 }
 
 const UNARY_CODES: [(UnaryOp, u64); 18] = [
@@ -236,7 +203,7 @@ fn conversions_are_bitwise_half() {
 fn elementwise_maps_are_bitwise_the_cpu() {
     let exe = ok_or_skip!(harness());
     let cpu = Cpu::serial();
-    let xs = test_values(4000, 2);
+    let xs = special_values(4000, 2);
     for dt in DType::ALL {
         let x = cpu.upload(&xs, dt).unwrap();
         for (op, code) in UNARY_CODES {
@@ -370,7 +337,7 @@ fn accumulations_are_bitwise_the_cpu() {
                 assert_same(&format!("axpy ← {st}, α = {alpha}"), dt, &got, &want, &d);
             }
         }
-        let xs = test_values(500, 5);
+        let xs = special_values(500, 5);
         let len = xs.len();
         let x = cpu.upload(&xs, dt).unwrap();
         let ops = [UnaryOp::LogCosh, UnaryOp::Tanh, UnaryOp::Sech2];
