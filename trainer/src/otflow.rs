@@ -441,9 +441,14 @@ fn nll_of_row(r: &[f64], d: usize) -> f64 {
     0.5 * r[..d].iter().map(|v| v * v).sum::<f64>() + d as f64 * HALF_LN_2PI - r[d]
 }
 
-/// Rebuilds an [`OtFlowParams`] of `like`'s sizes from arrays in the order of
-/// [`OtFlowVars::all`].
-pub(crate) fn params_from_flat(like: &OtFlowParams, mut v: Vec<Vec<f64>>) -> Result<OtFlowParams> {
+/// Rebuilds an [`OtFlowParams`] of `like`'s sizes from flat arrays in the order of
+/// [`param_names`] (the order of [`to_param_set`]'s values and of the solver's
+/// parameter gradients): what an optimizer working on a [`ParamSet`] turns back into a
+/// potential.
+///
+/// Errors: [`Error::InvalidArgument`] for the wrong number of arrays (the sizes are
+/// checked by the potential's consumers).
+pub fn params_from_flat(like: &OtFlowParams, mut v: Vec<Vec<f64>>) -> Result<OtFlowParams> {
     let n = like.n_th;
     if v.len() != 2 * n + 4 || v[2 * n + 3].len() != 1 {
         return Err(Error::InvalidArgument(format!(

@@ -47,5 +47,15 @@ pub use kernels::{compile_ptx, kernel_names, kernel_source};
 #[cfg(not(feature = "cuda"))]
 pub use stub::{Cuda, CudaBuffer};
 
+/// Device memory held by a [`Cuda`] backend's buffers ([`Cuda::memory`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Bytes held now.
+    pub live_bytes: u64,
+    /// The most bytes held at once since the backend was created or its peak was last
+    /// reset ([`Cuda::reset_peak_memory`]).
+    pub peak_bytes: u64,
+}
+
 /// Whether this build has the GPU backend (the `cuda` feature).
 pub const ENABLED: bool = cfg!(feature = "cuda");

@@ -53,7 +53,7 @@ pub mod tensor;
 pub use backend::{Backend, BinaryOp, Broadcast, Reduction, Storage, UnaryOp};
 pub use check::{check_gradients, CheckOptions, CheckReport, LeafReport};
 pub use cpu::{Cpu, CpuBuffer};
-pub use cuda::{Cuda, CudaBuffer};
+pub use cuda::{Cuda, CudaBuffer, MemoryStats};
 pub use error::{Error, Result};
 pub use graph::{Gradients, Graph, Var};
 pub use tensor::{DType, Shape, Tensor};

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
@@ -10,7 +11,7 @@ use cudarc::driver::{
 };
 use socflow_runtime::cuda::Gpu;
 
-use super::kernels;
+use super::{kernels, MemoryStats};
 use crate::autodiff::backend::{Backend, BinaryOp, Broadcast, Reduction, Storage, UnaryOp};
 use crate::autodiff::cpu::{check_len, checked_len, grown, logcosh_family, rhs_len};
 use crate::autodiff::error::{Error, Result};
@@ -43,6 +44,26 @@ const MAX_CHUNKS: usize = 256;
 pub struct Cuda {
     gpu: Arc<Gpu>,
     functions: Arc<HashMap<String, CudaFunction>>,
+    memory: Arc<MemoryCounter>,
+}
+
+/// Bytes held by a backend's live buffers, and the most held at once (shared by the
+/// clones of one [`Cuda`] and by every buffer it allocated).
+#[derive(Debug, Default)]
+struct MemoryCounter {
+    live: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl MemoryCounter {
+    fn allocated(&self, bytes: u64) {
+        let live = self.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(live, Ordering::Relaxed);
+    }
+
+    fn freed(&self, bytes: u64) {
+        self.live.fetch_sub(bytes, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Cuda {
@@ -59,6 +80,15 @@ pub struct CudaBuffer {
     data: CudaSlice<u8>,
     dtype: DType,
     len: usize,
+    /// The backend's counter, told of the allocation's bytes when the buffer drops.
+    memory: Arc<MemoryCounter>,
+}
+
+impl Drop for CudaBuffer {
+    fn drop(&mut self) {
+        // `data` frees the device memory right after this (its own drop).
+        self.memory.freed(self.data.len() as u64);
+    }
 }
 
 impl std::fmt::Debug for CudaBuffer {
@@ -296,6 +326,7 @@ impl Cuda {
             Ok(Cuda {
                 gpu: gpu.clone(),
                 functions: Arc::new(functions),
+                memory: Arc::default(),
             })
         })
     }
@@ -311,6 +342,25 @@ impl Cuda {
         self.gpu
             .synchronize()
             .map_err(|e| backend_err(e.to_string()))
+    }
+
+    /// The device memory held by this backend's buffers (every tensor, trajectory and
+    /// scratch buffer of its operations, all clones together): bytes live now and the
+    /// most live at once since it was created or [`reset_peak_memory`](Self::reset_peak_memory)
+    /// was last called. What PyTorch's `memory_allocated` / `max_memory_allocated`
+    /// count for its tensors; cuBLAS workspaces and the CUDA context are not included.
+    pub fn memory(&self) -> MemoryStats {
+        MemoryStats {
+            live_bytes: self.memory.live.load(Ordering::Relaxed),
+            peak_bytes: self.memory.peak.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Starts a new peak: [`memory`](Self::memory)'s `peak_bytes` becomes the bytes
+    /// live now.
+    pub fn reset_peak_memory(&self) {
+        let live = self.memory.live.load(Ordering::Relaxed);
+        self.memory.peak.store(live, Ordering::Relaxed);
     }
 
     fn stream(&self) -> &Arc<CudaStream> {
@@ -338,7 +388,13 @@ impl Cuda {
         let data = guard("allocating device memory", || {
             unsafe { stream.alloc::<u8>(bytes.max(8)) }.map_err(dev("allocating device memory"))
         })?;
-        Ok(CudaBuffer { data, dtype, len })
+        self.memory.allocated(data.len() as u64);
+        Ok(CudaBuffer {
+            data,
+            dtype,
+            len,
+            memory: self.memory.clone(),
+        })
     }
 
     /// A buffer of `len` zeros.

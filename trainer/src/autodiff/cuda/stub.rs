@@ -54,6 +54,16 @@ impl Cuda {
         unsupported()
     }
 
+    /// Device memory held (never reached: no `Cuda` exists in this build).
+    pub fn memory(&self) -> super::MemoryStats {
+        match self.never {}
+    }
+
+    /// Starts a new peak (never reached: no `Cuda` exists in this build).
+    pub fn reset_peak_memory(&self) {
+        match self.never {}
+    }
+
     /// The device (never reached: no `Cuda` exists in this build).
     pub fn gpu(&self) -> &Arc<Gpu> {
         match self.never {}
