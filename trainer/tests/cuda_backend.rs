@@ -343,6 +343,37 @@ fn transfers<D: Backend>(dev: &D) {
 
 /// Uploads, downloads, fills, copies and every cast, bit for bit.
 #[test]
+fn memory_counts_the_bytes_of_live_buffers_and_their_peak() {
+    let dev = match cuda() {
+        // A backend of its own (its own counter), so tests running beside it on the
+        // shared device do not move the figures.
+        Ok(d) => Cuda::on(d.gpu().clone()).expect("a second backend on the device"),
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    assert_eq!(dev.memory().live_bytes, 0);
+    let a = dev.upload(&vec![1.0; 1000], DType::F32).unwrap();
+    let b = dev.upload(&vec![1.0; 300], DType::F16).unwrap();
+    let c = dev.upload(&[1.0], DType::F64).unwrap();
+    // One allocation per buffer, of the elements' bytes; never fewer than 8.
+    assert_eq!(dev.memory().live_bytes, 4000 + 600 + 8);
+    assert_eq!(dev.memory().peak_bytes, 4608);
+    drop(a);
+    assert_eq!(dev.memory().live_bytes, 608);
+    assert_eq!(dev.memory().peak_bytes, 4608);
+    dev.reset_peak_memory();
+    assert_eq!(dev.memory().peak_bytes, 608);
+    // An op's output counts too, and so does its scratch while it lives.
+    let s = dev.unary(UnaryOp::Square, &b).unwrap();
+    assert_eq!(dev.memory().live_bytes, 608 + 600);
+    drop((b, c, s));
+    assert_eq!(dev.memory().live_bytes, 0);
+    assert!(dev.memory().peak_bytes >= 1208);
+}
+
+#[test]
 fn transfers_and_casts_are_bitwise() {
     with_device!(transfers);
 }
