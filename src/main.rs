@@ -100,6 +100,12 @@ enum MethodArg {
     Ode,
 }
 
+/// `socflow sample`'s steps of a fixed-step ODE solver when `--steps` is not given.
+const DEFAULT_ODE_STEPS: usize = 32;
+/// Its steps of a score model's reverse SDE: Euler–Maruyama's error grows with β
+/// (up to 20 on the VP-SDE), so it needs many more steps than an ODE solver.
+const DEFAULT_REVERSE_SDE_STEPS: usize = 500;
+
 #[derive(clap::Args, Debug)]
 struct SampleArgs {
     /// The model file: a socflow model (.safetensors), or an ONNX model v(x, t) (.onnx:
@@ -114,9 +120,10 @@ struct SampleArgs {
     /// Score models only: the reverse SDE (default) or the probability-flow ODE.
     #[arg(long, value_enum)]
     method: Option<MethodArg>,
-    /// Steps of a fixed-step integrator.
-    #[arg(long, default_value_t = 32)]
-    steps: usize,
+    /// Steps of a fixed-step integrator [default: 32; 500 for a score model's reverse
+    /// SDE, whose β reaches 20].
+    #[arg(long)]
+    steps: Option<usize>,
     /// Relative tolerance (dopri5).
     #[arg(long, default_value_t = 1e-5)]
     rtol: f64,
@@ -307,6 +314,16 @@ fn inspect_onnx(path: &Path) -> Result<()> {
 }
 
 /// ODE options from the sample command's arguments.
+impl SampleArgs {
+    /// `--steps`, or `default` when not given; at least 1.
+    fn fixed_steps(&self, default: usize) -> Result<usize> {
+        match self.steps.unwrap_or(default) {
+            0 => bail!("--steps must be at least 1"),
+            n => Ok(n),
+        }
+    }
+}
+
 fn ode_options<T: Real>(args: &SampleArgs) -> Result<OdeOptions<T>> {
     let solver = match args.solver {
         SolverArg::Euler => OdeSolver::Euler,
@@ -320,10 +337,7 @@ fn ode_options<T: Real>(args: &SampleArgs) -> Result<OdeOptions<T>> {
             step_size: StepSize::Adaptive(AdaptiveOptions::new(T::of(args.rtol), T::of(args.atol))),
         }
     } else {
-        if args.steps == 0 {
-            bail!("--steps must be at least 1");
-        }
-        OdeOptions::fixed(solver, args.steps)
+        OdeOptions::fixed(solver, args.fixed_steps(DEFAULT_ODE_STEPS)?)
     };
     opts.validate()?;
     Ok(opts)
@@ -496,13 +510,11 @@ fn sample_score<T: GpuReal>(args: &SampleArgs, model: &Model<T>) -> Result<()> {
                 ),
                 SolverArg::Euler | SolverArg::Rk4 => SdeScheme::EulerMaruyama,
             };
-            if args.steps == 0 {
-                bail!("--steps must be at least 1");
-            }
             if args.log_density.is_some() {
                 bail!("--log-density needs --method ode (the reverse SDE has no density)");
             }
-            VpSampling::ReverseSde(SdeOptions::new(scheme, args.steps))
+            let steps = args.fixed_steps(DEFAULT_REVERSE_SDE_STEPS)?;
+            VpSampling::ReverseSde(SdeOptions::new(scheme, steps))
         }
         MethodArg::Ode => VpSampling::ProbabilityFlow(ode_options::<T>(args)?),
     };
