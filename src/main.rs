@@ -251,10 +251,27 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, `outer: inner: …`, leaving out a cause whose
+/// text its outer message already ends with (the runtime's I/O errors print their
+/// `io::Error` and also expose it as their source).
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.is_empty() {
+            line = text;
+        } else if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 fn load_model<T: Real>(path: &Path) -> Result<Model<T>> {
@@ -664,4 +681,24 @@ fn simulate(args: &SimulateArgs) -> Result<()> {
         return Err(anyhow!("the closed loop produced a non-finite cost"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_line;
+    use anyhow::Context;
+
+    #[test]
+    fn an_error_line_names_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = socflow_runtime::Error::io("m.safetensors", io);
+        let e = Err::<(), _>(e).context("cannot load model m.safetensors").unwrap_err();
+        assert_eq!(
+            error_line(&e),
+            "cannot load model m.safetensors: m.safetensors: No such file"
+        );
+        // Causes that say something new are all kept.
+        let e = anyhow::anyhow!("inner").context("middle").context("outer");
+        assert_eq!(error_line(&e), "outer: middle: inner");
+    }
 }
