@@ -64,8 +64,10 @@ use crate::flow_matching::Precision;
 use crate::mlp::{MlpNet, MlpVars};
 use crate::optim::{optimizer_step, validation_due, Adam, AdamConfig, Schedule, Scheduler};
 
-/// Stream of the Hutchinson probes (well after the flow-matching streams).
-pub const HUTCHINSON_STREAM: Stream = Stream(FIRST_FREE_AFTER_DATA.0 + 16);
+/// Stream of the Hutchinson probes (well after the flow-matching streams; not
+/// OT-Flow's initialization stream, +16, so that a seed's probes are independent of
+/// the weights an OT-Flow model of that seed starts from).
+pub const HUTCHINSON_STREAM: Stream = Stream(FIRST_FREE_AFTER_DATA.0 + 17);
 
 /// ln 2π.
 const LN_2PI: f64 = 1.837_877_066_409_345_3;

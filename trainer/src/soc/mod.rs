@@ -16,7 +16,7 @@
 pub mod evaluate;
 mod problem;
 mod quadcopter;
-mod quadratic;
+pub(crate) mod quadratic;
 pub mod reference;
 pub mod simulate;
 pub mod train;
