@@ -692,7 +692,9 @@ mod tests {
     fn an_error_line_names_each_cause_once() {
         let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
         let e = socflow_runtime::Error::io("m.safetensors", io);
-        let e = Err::<(), _>(e).context("cannot load model m.safetensors").unwrap_err();
+        let e = Err::<(), _>(e)
+            .context("cannot load model m.safetensors")
+            .unwrap_err();
         assert_eq!(
             error_line(&e),
             "cannot load model m.safetensors: m.safetensors: No such file"
