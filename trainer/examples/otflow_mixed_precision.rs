@@ -11,10 +11,11 @@
 //!
 //! Per precision it prints:
 //! - seconds per iteration (median over `--iters` after `--warmup`);
-//! - peak memory of the run: on a GPU the most bytes the backend's buffers held at once
-//!   ([`Cuda::memory`], what PyTorch's `max_memory_allocated` counts), on the CPU the
-//!   most heap bytes live at once beyond those live before the run (a counting
-//!   allocator);
+//! - peak memory of the first iteration: on a GPU the most bytes the backend's buffers
+//!   held at once ([`Cuda::memory`], what PyTorch's `max_memory_allocated` counts), on
+//!   the CPU the most heap bytes live at once beyond those live before it (a counting
+//!   allocator; the CPU backend's per-thread buffer caches are emptied first, and what
+//!   they keep during the iteration counts);
 //! - the relative error of the first gradient against the f64 gradient on the same
 //!   device;
 //! - the objective J at the first and last of `--train-iters` Adam steps on one fixed
@@ -242,6 +243,10 @@ struct Heap {
 
 impl Memory for Heap {
     fn reset(&self) {
+        // The CPU backend keeps dropped buffers per thread for reuse; an earlier run's
+        // cache would serve this run's buffers without new allocations.
+        Cpu::release_cached();
+        rayon::broadcast(|_| Cpu::release_cached());
         let live = LIVE.load(Ordering::Relaxed);
         self.base.store(live, Ordering::Relaxed);
         PEAK.store(live, Ordering::Relaxed);
