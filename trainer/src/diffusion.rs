@@ -345,10 +345,13 @@ fn draw(
     rows: usize,
     d: usize,
 ) -> Result<()> {
-    let b = Brownian::new(seed);
-    for (i, row) in batch.noise[..rows * d].chunks_exact_mut(d).enumerate() {
-        b.stream_normals(stream, first + i as u64, step, row)?;
-    }
+    Brownian::new(seed).stream_normals_block(
+        stream,
+        first,
+        step,
+        d,
+        &mut batch.noise[..rows * d],
+    )?;
     for (i, t) in batch.t[..rows].iter_mut().enumerate() {
         *t = Draws::new(seed, tstream, first + i as u64, step)?.uniform();
     }

@@ -373,10 +373,7 @@ fn noise_rows(
     out: &mut [f64],
     d: usize,
 ) -> Result<()> {
-    let b = Brownian::new(seed);
-    for (i, row) in out.chunks_exact_mut(d).enumerate() {
-        b.stream_normals(stream, first + i as u64, step, row)?;
-    }
+    Brownian::new(seed).stream_normals_block(stream, first, step, d, out)?;
     Ok(())
 }
 

@@ -155,8 +155,8 @@ impl Gaussian {
         }
         let gen = Brownian::new(seed);
         let mut x = vec![0.0; n * d];
-        for (i, row) in x.chunks_exact_mut(d.max(1)).enumerate() {
-            gen.stream_normals(stream, i as u64, step, row)?;
+        gen.stream_normals_block(stream, 0, step, d, &mut x)?;
+        for row in x.chunks_exact_mut(d.max(1)) {
             for ((v, m), s) in row.iter_mut().zip(&self.mean).zip(&self.var) {
                 *v = m + s.sqrt() * *v;
             }

@@ -85,15 +85,9 @@ impl BrownianNoise {
             ));
         }
         let mut out = vec![0.0f64; rows * self.dim];
-        for (r, row) in out.chunks_mut(self.dim).enumerate() {
-            let sample = self
-                .first_sample
-                .checked_add(r as u64)
-                .ok_or_else(|| Error::InvalidArgument("Brownian sample index overflows".into()))?;
-            self.brownian
-                .increments(sample, step as u64, h, row)
-                .map_err(|e| Error::InvalidArgument(format!("Brownian increments: {e}")))?;
-        }
+        self.brownian
+            .increments_block(self.first_sample, step as u64, h, self.dim, &mut out)
+            .map_err(|e| Error::InvalidArgument(format!("Brownian increments: {e}")))?;
         Ok(Tensor::from_f64(backend, rows, self.dim, &out, dtype)?)
     }
 }
