@@ -10,7 +10,7 @@ use socflow_runtime::nn::otflow::OtFlow;
 use socflow_runtime::nn::OtFlowParams;
 use socflow_runtime::{Error, Real};
 use socflow_testkit::golden::{flat, rows, usize_of};
-use socflow_testkit::{count_allocs, rel_close, CountingAlloc, Rng};
+use socflow_testkit::{count_allocs, rel_close, Rng};
 
 fn golden() -> Value {
     socflow_testkit::golden::json()
@@ -32,9 +32,6 @@ fn random_params(d: usize, m: usize, n_th: usize, seed: u64) -> OtFlowParams {
     OtFlowParams::from_state_dict(d, m, n_th, (d + 1).min(10), &mut sd)
         .expect("complete parameters")
 }
-
-#[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
 
 // ---------------------------------------------------------------------------------------
 // Helpers

@@ -1,6 +1,6 @@
 //! NumPy `.npy` reading and writing: exact layout, round trips, accepted header variants
 //! and typed errors on malformed or unsupported files.
-//! (numpy itself reads and writes these files in tests/artifact.rs's Python test.)
+//! (numpy itself reads and writes these files in artifact.rs's Python test.)
 
 use socflow_runtime::npy::{from_npy_bytes, read_npy_f64, to_npy_bytes, write_npy};
 use socflow_runtime::Error;

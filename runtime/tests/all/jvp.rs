@@ -9,7 +9,7 @@
 // Index loops read several arrays in step, as the formulas are written.
 #![allow(clippy::needless_range_loop)]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 
@@ -19,10 +19,7 @@ use socflow_runtime::nn::otflow::OtFlow;
 use socflow_runtime::nn::{Activation, MlpParams, OtFlowParams};
 use socflow_runtime::{Error, Real};
 use socflow_testkit::golden::{flat, rows, usize_of};
-use socflow_testkit::{count_allocs, CountingAlloc, Rng};
-
-#[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
+use socflow_testkit::{count_allocs, Rng};
 
 const ACTS: [Activation; 3] = [Activation::Silu, Activation::Tanh, Activation::Softplus];
 

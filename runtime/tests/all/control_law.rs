@@ -6,12 +6,10 @@
 // Index loops read several arrays in step, as the formulas are written.
 #![allow(clippy::needless_range_loop)]
 
-mod common;
-
 use socflow_testkit::Rng;
 use std::sync::Arc;
 
-use common::random_otflow;
+use crate::common::random_otflow;
 use socflow_runtime::artifact::{
     Artifact, ControlLaw, ControlMap, Feedback, ModelKind, Provenance, QuadcopterLaw, StorageDtype,
     CONTROL_LAW_VERSION,
@@ -22,10 +20,7 @@ use socflow_runtime::model::Model;
 use socflow_runtime::nn::otflow::OtFlow;
 use socflow_runtime::nn::{Activation, MlpParams};
 use socflow_runtime::Error;
-use socflow_testkit::{count_allocs, CountingAlloc};
-
-#[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
+use socflow_testkit::count_allocs;
 
 fn law() -> QuadcopterLaw {
     QuadcopterLaw::new(1.3, 9.81, 2.0).unwrap()

@@ -9,10 +9,7 @@ use socflow_runtime::field::Field;
 use socflow_runtime::nn::mlp::Mlp;
 use socflow_runtime::nn::{Activation, MlpParams};
 use socflow_runtime::{Error, Real};
-use socflow_testkit::{count_allocs, CountingAlloc, Rng};
-
-#[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
+use socflow_testkit::{count_allocs, Rng};
 
 const ACTS: [Activation; 3] = [Activation::Silu, Activation::Tanh, Activation::Softplus];
 

@@ -5,10 +5,7 @@
 //! reproducibility across block splits and threads, validation.
 
 use rayon::prelude::*;
-use socflow_testkit::{count_allocs, observed_order, CountingAlloc};
-
-#[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
+use socflow_testkit::{count_allocs, observed_order};
 
 use socflow_runtime::brownian::{Brownian, MAX_SAMPLE};
 use socflow_runtime::field::FnField;

@@ -1,5 +1,4 @@
 //! Helpers shared by the runtime's integration tests.
-#![allow(dead_code)]
 
 use socflow_runtime::nn::OtFlowParams;
 

@@ -3,10 +3,7 @@
 //! independence of adaptive steps, the log-determinant, trajectories, dense output,
 //! validation and failure reporting.
 
-use socflow_testkit::{count_allocs, observed_order, CountingAlloc};
-
-#[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
+use socflow_testkit::{count_allocs, observed_order};
 
 use socflow_runtime::field::FnField;
 use socflow_runtime::ode::{

@@ -5,19 +5,14 @@
 // Index loops read several arrays in step, as the formulas are written.
 #![allow(clippy::needless_range_loop)]
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{ata, quadratic_otflow, random_otflow};
+use crate::common::{ata, quadratic_otflow, random_otflow};
 use socflow_runtime::controller::{ControlMatrix, Controller, Integrator, SimulateOptions};
 use socflow_runtime::field::Potential;
 use socflow_runtime::nn::otflow::OtFlow;
 use socflow_runtime::Error;
-use socflow_testkit::{count_allocs, CountingAlloc};
-
-#[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
+use socflow_testkit::count_allocs;
 
 #[test]
 fn control_path_does_not_allocate() {

@@ -5,11 +5,9 @@
 // Index loops read several arrays in step, as the formulas are written.
 #![allow(clippy::needless_range_loop)]
 
-mod common;
-
 use std::sync::Arc;
 
-use common::random_otflow;
+use crate::common::random_otflow;
 use socflow_runtime::artifact::Normalization;
 use socflow_runtime::field::{Field, FnField};
 use socflow_runtime::nn::otflow::OtFlow;

@@ -19,10 +19,7 @@ use socflow_runtime::ode::{OdeOptions, OdeSolver};
 use socflow_runtime::onnx::{OnnxDtype, OnnxField, OnnxOptions, TimeShape};
 use socflow_runtime::sampler::{Sampler, SamplerOptions};
 use socflow_runtime::{Error, Real};
-use socflow_testkit::{count_allocs, CountingAlloc, Rng};
-
-#[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
+use socflow_testkit::{count_allocs, Rng};
 
 /// A Python that imports onnx and onnxruntime, or why there is none.
 fn python() -> Result<PathBuf, String> {
