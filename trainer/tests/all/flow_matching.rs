@@ -3,9 +3,7 @@
 //! with a closed-form optimal field, an end-to-end 2-D toy through the runtime's
 //! sampler, and reflow.
 
-mod common;
-
-use common::{energy_distance, mlp_leaves, null_distribution, sample_model};
+use crate::common::{energy_distance, mlp_leaves, null_distribution, sample_model};
 use socflow_runtime::artifact::{Artifact, Params, StorageDtype};
 use socflow_runtime::brownian::{Brownian, Stream};
 use socflow_runtime::field::Field;

@@ -25,11 +25,9 @@
 //! log-densities, and Hutchinson agrees with the exact divergence within its standard
 //! error.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{hutchinson_agreement, moments};
+use crate::common::{hutchinson_agreement, moments};
 use socflow_runtime::artifact::{Artifact, ModelKind, Normalization, Provenance, StorageDtype};
 use socflow_runtime::field::Field;
 use socflow_runtime::model::Model;

@@ -28,7 +28,7 @@
 //! discrete loss on the same path; the trainer's Heun paths equal the runtime's; the
 //! ODE continuous adjoint approaches the discrete one at order 4.
 //!
-//! `cargo test -p socflow-trainer --release --test sde_gradients -- --ignored
+//! `cargo test -p socflow-trainer --release --test all sde_gradients:: -- --ignored
 //! --nocapture` prints the bias table.
 
 use socflow_runtime::brownian::Brownian;

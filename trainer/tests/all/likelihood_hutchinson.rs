@@ -6,9 +6,7 @@
 //! whatever the block size, thread count or split into pieces; bad settings are typed
 //! errors.
 
-mod common;
-
-use common::hutchinson_agreement;
+use crate::common::hutchinson_agreement;
 use socflow_runtime::artifact::{Artifact, Normalization, Provenance, StorageDtype};
 use socflow_runtime::brownian::{Brownian, MAX_SAMPLE};
 use socflow_runtime::model::Model;

@@ -3,9 +3,7 @@
 //! exported and sampled through the runtime's reverse SDE and probability-flow ODE,
 //! compared with held-out data by the energy distance.
 
-mod common;
-
-use common::{energy_distance, mlp_leaves};
+use crate::common::{energy_distance, mlp_leaves};
 use socflow_runtime::artifact::{Artifact, ModelKind, StorageDtype};
 use socflow_runtime::brownian::{Brownian, Stream};
 use socflow_runtime::field::Field;

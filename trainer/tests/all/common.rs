@@ -1,7 +1,6 @@
 //! Helpers shared by the trainer's end-to-end tests: sampling an exported model through
 //! the runtime, the energy-distance two-sample statistic with its null distribution,
 //! and the statistics of Hutchinson's estimator against the exact likelihood.
-#![allow(dead_code)]
 
 use socflow_runtime::artifact::{Artifact, StorageDtype};
 use socflow_runtime::model::Model;

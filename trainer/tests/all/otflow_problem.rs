@@ -3,9 +3,7 @@
 //! seeded determinism, the export (runtime field = trained velocity), a short training
 //! on 8gaussians, and sampling the exported model through the runtime.
 
-mod common;
-
-use common::{energy_distance, null_distribution, sample_model};
+use crate::common::{energy_distance, null_distribution, sample_model};
 use serde_json::Value;
 use socflow_runtime::artifact::{Normalization, StorageDtype};
 use socflow_runtime::brownian::{Brownian, Stream};
