@@ -14,13 +14,11 @@
 //! Without gcc or pkg-config (or cmake, or valgrind, for those checks) a test prints
 //! `skipped: <reason>` and passes; CI has them.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use socflow_runtime::artifact::{Artifact, ModelKind, Normalization};
 use socflow_runtime::controller::{Dynamics, Integrator, SimulateOptions};
 use socflow_runtime::model::Model;

@@ -5,7 +5,6 @@
 //! Expected values travel as plain text, one array a line: `name count v1 … vcount`,
 //! each value written so that `strtod` reads back the same double (Rust's `{:e}`
 //! prints the shortest round-trip form).
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -536,11 +535,6 @@ impl Expected {
         );
         let v: Vec<f64> = values.iter().map(|v| *v as f64).collect();
         self.put(name, &v);
-    }
-
-    /// The array `name`, if present.
-    pub fn get(&self, name: &str) -> Option<&[f64]> {
-        self.arrays.get(name).map(Vec::as_slice)
     }
 
     /// The text form.

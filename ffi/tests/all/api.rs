@@ -4,7 +4,7 @@
 //! models sample the reverse SDE and the probability-flow ODE of an exact Gaussian
 //! score to its closed forms.
 
-mod common;
+use crate::common;
 
 use std::ffi::{c_void, CStr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,10 +21,7 @@ use socflow_runtime::sampler::{Sampler, SamplerOptions};
 use socflow_runtime::sde::{SdeOptions, SdeScheme};
 use socflow_runtime::vpsde::VpSampling;
 use socflow_runtime::Real;
-use socflow_testkit::{count_allocs, CountingAlloc, Rng};
-
-#[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
+use socflow_testkit::{count_allocs, Rng};
 
 use socflow_status::*;
 

@@ -1,6 +1,6 @@
 //! The checked-in C header is what cbindgen generates from the crate today.
 //!
-//! `SOCFLOW_BLESS=1 cargo test -p socflow-ffi --test header` rewrites it.
+//! `SOCFLOW_BLESS=1 cargo test -p socflow-ffi --test all header::` rewrites it.
 
 use std::path::Path;
 
@@ -25,6 +25,6 @@ fn header_is_current() {
     assert!(
         checked_in == generated,
         "ffi/include/socflow.h is stale: the exported API changed. Regenerate it with \
-         `SOCFLOW_BLESS=1 cargo test -p socflow-ffi --test header` and commit it."
+         `SOCFLOW_BLESS=1 cargo test -p socflow-ffi --test all header::` and commit it."
     );
 }

@@ -18,7 +18,7 @@
 //!
 //! A missing tool skips its part with `skipped: <reason>`.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
