@@ -5,8 +5,7 @@
 //! count, and bad arguments fail with a message. A score model's likelihood is its
 //! probability-flow ODE's, the same through the binary as through the library.
 
-mod common;
-use common::socflow;
+use crate::common::socflow;
 
 use std::path::{Path, PathBuf};
 

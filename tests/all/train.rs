@@ -1,7 +1,6 @@
 //! `socflow train` and `socflow demo` end to end: the binary on tiny configs.
 
-mod common;
-use common::{png_size, resume_ok, socflow, stderr, stdout, train, train_ok};
+use crate::common::{png_size, resume_ok, socflow, stderr, stdout, train, train_ok};
 
 use std::path::Path;
 

@@ -3,8 +3,7 @@
 //! the library with the same seed, resumption from a mid-run checkpoint, config errors
 //! that name the offending key, and the quick demo's SOC part.
 
-mod common;
-use common::{png_size, resume_ok, socflow, stderr, stdout, train, train_ok};
+use crate::common::{png_size, resume_ok, socflow, stderr, stdout, train, train_ok};
 
 use std::path::Path;
 

@@ -2,8 +2,7 @@
 //! reads the output), control, simulate; bad files and arguments give a clear message
 //! and a non-zero exit.
 
-mod common;
-use common::{socflow, stderr, stdout};
+use crate::common::{socflow, stderr, stdout};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -7,8 +7,7 @@
 //! Needs a Python with `onnx` and `onnxruntime` (SOCFLOW_PYTHON, else target/pyenv
 //! from scripts/setup-python); without one each test prints `skipped: <reason>`.
 
-mod common;
-use common::{assert_success, socflow, stderr};
+use crate::common::{assert_success, socflow, stderr};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,6 +1,5 @@
 //! Helpers shared by the command-line tool's end-to-end tests: running the binary and
 //! reading what it printed.
-#![allow(dead_code)]
 
 use std::path::Path;
 use std::process::{Command, Output};

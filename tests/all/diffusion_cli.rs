@@ -3,8 +3,7 @@
 //! the binary; the samples are compared with held-out data by the energy distance, and
 //! `socflow likelihood`'s NLL of held-out data with the true density's.
 
-mod common;
-use common::{assert_success, socflow, stderr, stdout, train_ok};
+use crate::common::{assert_success, socflow, stderr, stdout, train_ok};
 
 use socflow_runtime::artifact::ModelKind;
 use socflow_runtime::model::Model;
