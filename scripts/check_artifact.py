@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Checks socflow files from Python: the interoperability half of runtime/tests/artifact.rs.
+"""Checks socflow files from Python: the interoperability half of runtime/tests/all/artifact.rs.
 
 usage: check_artifact.py MANIFEST.json
 

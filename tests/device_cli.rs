@@ -4,6 +4,9 @@
 //! with one `error: …` line giving the reason; where one can, the same runs must
 //! succeed, so these tests exercise the GPU paths on a machine that has one.
 
+// The helpers of the merged test binary (tests/all); this binary uses a few of them.
+#[allow(dead_code)]
+#[path = "all/common.rs"]
 mod common;
 use common::{assert_success, socflow, stderr, stdout, train, train_ok};
 

@@ -5,7 +5,7 @@
  *
  * Usage: test_abi DIR [--quick]
  *
- * DIR is written by the Rust harness (ffi/tests/c_abi.rs): the model files
+ * DIR is written by the Rust harness (ffi/tests/all/c_abi.rs): the model files
  * map.safetensors (OT-Flow, 4 states, a 2 x 4 control map), plain.safetensors
  * (OT-Flow, 3 states, no control map, a data normalization), velocity.safetensors
  * and score.safetensors (MLP fields, 2 states; the score model is a VP-SDE diffusion
@@ -1883,7 +1883,7 @@ int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[2], "--quick") == 0) {
         quick = 1;
     } else if (argc != 2) {
-        fprintf(stderr, "usage: %s DIR [--quick] (DIR written by ffi/tests/c_abi.rs)\n", argv[0]);
+        fprintf(stderr, "usage: %s DIR [--quick] (DIR written by ffi/tests/all/c_abi.rs)\n", argv[0]);
         return 2;
     }
     dir = argv[1];

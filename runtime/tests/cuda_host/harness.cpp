@@ -1,6 +1,6 @@
 // Runs the CUDA backend's kernels on the CPU: runtime/src/cuda/kernels/*.cu compiled as
 // host C++ (g++ -ffp-contract=off), each kernel a plain loop over its elements. The
-// Rust test runtime/tests/cuda_host.rs writes the inputs on stdin and compares the
+// Rust test runtime/tests/all/cuda_host.rs writes the inputs on stdin and compares the
 // outputs with the runtime's Rust implementations.
 //
 // Usage: harness MODE < input. Numbers travel as hexadecimal bit patterns (16 digits

@@ -149,7 +149,7 @@ pub struct SocConfig {
     pub bsde_residual: Residual,
     /// The HJB term's penalty. Squared trained the 10-D LQR's control to 1.5% of
     /// Riccati where the absolute value (whose gradient does not shrink with the
-    /// residual) stalls near 5% (`trainer/tests/soc.rs`). Left out of the JSON when
+    /// residual) stalls near 5% (`trainer/tests/all/soc.rs`). Left out of the JSON when
     /// absolute, so configs and checkpoints from before the setting still match.
     #[serde(skip_serializing_if = "Residual::is_absolute")]
     pub hjb_residual: Residual,

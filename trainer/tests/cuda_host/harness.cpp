@@ -1,7 +1,7 @@
 // Runs the trainer's CUDA kernels on the CPU: trainer/src/autodiff/cuda/{ops.cuh,
 // kernels.cu} compiled as host C++ (g++ -ffp-contract=off, as NVRTC is told
 // --fmad=false), each elementwise kernel a plain loop over its elements. The Rust test
-// trainer/tests/cuda_host.rs writes the inputs on stdin and compares the outputs with
+// trainer/tests/all/cuda_host.rs writes the inputs on stdin and compares the outputs with
 // the Cpu backend's.
 //
 // Usage: harness MODE TYPE [TYPE2] < input. Every number travels as the hexadecimal

@@ -3,7 +3,7 @@
 // This file (and sampling.cu) compiles three ways:
 //  - with NVRTC at run time (the runtime prepends it to the kernel sources);
 //  - with nvcc, for anyone who wants to look at the SASS;
-//  - as host C++ with g++ (runtime/tests/cuda_host.rs), where the macros below turn
+//  - as host C++ with g++ (runtime/tests/all/cuda_host.rs), where the macros below turn
 //    the device functions into plain inline functions, so that the tests run the very
 //    same bodies on the CPU and compare them with the Rust implementations bit for bit.
 //

@@ -2,7 +2,7 @@
 //!
 //! The source lives in `ops.cuh` (per-element device functions) and `kernels.cu` (the
 //! kernels) beside this file, kept as files so that g++ compiles the same text as host
-//! C++ in the tests (trainer/tests/cuda_host.rs). NVRTC compiles their concatenation
+//! C++ in the tests (trainer/tests/all/cuda_host.rs). NVRTC compiles their concatenation
 //! for the device's compute capability with `--fmad=false`, so that no multiply-add is
 //! contracted and every expression rounds where the CPU backend's does (the
 //! activations call `fma()` explicitly where the CPU's FMA path fuses).

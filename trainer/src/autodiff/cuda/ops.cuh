@@ -6,7 +6,7 @@
 //    rounds where the CPU backend's Rust code (trainer/src/autodiff/cpu.rs) rounds, and
 //    the activations call fma() explicitly where the CPU's FMA path fuses
 //    (runtime/src/linalg.rs `exp_em1_full`, `log1p_unit`, `tanh_full`, ...);
-//  - as host C++ with g++ -ffp-contract=off (trainer/tests/cuda_host.rs), where the
+//  - as host C++ with g++ -ffp-contract=off (trainer/tests/all/cuda_host.rs), where the
 //    macros below make the device functions plain inline functions, so that the tests
 //    run these very bodies on the CPU and compare them with the Cpu backend bit for bit.
 //
