@@ -4,9 +4,18 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// Runs the `socflow` binary built for these tests with `args`.
+/// The `socflow` binary: the one built for these tests, or `SOCFLOW_BIN` where set
+/// (scripts/gpu-check runs the device tests with a copied binary on a machine without
+/// the build tree).
+pub fn socflow_bin() -> std::path::PathBuf {
+    std::env::var_os("SOCFLOW_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_socflow").into())
+}
+
+/// Runs the `socflow` binary with `args`.
 pub fn socflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_socflow"))
+    Command::new(socflow_bin())
         .args(args)
         .output()
         .expect("the socflow binary runs")
