@@ -135,8 +135,8 @@ fn train_and_sample_a_score_model_by_both_methods() {
     let ns = n.to_string();
     let runs: [(&str, Vec<&str>, &std::path::Path); 3] = [
         (
-            "reverse SDE (default method), 500 Euler–Maruyama steps",
-            vec!["--steps", "500", "--trajectory", tr.to_str().unwrap()],
+            "reverse SDE (default method and steps: 500 Euler–Maruyama steps)",
+            vec!["--trajectory", tr.to_str().unwrap()],
             &sde,
         ),
         (
@@ -224,8 +224,9 @@ fn train_and_sample_a_score_model_by_both_methods() {
         (nll_h - nll).abs() < 4.0 * se_h,
         "Hutchinson {nll_h} vs exact {nll}"
     );
-    // The trajectory: 501 points of n × 2 f32 values (the .npy reader takes 1-D and 2-D
-    // arrays only, so check the header and the size).
+    // The trajectory: 501 points (the reverse SDE's default of 500 steps) of n × 2 f32
+    // values (the .npy reader takes 1-D and 2-D arrays only, so check the header and
+    // the size).
     let bytes = std::fs::read(&tr).unwrap();
     let header = String::from_utf8_lossy(&bytes[..128.min(bytes.len())]).into_owned();
     assert!(header.contains(&format!("(501, {n}, 2)")), "{header}");
