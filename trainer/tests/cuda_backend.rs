@@ -30,7 +30,7 @@ use std::sync::OnceLock;
 
 use socflow_runtime::nn::OtFlowParams;
 use socflow_testkit::{special_values, Rng};
-use socflow_trainer::autodiff::cuda::{compile_ptx, kernel_names};
+use socflow_trainer::autodiff::cuda::{compile_ptx, kernel_names, kernel_params};
 use socflow_trainer::autodiff::otflow::{potential, OtFlowVars};
 use socflow_trainer::autodiff::{
     self, Backend, BinaryOp, Broadcast, Cpu, Cuda, DType, Error, Graph, Reduction, Shape, Storage,
@@ -265,9 +265,25 @@ fn nvrtc_compiles_every_kernel() {
         };
         let names = kernel_names();
         assert!(names.len() > 100, "{} kernels", names.len());
+        // Every kernel is there, with the parameter list the backend checks each
+        // launch against (read from the source): NVRTC's own reading of it.
+        let params = kernel_params().unwrap();
         for k in &names {
             let entry = format!(".entry {k}(");
-            assert!(ptx.contains(&entry), "{arch}: no {entry} in the PTX");
+            let at = ptx
+                .find(&entry)
+                .unwrap_or_else(|| panic!("{arch}: no {entry} in the PTX"));
+            let list = &ptx[at + entry.len()..];
+            let list = &list[..list.find(')').expect("a closed parameter list")];
+            let types: Vec<&str> = list
+                .split(',')
+                .map(|p| p.split_whitespace().nth(1).expect("`.param .type name`"))
+                .collect();
+            let expected: Vec<String> = params[k]
+                .iter()
+                .map(|p| format!(".{}", p.ptx_type()))
+                .collect();
+            assert_eq!(types, expected, "{arch}: {k}'s parameters");
         }
         // The affine kernel is a·x + b rounded twice, as on the CPU: a multiply and an
         // add, no fma.

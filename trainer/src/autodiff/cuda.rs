@@ -43,7 +43,7 @@ mod stub;
 
 #[cfg(feature = "cuda")]
 pub use device::{Cuda, CudaBuffer};
-pub use kernels::{compile_ptx, kernel_names, kernel_source};
+pub use kernels::{compile_ptx, kernel_names, kernel_params, kernel_source, KernelParam};
 #[cfg(not(feature = "cuda"))]
 pub use stub::{Cuda, CudaBuffer};
 

@@ -11,7 +11,7 @@ use cudarc::driver::{
 };
 use socflow_runtime::cuda::Gpu;
 
-use super::{kernels, MemoryStats};
+use super::{kernels, KernelParam, MemoryStats};
 use crate::autodiff::backend::{Backend, BinaryOp, Broadcast, Reduction, Storage, UnaryOp};
 use crate::autodiff::cpu::{check_len, checked_len, grown, logcosh_family, rhs_len};
 use crate::autodiff::error::{Error, Result};
@@ -44,6 +44,8 @@ const MAX_CHUNKS: usize = 256;
 pub struct Cuda {
     gpu: Arc<Gpu>,
     functions: Arc<HashMap<String, CudaFunction>>,
+    /// Every kernel's parameter list (from the source), which each launch must match.
+    params: Arc<HashMap<String, Vec<KernelParam>>>,
     memory: Arc<MemoryCounter>,
 }
 
@@ -111,6 +113,7 @@ impl Storage for CudaBuffer {
 }
 
 /// A kernel argument.
+#[derive(Clone, Copy, Debug)]
 enum Arg {
     /// A device pointer (0 for an absent optional operand).
     Ptr(u64),
@@ -311,6 +314,7 @@ impl Cuda {
     pub fn on(gpu: Arc<Gpu>) -> Result<Cuda> {
         let (major, minor) = gpu.compute_capability();
         let arch = format!("compute_{major}{minor}");
+        let params = kernels::kernel_params().map_err(backend_err)?;
         let ptx = kernels::compile(&arch)?;
         guard("loading the autodiff kernels", || {
             let module = gpu.stream().context().load_module(ptx).map_err(dev(
@@ -326,6 +330,7 @@ impl Cuda {
             Ok(Cuda {
                 gpu: gpu.clone(),
                 functions: Arc::new(functions),
+                params: Arc::new(params),
                 memory: Arc::default(),
             })
         })
@@ -426,6 +431,7 @@ impl Cuda {
     /// Launches kernel `name` with `args` (in the kernel's parameter order and types).
     fn launch(&self, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
         let f = self.function(name)?;
+        self.check_args(name, args)?;
         let stream = self.stream();
         guard(name, || {
             let mut b = stream.launch_builder(f);
@@ -448,6 +454,31 @@ impl Cuda {
                 .map(|_| ())
                 .map_err(dev("launching a kernel"))
         })
+    }
+
+    /// That `args` are what kernel `name` takes, kind by kind: a mismatch (a bug in a
+    /// launch site) is an error naming both, never a launch with misread arguments.
+    fn check_args(&self, name: &str, args: &[Arg]) -> Result<()> {
+        let params = self
+            .params
+            .get(name)
+            .ok_or_else(|| backend_err(format!("kernel {name} has no parameter list")))?;
+        let kinds: Vec<KernelParam> = args
+            .iter()
+            .map(|a| match a {
+                Arg::Ptr(_) => KernelParam::Ptr,
+                Arg::I64(_) => KernelParam::I64,
+                Arg::U64(_) => KernelParam::U64,
+                Arg::I32(_) => KernelParam::I32,
+                Arg::F64(_) => KernelParam::F64,
+            })
+            .collect();
+        if kinds != *params {
+            return Err(backend_err(format!(
+                "kernel {name} takes {params:?}, launched with {kinds:?}"
+            )));
+        }
+        Ok(())
     }
 
     /// An elementwise launch over `n` elements (nothing when `n` is 0).

@@ -7,6 +7,8 @@
 //! contracted and every expression rounds where the CPU backend's does (the
 //! activations call `fma()` explicitly where the CPU's FMA path fuses).
 
+use std::collections::HashMap;
+
 use crate::autodiff::error::{Error, Result};
 
 /// The per-element device functions.
@@ -70,6 +72,109 @@ pub fn kernel_names() -> Vec<String> {
     names
 }
 
+/// How a kernel takes one parameter, as a launch passes it (see [`kernel_params`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelParam {
+    /// A device pointer (`T*`, 64 bits).
+    Ptr,
+    /// A signed 64-bit size or index (`ad_i64`, `long long`).
+    I64,
+    /// An unsigned 64-bit bit pattern (`ad_u64`).
+    U64,
+    /// A 32-bit code (`int`).
+    I32,
+    /// A scalar (`double`).
+    F64,
+}
+
+impl KernelParam {
+    /// The PTX type the parameter compiles to (`.param .u64 …`, `.u32`, `.f64`).
+    pub fn ptx_type(self) -> &'static str {
+        match self {
+            KernelParam::Ptr | KernelParam::I64 | KernelParam::U64 => "u64",
+            KernelParam::I32 => "u32",
+            KernelParam::F64 => "f64",
+        }
+    }
+}
+
+/// The parameter list of every kernel of [`kernel_names`], read from the signatures in
+/// `kernels.cu` (`AD_KERNEL void <family>_##N(<params>)`): what every launch must pass,
+/// in order. The GPU backend checks each launch against it, so that a launch whose
+/// arguments do not match the kernel fails with an error naming both instead of
+/// running with misread arguments.
+///
+/// Errors: a kernel of [`kernel_names`] whose family has no signature in the source, or
+/// a parameter type the table does not know (a bug in the source, caught by the tests).
+pub fn kernel_params() -> std::result::Result<HashMap<String, Vec<KernelParam>>, String> {
+    let families = family_params()?;
+    let mut out = HashMap::new();
+    let mut add = |family: &str, name: String| -> std::result::Result<(), String> {
+        let params = families
+            .get(family)
+            .ok_or_else(|| format!("kernel {name}: no signature of {family}_## in kernels.cu"))?;
+        out.insert(name, params.clone());
+        Ok(())
+    };
+    for k in TYPED {
+        for t in TYPES {
+            add(k, format!("{k}_{t}"))?;
+        }
+    }
+    for k in PAIRED {
+        for a in TYPES {
+            for b in TYPES {
+                add(k, format!("{k}_{a}_{b}"))?;
+            }
+        }
+    }
+    for k in MOVES {
+        for w in WIDTHS {
+            add(k, format!("{k}_{w}"))?;
+        }
+    }
+    Ok(out)
+}
+
+/// Each kernel family's parameters, parsed from the `AD_KERNEL void` signatures.
+fn family_params() -> std::result::Result<HashMap<String, Vec<KernelParam>>, String> {
+    const MARK: &str = "AD_KERNEL void ";
+    let mut out = HashMap::new();
+    let mut rest = KERNELS;
+    while let Some(at) = rest.find(MARK) {
+        rest = &rest[at + MARK.len()..];
+        let open = rest
+            .find('(')
+            .ok_or_else(|| "an AD_KERNEL signature without '('".to_string())?;
+        let family = rest[..open].split("_##").next().unwrap_or_default().trim();
+        let close = rest[open..]
+            .find(')')
+            .ok_or_else(|| format!("kernel {family}: signature without ')'"))?;
+        let list = rest[open + 1..open + close].replace('\\', " ");
+        let mut params = Vec::new();
+        for p in list.split(',') {
+            let words: Vec<&str> = p.split_whitespace().collect();
+            let kind = if p.contains('*') {
+                KernelParam::Ptr
+            } else {
+                match words.first().copied() {
+                    Some("ad_i64") => KernelParam::I64,
+                    Some("ad_u64") => KernelParam::U64,
+                    Some("int") => KernelParam::I32,
+                    Some("double") => KernelParam::F64,
+                    _ => return Err(format!("kernel {family}: unknown parameter `{}`", p.trim())),
+                }
+            };
+            params.push(kind);
+        }
+        if family.is_empty() {
+            return Err("an AD_KERNEL signature without a name".into());
+        }
+        out.insert(family.to_string(), params);
+    }
+    Ok(out)
+}
+
 /// Compiles the kernels with NVRTC for `arch` (`"compute_90"`, say) and returns the
 /// PTX.
 ///
@@ -129,5 +234,27 @@ pub(crate) fn compile(arch: &str) -> Result<cudarc::nvrtc::Ptx> {
         Err(_) => Err(backend(format!(
             "NVRTC ({found}) panicked while compiling for {arch}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{kernel_names, kernel_params, KernelParam::*};
+
+    #[test]
+    fn every_kernel_has_its_parameter_list() {
+        let params = kernel_params().unwrap();
+        for name in kernel_names() {
+            assert!(params.contains_key(&name), "{name}");
+        }
+        assert_eq!(params.len(), kernel_names().len());
+        assert_eq!(params["unary_f32"], [Ptr, Ptr, I64, I32]);
+        assert_eq!(params["affine_bf16"], [Ptr, Ptr, I64, F64, F64]);
+        assert_eq!(params["binary_f64"], [Ptr, Ptr, Ptr, I64, I64, I32, I32]);
+        assert_eq!(params["cast_f16_f32"], [Ptr, Ptr, I64]);
+        assert_eq!(params["axpy_f32_f16"], [Ptr, Ptr, I64, F64]);
+        assert_eq!(params["fill_u16"], [Ptr, I64, U64]);
+        assert_eq!(params["copy2d_u64"][..4], [Ptr, I64, I64, Ptr]);
+        assert_eq!(params["max_abs_partial_f16"], [Ptr, Ptr, I64]);
     }
 }
