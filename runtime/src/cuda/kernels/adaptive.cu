@@ -97,8 +97,8 @@ SF_BODY void dp_init2(T* h, const T* y, const T* k0, const T* k1, const T* ctrl,
   }
 }
 
-// Before a step: the row's step hs (to t1 exactly, without a sliver of a last step) and
-// its first stage time; a row past max_steps gets status 1.
+// Before a step: the row's step hs (to t1 exactly, without a sliver of a last step);
+// a row past max_steps gets status 1 (dp_stage_times then writes the stage times).
 template <typename T>
 SF_BODY void dp_prepare(T* hs, int* last, const T* t, const T* h, const int* done,
                         const sf_u64* attempts, int* status, int* counters, const T* ctrl,

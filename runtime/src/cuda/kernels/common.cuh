@@ -1,6 +1,6 @@
 // socflow CUDA backend: device functions shared by the kernels.
 //
-// This file (and sampling.cu) compiles three ways:
+// This file (and sampling.cu, otflow.cu, adaptive.cu) compiles three ways:
 //  - with NVRTC at run time (the runtime prepends it to the kernel sources);
 //  - with nvcc, for anyone who wants to look at the SASS;
 //  - as host C++ with g++ (runtime/tests/all/cuda_host.rs), where the macros below turn

@@ -18,7 +18,8 @@ SF_BODY void ot_input(T* s, const T* x, const T* t_rows, T t, sf_i64 rows, sf_i6
   }
 }
 
-// a <- a + b; u <- sigma(a) (first layer) or u + eta sigma(a); ts <- tanh(a).
+// u <- sigma(a + b) (first layer) or u + eta sigma(a + b), sigma = log 2cosh; ts <-
+// tanh(a + b) (a is only read).
 template <typename T>
 SF_BODY void ot_act(T* a, T* u, T* ts, const T* b, T eta, int first, sf_i64 rows, sf_i64 m) {
   SF_GRID_LOOP(i, rows * m) {
